@@ -1,0 +1,95 @@
+//! `serve` and `check-config`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use credproxy_config::Config;
+use credproxy_proxy::{Proxy, ProxyOptions};
+use tracing::{error, info};
+
+use crate::EXIT_USAGE;
+
+pub fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(c) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{}: valid ({} listener{}, {} allowed domain{})",
+                    file.display(),
+                    c.listeners.len(),
+                    if c.listeners.len() == 1 { "" } else { "s" },
+                    c.allowed_domains.entries().len(),
+                    if c.allowed_domains.entries().len() == 1 { "" } else { "s" },
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{}: {errors}", file.display());
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+pub async fn serve(config_path: PathBuf) -> ExitCode {
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("{}: {errors}", config_path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::logging::init(&config.log, std::env::var("CREDPROXY_LOG").ok());
+    info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), "config loaded");
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "credproxy failed");
+            eprintln!("credproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Bind, tell systemd we are ready, serve until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let proxy = Proxy::bind(config, ProxyOptions::default())
+        .await
+        .context("cannot start the proxy")?;
+    for (name, addr) in proxy.listener_addrs() {
+        info!(listener = %name, %addr, "listening");
+    }
+    if let Some(a) = proxy.admin_addr() {
+        info!(%a, "admin listening");
+    }
+    notify_ready();
+    proxy.run(shutdown_signal()).await;
+    Ok(())
+}
+
+pub fn notify_ready() {
+    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "sd_notify READY failed");
+    }
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+}

@@ -1,0 +1,156 @@
+//! credproxy's configuration: YAML (JSON is accepted as the YAML subset that Nix writes),
+//! read in two stages.
+//!
+//! Stage one deserialises each section into `Raw*` types that refuse unknown keys; stage two
+//! turns them into the validated [`Config`], in which impossible states cannot be expressed.
+//! Both stages collect every problem they find rather than stopping at the first, and each
+//! problem carries the path of the offending key (`listeners[1].tcp`) and what was expected.
+//!
+//! Invariant: this crate reads nothing but the configuration text it is given. Files the
+//! configuration refers to (CA, extra roots) are opened by the crates that use them, at start.
+//! Relative paths are resolved against the directory of the configuration file.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use credproxy_core::{Allowlist, ListenAddr};
+pub use error::{ConfigError, ConfigErrors};
+use ipnet::IpNet;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<AdminConfig>,
+    pub ca: CaConfig,
+    pub allowed_domains: Allowlist,
+    pub upstream: UpstreamConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: ListenAddr,
+    /// File mode for a Unix socket (default 0660).
+    pub unix_mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub leaf_validity: Duration,
+    pub leaf_cache_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Canonical host name → the address to dial instead of resolving it.
+    pub resolve: BTreeMap<String, SocketAddr>,
+    pub allow_private_networks: Vec<IpNet>,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `credproxy_proxy=debug,info`.
+    pub level: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 64 * 1024,
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            extra_ca_files: Vec::new(),
+            resolve: BTreeMap::new(),
+            allow_private_networks: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            response_header_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 32,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Default leaf validity and cache size.
+pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_LEAF_CACHE_SIZE: usize = 1024;
+
+impl Config {
+    /// Parse and validate configuration text. `base_dir` anchors relative paths.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        let raw = raw::parse(text)?;
+        validate::validate(raw, base_dir)
+    }
+
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+}
+
+#[cfg(test)]
+mod tests;

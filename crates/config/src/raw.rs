@@ -1,0 +1,189 @@
+//! Stage one: the shape of the document. Every section is deserialised on its own (and every
+//! list element on its own), so one misspelt key does not hide the problems after it.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::error::{ConfigError, ConfigErrors};
+
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub listeners: Option<Vec<Option<RawListener>>>,
+    pub admin: Option<RawAdmin>,
+    pub ca: Option<RawCa>,
+    pub allowed_domains: Option<Vec<String>>,
+    pub upstream: Option<RawUpstream>,
+    pub limits: Option<RawLimits>,
+    pub log: Option<RawLog>,
+    /// Errors found while reading the shape; validation adds its own and reports all.
+    pub errors: Vec<ConfigError>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub tcp: Option<String>,
+    pub unix: Option<String>,
+    pub unix_mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub tcp: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCa {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub leaf_validity: Option<String>,
+    pub leaf_cache_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default)]
+    pub extra_ca_files: Vec<String>,
+    #[serde(default)]
+    pub resolve: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow_private_networks: Vec<String>,
+    pub connect_timeout: Option<String>,
+    pub response_header_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_host: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+const SECTIONS: &[&str] = &[
+    "listeners",
+    "admin",
+    "ca",
+    "allowed_domains",
+    "upstream",
+    "limits",
+    "log",
+];
+
+/// Parse the document's shape. A YAML syntax error is fatal (nothing after it can be read);
+/// shape errors are collected in `RawConfig::errors`.
+pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        ConfigErrors::one(ConfigError::new(
+            "",
+            format!("not valid YAML{at}: {}", strip_location(&e.to_string())),
+        ))
+    })?;
+    let mut raw = RawConfig::default();
+    let map = match doc {
+        Value::Mapping(m) => m,
+        Value::Null => {
+            raw.errors.push(ConfigError::new("", "the configuration is empty"));
+            return Ok(raw);
+        }
+        _ => {
+            return Err(ConfigErrors::one(ConfigError::new(
+                "",
+                "expected a mapping of sections at the top level",
+            )))
+        }
+    };
+    for (k, v) in map {
+        let Some(key) = k.as_str().map(str::to_owned) else {
+            raw.errors
+                .push(ConfigError::new("", "top-level keys must be strings"));
+            continue;
+        };
+        match key.as_str() {
+            "listeners" => raw.listeners = section_list(&key, v, &mut raw.errors),
+            "admin" => raw.admin = section(&key, v, &mut raw.errors),
+            "ca" => raw.ca = section(&key, v, &mut raw.errors),
+            "allowed_domains" => raw.allowed_domains = section(&key, v, &mut raw.errors),
+            "upstream" => raw.upstream = section(&key, v, &mut raw.errors),
+            "limits" => raw.limits = section(&key, v, &mut raw.errors),
+            "log" => raw.log = section(&key, v, &mut raw.errors),
+            other => raw.errors.push(ConfigError::new(
+                other,
+                format!("unknown section, expected one of {}", SECTIONS.join(", ")),
+            )),
+        }
+    }
+    Ok(raw)
+}
+
+fn section<T: DeserializeOwned>(key: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                key.to_string()
+            } else {
+                format!("{key}.{inner}")
+            };
+            errors.push(ConfigError::new(path, clean(&e.into_inner().to_string())));
+            None
+        }
+    }
+}
+
+fn section_list<T: DeserializeOwned>(
+    key: &str,
+    v: Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<Option<T>>> {
+    match v {
+        Value::Sequence(items) => Some(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| section(&format!("{key}[{i}]"), item, errors))
+                .collect(),
+        ),
+        Value::Null => Some(Vec::new()),
+        _ => {
+            errors.push(ConfigError::new(key, "expected a list"));
+            None
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C" to messages about the whole document; the key
+/// path already says where, so drop it.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn clean(msg: &str) -> String {
+    strip_location(msg).replace('`', "\"")
+}

@@ -1,0 +1,330 @@
+//! Stage two: from the document's shape to a [`Config`] with no impossible states.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use credproxy_core::{Allowlist, AllowlistEntry, Authority, ListenAddr};
+use ipnet::IpNet;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::raw::{RawConfig, RawListener};
+use crate::{
+    AdminConfig, CaConfig, Config, Limits, ListenerConfig, LogConfig, LogFormat, UpstreamConfig,
+    DEFAULT_LEAF_CACHE_SIZE, DEFAULT_LEAF_VALIDITY,
+};
+
+struct Ctx<'a> {
+    base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, msg));
+    }
+
+    fn path(&self, s: &str) -> PathBuf {
+        let p = PathBuf::from(s);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.err(
+                        key,
+                        format!("expected a duration such as \"10s\" or \"5m\", got {s:?}"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    key,
+                    format!("expected an address such as \"127.0.0.1:18790\" or \"[::1]:18790\", got {s:?}"),
+                );
+                None
+            }
+        }
+    }
+}
+
+pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut cx = Ctx {
+        base,
+        errors: raw.errors,
+    };
+
+    // listeners
+    let mut listeners = Vec::new();
+    match raw.listeners {
+        None => cx.err("listeners", "required: at least one listener (tcp or unix)"),
+        Some(list) if list.is_empty() => {
+            cx.err("listeners", "at least one listener is required")
+        }
+        Some(list) => {
+            let mut names = HashSet::new();
+            for (i, l) in list.into_iter().enumerate() {
+                let Some(l) = l else { continue };
+                if let Some(l) = listener(&mut cx, i, l) {
+                    if !names.insert(l.name.clone()) {
+                        cx.err(
+                            format!("listeners[{i}].name"),
+                            format!("duplicate listener name {:?}", l.name),
+                        );
+                    }
+                    listeners.push(l);
+                }
+            }
+        }
+    }
+
+    // admin
+    let admin = raw.admin.and_then(|a| match a.tcp {
+        Some(t) => cx.socket_addr("admin.tcp", &t).map(|addr| AdminConfig { addr }),
+        None => {
+            cx.err("admin.tcp", "required when the admin section is present");
+            None
+        }
+    });
+
+    // ca
+    let ca = match raw.ca {
+        None => {
+            cx.err("ca", "required: cert_file and key_file of the MITM CA (create one with `credproxy ca init --dir DIR`); there is no built-in CA");
+            None
+        }
+        Some(c) => {
+            let cert = c.cert_file.map(|s| cx.path(&s));
+            let key = c.key_file.map(|s| cx.path(&s));
+            if cert.is_none() {
+                cx.err("ca.cert_file", "required: path of the CA certificate (PEM)");
+            }
+            if key.is_none() {
+                cx.err("ca.key_file", "required: path of the CA private key (PEM)");
+            }
+            let leaf_validity = cx.duration(
+                "ca.leaf_validity",
+                c.leaf_validity.as_deref(),
+                DEFAULT_LEAF_VALIDITY,
+            );
+            if leaf_validity < Duration::from_secs(3600)
+                || leaf_validity > Duration::from_secs(90 * 24 * 3600)
+            {
+                cx.err("ca.leaf_validity", "must be between 1h and 90d");
+            }
+            let leaf_cache_size = c.leaf_cache_size.unwrap_or(DEFAULT_LEAF_CACHE_SIZE);
+            if leaf_cache_size == 0 {
+                cx.err("ca.leaf_cache_size", "must be at least 1");
+            }
+            match (cert, key) {
+                (Some(cert_file), Some(key_file)) => Some(CaConfig {
+                    cert_file,
+                    key_file,
+                    leaf_validity,
+                    leaf_cache_size,
+                }),
+                _ => None,
+            }
+        }
+    };
+
+    // allowed_domains
+    let mut entries = Vec::new();
+    for (i, d) in raw.allowed_domains.unwrap_or_default().iter().enumerate() {
+        match AllowlistEntry::parse(d) {
+            Ok(e) => entries.push(e),
+            Err(e) => cx.err(format!("allowed_domains[{i}]"), e.to_string()),
+        }
+    }
+    let allowed_domains = Allowlist::new(entries);
+
+    // upstream
+    let mut upstream = UpstreamConfig::default();
+    if let Some(u) = raw.upstream {
+        upstream.extra_ca_files = u.extra_ca_files.iter().map(|s| cx.path(s)).collect();
+        let mut resolve = BTreeMap::new();
+        for (host, addr) in &u.resolve {
+            let key = format!("upstream.resolve.{host}");
+            let name = match Authority::new(host, 443) {
+                Ok(a) => Some(a.host().to_string()),
+                Err(e) => {
+                    cx.err(&key, e.to_string());
+                    None
+                }
+            };
+            let addr = cx.socket_addr(&key, addr);
+            if let (Some(n), Some(a)) = (name, addr) {
+                resolve.insert(n, a);
+            }
+        }
+        upstream.resolve = resolve;
+        for (i, n) in u.allow_private_networks.iter().enumerate() {
+            match n.parse::<IpNet>() {
+                Ok(net) => upstream.allow_private_networks.push(net),
+                Err(_) => cx.err(
+                    format!("upstream.allow_private_networks[{i}]"),
+                    format!("expected a CIDR such as \"10.0.0.0/8\", got {n:?}"),
+                ),
+            }
+        }
+        let d = UpstreamConfig::default();
+        upstream.connect_timeout = cx.duration(
+            "upstream.connect_timeout",
+            u.connect_timeout.as_deref(),
+            d.connect_timeout,
+        );
+        upstream.response_header_timeout = cx.duration(
+            "upstream.response_header_timeout",
+            u.response_header_timeout.as_deref(),
+            d.response_header_timeout,
+        );
+        upstream.pool_idle_timeout = cx.duration(
+            "upstream.pool_idle_timeout",
+            u.pool_idle_timeout.as_deref(),
+            d.pool_idle_timeout,
+        );
+        upstream.pool_max_idle_per_host =
+            u.pool_max_idle_per_host.unwrap_or(d.pool_max_idle_per_host);
+    }
+    for (key, d) in [
+        ("upstream.connect_timeout", upstream.connect_timeout),
+        (
+            "upstream.response_header_timeout",
+            upstream.response_header_timeout,
+        ),
+    ] {
+        if d.is_zero() {
+            cx.err(key, "must be greater than zero");
+        }
+    }
+
+    // limits
+    let mut limits = Limits::default();
+    if let Some(l) = raw.limits {
+        let d = Limits::default();
+        limits.header_read_timeout = cx.duration(
+            "limits.header_read_timeout",
+            l.header_read_timeout.as_deref(),
+            d.header_read_timeout,
+        );
+        limits.idle_timeout =
+            cx.duration("limits.idle_timeout", l.idle_timeout.as_deref(), d.idle_timeout);
+        limits.shutdown_grace = cx.duration(
+            "limits.shutdown_grace",
+            l.shutdown_grace.as_deref(),
+            d.shutdown_grace,
+        );
+        limits.max_header_bytes = l.max_header_bytes.unwrap_or(d.max_header_bytes);
+        limits.max_connections = l.max_connections.unwrap_or(d.max_connections);
+    }
+    if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
+        cx.err(
+            "limits.max_header_bytes",
+            "must be between 8192 and 1048576",
+        );
+    }
+    if limits.max_connections == 0 {
+        cx.err("limits.max_connections", "must be at least 1");
+    }
+    for (key, d) in [
+        ("limits.header_read_timeout", limits.header_read_timeout),
+        ("limits.idle_timeout", limits.idle_timeout),
+    ] {
+        if d.is_zero() {
+            cx.err(key, "must be greater than zero");
+        }
+    }
+
+    // log
+    let mut log = LogConfig::default();
+    if let Some(l) = raw.log {
+        match l.format.as_deref() {
+            None | Some("json") => {}
+            Some("pretty") => log.format = LogFormat::Pretty,
+            Some(other) => cx.err(
+                "log.format",
+                format!("expected \"json\" or \"pretty\", got {other:?}"),
+            ),
+        }
+        if let Some(level) = l.level {
+            log.level = level;
+        }
+    }
+
+    if !cx.errors.is_empty() {
+        return Err(ConfigErrors(cx.errors));
+    }
+    // Every branch that leaves `ca` empty has recorded an error above.
+    let Some(ca) = ca else {
+        return Err(ConfigErrors::one(ConfigError::new("ca", "required")));
+    };
+    Ok(Config {
+        listeners,
+        admin,
+        ca,
+        allowed_domains,
+        upstream,
+        limits,
+        log,
+    })
+}
+
+fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig> {
+    let at = |k: &str| format!("listeners[{i}].{k}");
+    let name = match l.name {
+        Some(n) if !n.is_empty() => Some(n),
+        _ => {
+            cx.err(at("name"), "required: a name for logs, metrics and policy");
+            None
+        }
+    };
+    let addr = match (l.tcp, l.unix) {
+        (Some(t), None) => cx.socket_addr(&at("tcp"), &t).map(ListenAddr::Tcp),
+        (None, Some(u)) => Some(ListenAddr::Unix(cx.path(&u))),
+        (None, None) => {
+            cx.err(format!("listeners[{i}]"), "needs exactly one of: tcp, unix");
+            None
+        }
+        (Some(_), Some(_)) => {
+            cx.err(
+                format!("listeners[{i}]"),
+                "has both tcp and unix; a listener binds exactly one address",
+            );
+            None
+        }
+    };
+    let unix_mode = match l.unix_mode {
+        None => 0o660,
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(v) if v <= 0o777 => v,
+            _ => {
+                cx.err(
+                    at("unix_mode"),
+                    format!("expected an octal file mode such as \"0660\", got {m:?}"),
+                );
+                0o660
+            }
+        },
+    };
+    Some(ListenerConfig {
+        name: name?,
+        addr: addr?,
+        unix_mode,
+    })
+}

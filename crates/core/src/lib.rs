@@ -1,0 +1,16 @@
+//! Domain vocabulary shared by every credproxy crate: destinations and their canonical form,
+//! the domain allowlist, listener addresses, and the closed set of request rejections.
+//!
+//! Invariant: this crate does no I/O and knows nothing of tokio, hyper or rustls, so every
+//! rule it encodes (what counts as the same host, which hosts are allowed, which status a
+//! rejection maps to) can be tested exhaustively in isolation.
+
+mod allowlist;
+mod authority;
+mod listen_addr;
+mod reject;
+
+pub use allowlist::{Allowlist, AllowlistEntry, AllowlistError};
+pub use authority::{Authority, AuthorityError, Scheme};
+pub use listen_addr::{ListenAddr, PeerAddr};
+pub use reject::{Reject, RejectSource};

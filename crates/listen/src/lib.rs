@@ -1,0 +1,288 @@
+//! Listeners: every transport an agent can reach the proxy through, behind one type.
+//!
+//! TCP and Unix sockets today; AF_VSOCK and hybrid-vsock Unix sockets (`<path>_<port>`) slot
+//! in as further [`ListenAddr`] variants. Each accepted connection knows the listener it came
+//! from and a typed peer address, which later feed listener binding, policy and audit.
+//!
+//! Invariant: this crate only binds and accepts; it never reads or writes a byte of the
+//! connections it hands out.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use credproxy_core::{ListenAddr, PeerAddr};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// What a connection knows about the listener that accepted it.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub name: String,
+    /// The bound address; for TCP this holds the real port when `:0` was requested.
+    pub addr: ListenAddr,
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub struct Listener {
+    info: Arc<ListenerInfo>,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tcp(TcpListener),
+    Unix { listener: UnixListener, path: PathBuf },
+}
+
+/// One accepted connection.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: Stream,
+    pub peer: PeerAddr,
+    pub listener: Arc<ListenerInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot bind listener {name:?} to {addr}")]
+    Bind {
+        name: String,
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("listener {name:?}: {path} exists and is not a socket; refusing to replace it")]
+    NotASocket { name: String, path: PathBuf },
+}
+
+impl Listener {
+    /// Bind `addr`. A Unix socket path left over from a previous run is replaced (only if it
+    /// is a socket), its parent directory is created, and the socket gets file mode `mode`.
+    pub async fn bind(name: &str, addr: &ListenAddr, unix_mode: u32) -> Result<Listener, ListenError> {
+        let bind_err = |source| ListenError::Bind {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            source,
+        };
+        match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a).await.map_err(bind_err)?;
+                let local = l.local_addr().map_err(bind_err)?;
+                Ok(Listener {
+                    info: Arc::new(ListenerInfo {
+                        name: name.to_string(),
+                        addr: ListenAddr::Tcp(local),
+                    }),
+                    inner: Inner::Tcp(l),
+                })
+            }
+            ListenAddr::Unix(path) => {
+                prepare_socket_path(name, path).map_err(|e| match e {
+                    Prep::Io(source) => bind_err(source),
+                    Prep::NotASocket => ListenError::NotASocket {
+                        name: name.to_string(),
+                        path: path.clone(),
+                    },
+                })?;
+                let l = UnixListener::bind(path).map_err(bind_err)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))
+                    .map_err(bind_err)?;
+                Ok(Listener {
+                    info: Arc::new(ListenerInfo {
+                        name: name.to_string(),
+                        addr: addr.clone(),
+                    }),
+                    inner: Inner::Unix {
+                        listener: l,
+                        path: path.clone(),
+                    },
+                })
+            }
+        }
+    }
+
+    pub fn info(&self) -> &Arc<ListenerInfo> {
+        &self.info
+    }
+
+    /// Accept the next connection.
+    pub async fn accept(&self) -> io::Result<Accepted> {
+        match &self.inner {
+            Inner::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                // Proxied requests are small and latency-bound; Nagle only adds delay.
+                let _ = s.set_nodelay(true);
+                Ok(Accepted {
+                    stream: Stream::Tcp(s),
+                    peer: PeerAddr::Tcp(peer),
+                    listener: self.info.clone(),
+                })
+            }
+            Inner::Unix { listener, .. } => {
+                let (s, _) = listener.accept().await?;
+                let cred = s.peer_cred().ok();
+                Ok(Accepted {
+                    peer: PeerAddr::Unix {
+                        uid: cred.map(|c| c.uid()),
+                        pid: cred.and_then(|c| c.pid()),
+                    },
+                    stream: Stream::Unix(s),
+                    listener: self.info.clone(),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Inner::Unix { path, .. } = &self.inner {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+enum Prep {
+    Io(io::Error),
+    NotASocket,
+}
+
+fn prepare_socket_path(_name: &str, path: &Path) -> Result<(), Prep> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(Prep::Io)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(Prep::Io),
+        Ok(_) => Err(Prep::NotASocket),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Prep::Io(e)),
+    }
+}
+
+/// An accepted byte stream of any transport.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn tcp_accept_knows_listener_and_peer() {
+        let l = Listener::bind("agents", &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), 0)
+            .await
+            .unwrap();
+        let ListenAddr::Tcp(addr) = l.info().addr else { panic!() };
+        assert_ne!(addr.port(), 0);
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut a = l.accept().await.unwrap();
+        assert_eq!(a.listener.name, "agents");
+        assert_eq!(a.peer, PeerAddr::Tcp(c.local_addr().unwrap()));
+        c.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        a.stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+    }
+
+    #[tokio::test]
+    async fn unix_replaces_stale_socket_sets_mode_and_reports_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/proxy.sock");
+        let addr = ListenAddr::Unix(path.clone());
+        drop(Listener::bind("a", &addr, 0o600).await.unwrap());
+        // A stale socket file from a crashed run must not prevent binding.
+        let _stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let l = Listener::bind("vm", &addr, 0o600).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let _c = UnixStream::connect(&path).await.unwrap();
+        let a = l.accept().await.unwrap();
+        assert_eq!(a.listener.name, "vm");
+        match a.peer {
+            PeerAddr::Unix { uid, pid } => {
+                assert!(uid.is_some());
+                assert_eq!(pid, Some(std::process::id() as i32));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_to_replace_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"data").unwrap();
+        let err = Listener::bind("a", &ListenAddr::Unix(path.clone()), 0o600)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ListenError::NotASocket { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+}

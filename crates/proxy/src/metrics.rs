@@ -1,0 +1,117 @@
+//! Prometheus metrics, served in text format on the admin listener.
+
+use std::sync::Arc;
+
+use credproxy_tls::LeafCache;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `forwarded` or `rejected`.
+    pub outcome: &'static str,
+    /// `ok` or a stable rejection reason.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histogram,
+    pub open_connections: Gauge,
+    pub connections: Family<ListenerLabels, Counter>,
+    pub tunnels: Counter,
+}
+
+impl Metrics {
+    pub fn new(leaf_cache: Arc<LeafCache>) -> Metrics {
+        let mut registry = Registry::with_prefix("credproxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests handled, by outcome and reason",
+            requests.clone(),
+        );
+        let request_duration = Histogram::new(
+            [
+                0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0, 10.0, 30.0, 60.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Agent connections currently open",
+            open_connections.clone(),
+        );
+        let connections = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Agent connections accepted, by listener",
+            connections.clone(),
+        );
+        let tunnels = Counter::default();
+        registry.register("tunnels", "CONNECT tunnels established", tunnels.clone());
+        registry.register_collector(Box::new(LeafCacheCollector(leaf_cache)));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            open_connections,
+            connections,
+            tunnels,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Debug)]
+struct LeafCacheCollector(Arc<LeafCache>);
+
+impl Collector for LeafCacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats();
+        for (name, help, v) in [
+            ("leaf_cache_hits", "Leaf certificate cache hits", s.hits),
+            ("leaf_cache_misses", "Leaf certificates minted", s.misses),
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        for (name, help, v) in [
+            ("leaf_cache_size", "Leaf certificates cached", s.size as i64),
+            (
+                "leaf_cache_capacity",
+                "Leaf certificate cache capacity",
+                s.capacity as i64,
+            ),
+        ] {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,501 @@
+//! The request path: accept → CONNECT + allowlist → TLS termination with a minted leaf →
+//! inner request checks → forward over verified TLS → stream the response back.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use credproxy_core::{Authority, AuthorityError, PeerAddr, Reject, Scheme};
+use credproxy_listen::{Accepted, ListenerInfo};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+use tracing::{debug, info, warn};
+
+use crate::body::{empty, reject_response, strip_hop_by_hop, Body, Tracked};
+use crate::clock::{ConnClock, TimedIo};
+use crate::connector::ConnectError;
+use crate::drain::Drain;
+use crate::prefixed::Prefixed;
+use crate::Shared;
+
+/// What every request on one agent connection shares.
+struct ConnCtx {
+    listener: Arc<ListenerInfo>,
+    peer: PeerAddr,
+    clock: Arc<ConnClock>,
+}
+
+/// What every request inside one CONNECT tunnel shares.
+struct TunnelCtx {
+    conn: Arc<ConnCtx>,
+    authority: Authority,
+    scheme: Scheme,
+    /// The SNI the agent sent, if any, as it sent it.
+    sni: Option<String>,
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Serve one accepted agent connection until it closes.
+pub(crate) async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, watcher: Drain) {
+    let clock = ConnClock::new(
+        shared.limits.header_read_timeout,
+        shared.limits.idle_timeout,
+    );
+    let io = TimedIo::new(accepted.stream, clock.clone());
+    let ctx = Arc::new(ConnCtx {
+        listener: accepted.listener,
+        peer: accepted.peer,
+        clock,
+    });
+    let svc_shared = shared.clone();
+    let svc_watcher = watcher.clone();
+    let svc = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let ctx = ctx.clone();
+        let watcher = svc_watcher.clone();
+        async move { Ok::<_, std::convert::Infallible>(outer(shared, ctx, watcher, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(shared.limits.max_header_bytes)
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = watcher
+        .watch(conn, |c| c.graceful_shutdown())
+        .await
+    {
+        debug!(error = %e, "agent connection ended with an error");
+    }
+}
+
+/// A request on the proxy listener itself: CONNECT or absolute-form `http://`.
+async fn outer(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    watcher: Drain,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let guard = ctx.clock.request_started();
+    let id = request_id();
+    let started = Instant::now();
+    let version = req.version();
+    let result = if req.method() == Method::CONNECT {
+        connect(&shared, &ctx, watcher, req)
+    } else {
+        match req.uri().scheme_str() {
+            Some("http") => plain(&shared, &ctx, &id, req).await,
+            Some(_) => Err(Reject::HttpsWithoutConnect),
+            None => Err(Reject::NotAProxyRequest),
+        }
+    };
+    finish(&shared, result, &id, version, started, guard)
+}
+
+fn finish(
+    shared: &Shared,
+    result: Result<Response<Body>, Reject>,
+    id: &str,
+    version: Version,
+    started: Instant,
+    guard: crate::clock::InFlight,
+) -> Response<Body> {
+    shared
+        .metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    let resp = match result {
+        Ok(resp) => {
+            shared.count("forwarded", "ok");
+            resp
+        }
+        Err(reject) => {
+            shared.count("rejected", reject.reason());
+            reject_response(&reject, id, version)
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Tracked::new(body, guard))
+}
+
+fn authority_error(e: AuthorityError, raw: &str) -> Reject {
+    match e {
+        AuthorityError::IpLiteral(host) => Reject::IpLiteral { host },
+        other => Reject::BadRequest {
+            what: format!("bad destination {raw:?}: {other}"),
+        },
+    }
+}
+
+fn check_allowed(shared: &Shared, ctx: &ConnCtx, authority: &Authority) -> Result<(), Reject> {
+    if shared.allowlist.allows(authority) {
+        Ok(())
+    } else {
+        info!(listener = %ctx.listener.name, peer = %ctx.peer, %authority, "destination not allowed");
+        Err(Reject::DestinationNotAllowed {
+            authority: authority.clone(),
+        })
+    }
+}
+
+fn connect(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ConnCtx>,
+    watcher: Drain,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Reject> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| Reject::BadRequest {
+            what: "CONNECT needs a host:port target".into(),
+        })?;
+    let authority = Authority::parse_connect(&raw).map_err(|e| authority_error(e, &raw))?;
+    check_allowed(shared, ctx, &authority)?;
+    shared.metrics.tunnels.inc();
+    let shared = shared.clone();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => tunnel(shared, ctx, authority, upgraded, watcher).await,
+            Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(Response::new(empty()))
+}
+
+/// Serve the inside of a CONNECT tunnel: TLS (MITM) or, if the agent speaks plain HTTP in
+/// it, plain HTTP.
+async fn tunnel(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    authority: Authority,
+    upgraded: hyper::upgrade::Upgraded,
+    watcher: Drain,
+) {
+    let mut io = TokioIo::new(upgraded);
+    let mut first = [0u8; 1];
+    let n = match tokio::time::timeout(shared.limits.header_read_timeout, io.read(&mut first)).await
+    {
+        Ok(Ok(n)) => n,
+        _ => return,
+    };
+    if n == 0 {
+        return;
+    }
+    let io = Prefixed::new(Bytes::copy_from_slice(&first[..n]), io);
+    if first[0] == 0x16 {
+        let handshake = async {
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+                    .await?;
+            let sni = start.client_hello().server_name().map(str::to_owned);
+            let config = shared
+                .leaf_cache
+                .server_config(authority.host())
+                .map_err(std::io::Error::other)?;
+            let tls = start.into_stream(config).await?;
+            Ok::<_, std::io::Error>((tls, sni))
+        };
+        let (tls, sni) =
+            match tokio::time::timeout(shared.limits.header_read_timeout, handshake).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    debug!(%authority, error = %e, "agent TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%authority, "agent TLS handshake timed out");
+                    return;
+                }
+            };
+        let tctx = Arc::new(TunnelCtx {
+            conn: ctx,
+            authority,
+            scheme: Scheme::Https,
+            sni,
+        });
+        serve_inner(shared, tctx, tls, watcher).await;
+    } else {
+        let tctx = Arc::new(TunnelCtx {
+            conn: ctx,
+            authority,
+            scheme: Scheme::Http,
+            sni: None,
+        });
+        serve_inner(shared, tctx, io, watcher).await;
+    }
+}
+
+async fn serve_inner<I>(shared: Arc<Shared>, tctx: Arc<TunnelCtx>, io: I, watcher: Drain)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let tctx = tctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(inner(shared, tctx, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(shared.limits.max_header_bytes)
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .max_header_list_size(shared.limits.max_header_bytes as u32)
+        .timer(TokioTimer::new());
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    if let Err(e) = watcher
+        .watch(conn, |c| c.graceful_shutdown())
+        .await
+    {
+        debug!(error = %e, "tunnel connection ended with an error");
+    }
+}
+
+/// A request inside a tunnel.
+async fn inner(
+    shared: Arc<Shared>,
+    tctx: Arc<TunnelCtx>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let guard = tctx.conn.clock.request_started();
+    let id = request_id();
+    let started = Instant::now();
+    let version = req.version();
+    let result = async {
+        check_inner_authority(&tctx, &req)?;
+        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, &id, req).await
+    }
+    .await;
+    finish(&shared, result, &id, version, started, guard)
+}
+
+/// The inner request must be for the host the agent tunnelled to: SNI, `:authority` and
+/// `Host` must all name the CONNECT target.
+fn check_inner_authority(tctx: &TunnelCtx, req: &Request<Incoming>) -> Result<(), Reject> {
+    let expected = &tctx.authority;
+    let mismatch = |got: &str, field: &'static str| Reject::AuthorityMismatch {
+        expected: expected.clone(),
+        got: got.to_string(),
+        field,
+    };
+    if let Some(sni) = &tctx.sni {
+        match Authority::new(sni, expected.port()) {
+            Ok(a) if a.host() == expected.host() => {}
+            _ => return Err(mismatch(sni, "TLS SNI")),
+        }
+    }
+    let mut seen = false;
+    if let Some(a) = req.uri().authority() {
+        seen = true;
+        match Authority::parse_with_default(a.as_str(), tctx.scheme) {
+            Ok(a) if &a == expected => {}
+            _ => return Err(mismatch(a.as_str(), ":authority")),
+        }
+    }
+    for host in req.headers().get_all(http::header::HOST) {
+        seen = true;
+        let h = host.to_str().unwrap_or("<non-ascii>");
+        match Authority::parse_with_default(h, tctx.scheme) {
+            Ok(a) if &a == expected => {}
+            _ => return Err(mismatch(h, "Host")),
+        }
+    }
+    if !seen {
+        return Err(Reject::BadRequest {
+            what: "missing Host header".into(),
+        });
+    }
+    Ok(())
+}
+
+/// An absolute-form `http://` request on the proxy listener.
+async fn plain(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ConnCtx>,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Reject> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| Reject::BadRequest {
+            what: "absolute URI without a host".into(),
+        })?;
+    let authority =
+        Authority::parse_with_default(&raw, Scheme::Http).map_err(|e| authority_error(e, &raw))?;
+    check_allowed(shared, ctx, &authority)?;
+    for host in req.headers().get_all(http::header::HOST) {
+        let h = host.to_str().unwrap_or("<non-ascii>");
+        match Authority::parse_with_default(h, Scheme::Http) {
+            Ok(a) if a == authority => {}
+            _ => {
+                return Err(Reject::AuthorityMismatch {
+                    expected: authority,
+                    got: h.to_string(),
+                    field: "Host",
+                })
+            }
+        }
+    }
+    forward(shared, ctx, &authority, Scheme::Http, id, req).await
+}
+
+fn is_websocket_upgrade(req: &Request<Incoming>) -> Result<bool, Reject> {
+    let Some(up) = req.headers().get(http::header::UPGRADE) else {
+        return Ok(false);
+    };
+    let v = up.to_str().unwrap_or("");
+    if req.version() == Version::HTTP_11 && v.trim().eq_ignore_ascii_case("websocket") {
+        Ok(true)
+    } else {
+        Err(Reject::UpgradeNotAllowed {
+            protocol: v.to_string(),
+        })
+    }
+}
+
+/// Send the request upstream and stream the response back.
+async fn forward(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ConnCtx>,
+    authority: &Authority,
+    scheme: Scheme,
+    id: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Reject> {
+    let websocket = is_websocket_upgrade(&req)?;
+    let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!(
+        "{}://{}{}",
+        scheme.as_str(),
+        authority.to_uri_authority(scheme),
+        path
+    )
+    .parse()
+    .map_err(|_| Reject::BadRequest {
+        what: "request target is not a valid URI".into(),
+    })?;
+    let (mut parts, body) = req.into_parts();
+    let ws_headers = websocket.then(|| {
+        (
+            parts.headers.get(http::header::UPGRADE).cloned(),
+            parts.headers.get(http::header::CONNECTION).cloned(),
+        )
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::HOST);
+    if let Some((Some(up), _)) = ws_headers {
+        parts.headers.insert(http::header::UPGRADE, up);
+        parts
+            .headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let method = parts.method.clone();
+    let upstream_req = Request::from_parts(parts, body.map_err(Into::into).boxed());
+
+    let client = if websocket {
+        &shared.ws_client
+    } else {
+        &shared.client
+    };
+    let send = client.request(upstream_req);
+    let mut resp =
+        match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let reject = classify_upstream_error(&e, authority);
+                warn!(request_id = id, %authority, reason = reject.reason(), error = %ErrorChain(&e), "upstream request failed");
+                return Err(reject);
+            }
+            Err(_) => {
+                warn!(request_id = id, %authority, "upstream response timed out");
+                return Err(Reject::UpstreamTimeout {
+                    authority: authority.clone(),
+                });
+            }
+        };
+    debug!(request_id = id, listener = %ctx.listener.name, %method, %authority, status = resp.status().as_u16(), "forwarded");
+
+    if let Some(agent_upgrade) = agent_upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let guard = ctx.clock.request_started();
+            tokio::spawn(async move {
+                let _guard = guard;
+                let (Ok(a), Ok(u)) = (agent_upgrade.await, upstream_upgrade.await) else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u))
+                    .await;
+            });
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, empty()));
+        }
+        // No 101: this is an ordinary response and the agent's connection stays HTTP.
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+}
+
+/// Map a client error to a rejection by what is in its cause chain.
+fn classify_upstream_error(e: &hyper_util::client::legacy::Error, authority: &Authority) -> Reject {
+    let authority = authority.clone();
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return match c {
+                ConnectError::Dns => Reject::DnsFailure { authority },
+                ConnectError::Private => Reject::PrivateAddress { authority },
+                ConnectError::Refused => Reject::UpstreamUnreachable { authority },
+                ConnectError::Timeout => Reject::UpstreamTimeout { authority },
+            };
+        }
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return Reject::UpstreamTls { authority };
+        }
+        cur = err.source();
+    }
+    if e.is_connect() {
+        Reject::UpstreamUnreachable { authority }
+    } else {
+        Reject::UpstreamProtocol { authority }
+    }
+}
+
+/// Display an error with its causes, for logs.
+struct ErrorChain<'a>(&'a (dyn StdError + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,864 @@
+//! An instrumented test HTTP server ("the upstream").
+//!
+//! Endpoints (all paths are matched exactly; unknown paths get `404`):
+//!
+//! * `GET|HEAD /fixed/{n}` — `n` bytes of [`crate::pattern_byte`] pattern,
+//!   `content-type: application/octet-stream`, streamed in 64 KiB frames with
+//!   `Content-Length: n`. `?chunked=1` omits Content-Length (chunked on h1.1).
+//! * `ANY /echo` — `200 text/plain`, body =
+//!   `"{METHOD} {path_and_query} {version:?}\r\n"` + `"{name}: {value}\r\n"` per
+//!   request header (HeaderMap order, values lossy UTF-8) + `"\r\n"` + the
+//!   request body streamed through frame by frame. Request headers named
+//!   `x-echo-*` are copied to the response headers. `?status=N` sets the
+//!   status. `?trailer=1` adds a response trailer `x-echo-trailer` whose value
+//!   is request header `x-echo-trailer-value` (empty if absent) and a
+//!   `trailer: x-echo-trailer` header. HTTP/2 always transmits trailers;
+//!   hyper only sends trailers on a chunked HTTP/1.1 response if the request
+//!   carried `TE: trailers`.
+//! * `POST /sha256` — consumes the body streaming, returns
+//!   `"{hex sha256} {length}"`.
+//! * `GET /sse?events=N&gate=NAME&interval_ms=M&data=S` —
+//!   `content-type: text/event-stream`, no Content-Length; frame `i` is
+//!   `"data: event {i}{S}\n\n"` for `i in 0..N` (N defaults to 1). With
+//!   `gate`, event `i >= 1` is sent only after `release("{NAME}-{i}")`;
+//!   otherwise `interval_ms` sleeps between events (benchmarks only).
+//! * `GET /redirect?to=URL` — `302` with `Location: URL`, empty body.
+//! * `GET /slow?gate=NAME` — waits for `release(NAME)`, then `200 "released"`;
+//!   `?ms=M` sleeps instead.
+//! * `GET /ws` — WebSocket echo over an HTTP/1.1 upgrade (text and binary
+//!   messages are echoed). `?refuse=1` answers `200 "no upgrade"` instead of
+//!   `101`. A request without `Upgrade: websocket` / `Sec-WebSocket-Key` gets
+//!   `400`.
+//!
+//! Query values are percent-decoded (`%XX` only; `+` stays `+`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::pattern::{pattern_chunk, CHUNK_SIZE};
+use crate::pki::ServerCert;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Options for [`Upstream::start`].
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Serve TLS with this certificate; `None` = plain HTTP (HTTP/1.1, or
+    /// HTTP/2 with prior knowledge).
+    pub tls: Option<ServerCert>,
+    /// ALPN protocols offered by the TLS server, in preference order.
+    /// Default `["h2", "http/1.1"]`. If ALPN selects `h2` the connection is
+    /// served as HTTP/2 only, if `http/1.1` as HTTP/1 only, otherwise
+    /// auto-detected from the connection preface.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+impl UpstreamOptions {
+    /// Plain HTTP.
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    /// TLS with `cert` and the default ALPN list.
+    pub fn tls(cert: ServerCert) -> Self {
+        Self {
+            tls: Some(cert),
+            ..Self::default()
+        }
+    }
+
+    /// Replace the ALPN list (e.g. `&["http/1.1"]`).
+    pub fn with_alpn(mut self, alpn: &[&str]) -> Self {
+        self.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self
+    }
+}
+
+/// One request as received by the upstream.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// Id of the TCP connection it arrived on (1-based, in accept order).
+    pub conn_id: u64,
+    pub method: Method,
+    /// The request target as hyper parsed it (origin-form `/p?q` on h1;
+    /// `https://authority/p?q` on h2).
+    pub uri: String,
+    /// Path and query (`/p?q`).
+    pub path_and_query: String,
+    pub version: Version,
+    /// Headers as `(lowercase name, raw value)` in `HeaderMap` iteration
+    /// order (first appearance of each name; repeated names grouped).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Bytes of request body the handler consumed (snapshot at the time
+    /// `received()` was called; endpoints that ignore the body report 0).
+    pub body_len: u64,
+    /// SNI sent by the client, if TLS.
+    pub sni: Option<String>,
+    /// Negotiated ALPN protocol, if TLS.
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl RecordedRequest {
+    /// First value of header `name` (case-insensitive), lossy UTF-8.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// All values of header `name` (case-insensitive), lossy UTF-8.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    /// The path without query.
+    pub fn path(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query.as_str(), |(p, _)| p)
+    }
+}
+
+/// Named one-shot permits. `release(name)` adds a permit to the gate `name`;
+/// a waiter consumes one. Releasing before anyone waits is fine.
+#[derive(Clone, Default, Debug)]
+pub struct Gates {
+    inner: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl Gates {
+    fn get(&self, name: &str) -> Arc<Semaphore> {
+        self.inner
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(0)))
+            .clone()
+    }
+
+    /// Add one permit to gate `name`.
+    pub fn release(&self, name: &str) {
+        self.get(name).add_permits(1);
+    }
+
+    /// Wait for (and consume) one permit of gate `name`.
+    pub async fn wait(&self, name: &str) {
+        let sem = self.get(name);
+        sem.acquire().await.unwrap().forget();
+    }
+}
+
+struct ConnInfo {
+    id: u64,
+    sni: Option<String>,
+    alpn: Option<Vec<u8>>,
+}
+
+struct State {
+    records: Mutex<Vec<(RecordedRequest, Arc<AtomicU64>)>>,
+    request_count: watch::Sender<usize>,
+    connections: AtomicUsize,
+    tls_handshakes: AtomicUsize,
+    tls_failures: AtomicUsize,
+    gates: Gates,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A running test upstream. Dropping it (or [`Upstream::shutdown`]) closes
+/// the listener and aborts every connection and WebSocket task.
+pub struct Upstream {
+    addr: SocketAddr,
+    tls: bool,
+    state: Arc<State>,
+    shutdown_tx: watch::Sender<bool>,
+    accept_task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    // Err means the sender (the Upstream) is gone: also a shutdown.
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn spawn_guarded<F>(rx: watch::Receiver<bool>, fut: F)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = fut => {}
+            _ = shutdown_signal(rx) => {}
+        }
+    });
+}
+
+/// hyper executor whose tasks end at upstream shutdown.
+#[derive(Clone)]
+struct GuardedExec(watch::Receiver<bool>);
+
+impl<F> hyper::rt::Executor<F> for GuardedExec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        spawn_guarded(self.0.clone(), fut);
+    }
+}
+
+impl Upstream {
+    /// Bind `127.0.0.1:0` and start serving.
+    pub async fn start(opts: UpstreamOptions) -> Upstream {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(State {
+            records: Mutex::new(Vec::new()),
+            request_count: watch::channel(0).0,
+            connections: AtomicUsize::new(0),
+            tls_handshakes: AtomicUsize::new(0),
+            tls_failures: AtomicUsize::new(0),
+            gates: Gates::default(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let acceptor = opts.tls.as_ref().map(|cert| {
+            let mut cfg = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+                .unwrap();
+            cfg.alpn_protocols = opts.alpn.clone();
+            TlsAcceptor::from(Arc::new(cfg))
+        });
+        let tls = acceptor.is_some();
+        let st = state.clone();
+        let accept_task = tokio::spawn(async move {
+            let mut next_id = 0u64;
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = shutdown_signal(st.shutdown.clone()) => break,
+                };
+                let Ok((stream, _peer)) = accepted else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                next_id += 1;
+                let id = next_id;
+                let st2 = st.clone();
+                let acceptor = acceptor.clone();
+                spawn_guarded(st.shutdown.clone(), async move {
+                    match acceptor {
+                        None => {
+                            let info = ConnInfo {
+                                id,
+                                sni: None,
+                                alpn: None,
+                            };
+                            serve_conn(st2, info, stream).await
+                        }
+                        Some(acc) => match acc.accept(stream).await {
+                            Ok(tls) => {
+                                st2.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+                                let (_, conn) = tls.get_ref();
+                                let info = ConnInfo {
+                                    id,
+                                    sni: conn.server_name().map(str::to_string),
+                                    alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                                };
+                                serve_conn(st2, info, tls).await
+                            }
+                            Err(e) => {
+                                st2.tls_failures.fetch_add(1, Ordering::SeqCst);
+                                tracing::debug!("testkit upstream TLS accept failed: {e}");
+                            }
+                        },
+                    }
+                });
+            }
+        });
+        Upstream {
+            addr,
+            tls,
+            state,
+            shutdown_tx,
+            accept_task: Some(accept_task),
+        }
+    }
+
+    /// The bound address (`127.0.0.1:port`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether this upstream serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// `http://127.0.0.1:port` or `https://127.0.0.1:port`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn received(&self) -> Vec<RecordedRequest> {
+        self.state
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, len)| {
+                let mut r = r.clone();
+                r.body_len = len.load(Ordering::SeqCst);
+                r
+            })
+            .collect()
+    }
+
+    /// Number of requests received so far.
+    pub fn request_count(&self) -> usize {
+        *self.state.request_count.borrow()
+    }
+
+    /// Wait until at least `n` requests have been received.
+    pub async fn wait_for_requests(&self, n: usize) {
+        let mut rx = self.state.request_count.subscribe();
+        rx.wait_for(|c| *c >= n).await.unwrap();
+    }
+
+    /// Forget all recorded requests (counters are kept).
+    pub fn clear_received(&self) {
+        self.state.records.lock().unwrap().clear();
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that completed successfully so far.
+    pub fn tls_handshakes(&self) -> usize {
+        self.state.tls_handshakes.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that failed (e.g. the client rejected our certificate).
+    pub fn tls_failures(&self) -> usize {
+        self.state.tls_failures.load(Ordering::SeqCst)
+    }
+
+    /// Release gate `name` once (see the `/sse` and `/slow` endpoints).
+    pub fn release(&self, name: &str) {
+        self.state.gates.release(name);
+    }
+
+    /// A cloneable handle to this upstream's gates.
+    pub fn gates(&self) -> Gates {
+        self.state.gates.clone()
+    }
+
+    /// Stop accepting, abort all connections, and wait for the listener to
+    /// be closed.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some(t) = self.accept_task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some(t) = self.accept_task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn serve_conn<I>(state: Arc<State>, info: ConnInfo, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(GuardedExec(state.shutdown.clone()));
+    match info.alpn.as_deref() {
+        Some(b"h2") => builder = builder.http2_only(),
+        Some(b"http/1.1") => builder = builder.http1_only(),
+        _ => {}
+    }
+    let info = Arc::new(info);
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(state, &info, req).await) }
+    });
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!("testkit upstream connection ended: {e}");
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn full(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty() -> RespBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        Query(
+            q.unwrap_or_default()
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some(v) if v == "1" || v == "true")
+    }
+
+    fn num(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(|v| v.parse().ok())
+    }
+}
+
+/// Next data chunk of `body` (trailers skipped), counting consumed bytes.
+async fn next_data(
+    body: &mut Incoming,
+    counter: &AtomicU64,
+) -> Option<Result<Bytes, hyper::Error>> {
+    loop {
+        match body.frame().await? {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    counter.fetch_add(data.len() as u64, Ordering::SeqCst);
+                    return Some(Ok(data));
+                }
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+// --------------------------------------------------------------- handlers
+
+async fn handle(state: Arc<State>, info: &ConnInfo, req: Request<Incoming>) -> Response<RespBody> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let record = RecordedRequest {
+        conn_id: info.id,
+        method: req.method().clone(),
+        uri: req.uri().to_string(),
+        path_and_query,
+        version: req.version(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body_len: 0,
+        sni: info.sni.clone(),
+        alpn: info.alpn.clone(),
+    };
+    {
+        let mut recs = state.records.lock().unwrap();
+        recs.push((record, counter.clone()));
+    }
+    state.request_count.send_modify(|c| *c += 1);
+
+    let path = req.uri().path().to_string();
+    let query = Query::parse(req.uri().query());
+    let method = req.method().clone();
+    match path.as_str() {
+        "/echo" => echo(req, &query, counter),
+        "/sha256" if method == Method::POST => sha256(req, counter).await,
+        "/sse" if method == Method::GET => sse(&state, &query),
+        "/redirect" if method == Method::GET => {
+            let to = query.get("to").unwrap_or("/");
+            match HeaderValue::from_str(to) {
+                Ok(loc) => {
+                    let mut resp = Response::new(empty());
+                    *resp.status_mut() = StatusCode::FOUND;
+                    resp.headers_mut().insert(http::header::LOCATION, loc);
+                    resp
+                }
+                Err(_) => text(StatusCode::BAD_REQUEST, "bad location"),
+            }
+        }
+        "/slow" if method == Method::GET => {
+            if let Some(gate) = query.get("gate") {
+                state.gates.wait(gate).await;
+            } else if let Some(ms) = query.num("ms") {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            text(StatusCode::OK, "released")
+        }
+        "/ws" if method == Method::GET => websocket(&state, req, &query),
+        "/sha256" | "/sse" | "/redirect" | "/slow" | "/ws" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        p if p.starts_with("/fixed/") => {
+            if method != Method::GET && method != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            }
+            match p["/fixed/".len()..].parse::<u64>() {
+                Ok(n) => fixed(n, query.flag("chunked")),
+                Err(_) => text(StatusCode::NOT_FOUND, "not found"),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn fixed(n: u64, chunked: bool) -> Response<RespBody> {
+    let stream = futures_util::stream::unfold(0u64, move |off| async move {
+        if off >= n {
+            return None;
+        }
+        let len = (n - off).min(CHUNK_SIZE as u64) as usize;
+        Some((
+            Ok::<_, BoxError>(Frame::data(pattern_chunk(off, len))),
+            off + len as u64,
+        ))
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if !chunked {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    resp
+}
+
+struct EchoState {
+    head: Option<Bytes>,
+    body: Option<Incoming>,
+    trailers: Option<HeaderMap>,
+    counter: Arc<AtomicU64>,
+}
+
+fn echo(req: Request<Incoming>, query: &Query, counter: Arc<AtomicU64>) -> Response<RespBody> {
+    let (parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let mut head = format!("{} {} {:?}\r\n", parts.method, pq, parts.version);
+    for (name, value) in &parts.headers {
+        head.push_str(&format!(
+            "{}: {}\r\n",
+            name,
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    head.push_str("\r\n");
+
+    let trailers = query.flag("trailer").then(|| {
+        let value = parts
+            .headers
+            .get("x-echo-trailer-value")
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static(""));
+        let mut t = HeaderMap::new();
+        t.insert(HeaderName::from_static("x-echo-trailer"), value);
+        t
+    });
+    let has_trailers = trailers.is_some();
+    let st = EchoState {
+        head: Some(Bytes::from(head)),
+        body: Some(body),
+        trailers,
+        counter,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        if let Some(h) = st.head.take() {
+            return Some((Ok::<_, BoxError>(Frame::data(h)), st));
+        }
+        if let Some(body) = st.body.as_mut() {
+            match next_data(body, &st.counter).await {
+                Some(Ok(d)) => return Some((Ok(Frame::data(d)), st)),
+                Some(Err(e)) => {
+                    st.body = None;
+                    st.trailers = None;
+                    return Some((Err(e.into()), st));
+                }
+                None => st.body = None,
+            }
+        }
+        let t = st.trailers.take()?;
+        Some((Ok(Frame::trailers(t)), st))
+    });
+
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    if let Some(s) = query
+        .num("status")
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        *resp.status_mut() = s;
+    }
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    if has_trailers {
+        h.insert(
+            http::header::TRAILER,
+            HeaderValue::from_static("x-echo-trailer"),
+        );
+    }
+    for (name, value) in &parts.headers {
+        if name.as_str().starts_with("x-echo-") {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    resp
+}
+
+async fn sha256(req: Request<Incoming>, counter: Arc<AtomicU64>) -> Response<RespBody> {
+    let mut body = req.into_body();
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(chunk) = next_data(&mut body, &counter).await {
+        match chunk {
+            Ok(d) => {
+                len += d.len() as u64;
+                hasher.update(&d);
+            }
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("body error: {e}")),
+        }
+    }
+    text(
+        StatusCode::OK,
+        format!("{} {}", hex::encode(hasher.finalize()), len),
+    )
+}
+
+fn sse(state: &State, query: &Query) -> Response<RespBody> {
+    let events = query.num("events").unwrap_or(1);
+    let gate = query.get("gate").map(str::to_string);
+    let interval = query.num("interval_ms").unwrap_or(0);
+    let data = query.get("data").unwrap_or_default().to_string();
+    let gates = state.gates.clone();
+    let stream = futures_util::stream::unfold(0u64, move |i| {
+        let gate = gate.clone();
+        let data = data.clone();
+        let gates = gates.clone();
+        async move {
+            if i >= events {
+                return None;
+            }
+            if i >= 1 {
+                if let Some(g) = &gate {
+                    gates.wait(&format!("{g}-{i}")).await;
+                } else if interval > 0 {
+                    tokio::time::sleep(Duration::from_millis(interval)).await;
+                }
+            }
+            let frame = Frame::data(Bytes::from(format!("data: event {i}{data}\n\n")));
+            Some((Ok::<_, BoxError>(frame), i + 1))
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    resp
+}
+
+fn websocket(state: &State, mut req: Request<Incoming>, query: &Query) -> Response<RespBody> {
+    if query.flag("refuse") {
+        return text(StatusCode::OK, "no upgrade");
+    }
+    let wants_ws = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+    };
+    if !wants_ws || req.version() != Version::HTTP_11 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected HTTP/1.1 websocket upgrade",
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    spawn_guarded(state.shutdown.clone(), async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("testkit upstream ws upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(msg) = ws.next().await {
+            let Ok(msg) = msg else { break };
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+            // Ping/Pong/Close are handled by tungstenite; after a Close the
+            // stream yields None once the close reply is flushed.
+        }
+    });
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).unwrap(),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(
+            percent_decode("http%3A%2F%2Fx%2Fy%3Fa%3D1"),
+            "http://x/y?a=1"
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%zz+"), "%zz+");
+        assert_eq!(percent_decode("%41"), "A");
+    }
+}
