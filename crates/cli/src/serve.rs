@@ -21,7 +21,11 @@ pub fn check_config(file: &Path) -> ExitCode {
                     c.listeners.len(),
                     if c.listeners.len() == 1 { "" } else { "s" },
                     c.allowed_domains.entries().len(),
-                    if c.allowed_domains.entries().len() == 1 { "" } else { "s" },
+                    if c.allowed_domains.entries().len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
                 );
             }
             ExitCode::SUCCESS

@@ -105,7 +105,8 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
     let map = match doc {
         Value::Mapping(m) => m,
         Value::Null => {
-            raw.errors.push(ConfigError::new("", "the configuration is empty"));
+            raw.errors
+                .push(ConfigError::new("", "the configuration is empty"));
             return Ok(raw);
         }
         _ => {

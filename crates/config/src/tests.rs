@@ -110,7 +110,10 @@ fn missing_ca_is_an_error_not_a_default() {
         Path::new("/"),
     )
     .unwrap_err();
-    assert!(errs.to_string().contains("there is no built-in CA"), "{errs}");
+    assert!(
+        errs.to_string().contains("there is no built-in CA"),
+        "{errs}"
+    );
 }
 
 #[test]

@@ -74,9 +74,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let mut listeners = Vec::new();
     match raw.listeners {
         None => cx.err("listeners", "required: at least one listener (tcp or unix)"),
-        Some(list) if list.is_empty() => {
-            cx.err("listeners", "at least one listener is required")
-        }
+        Some(list) if list.is_empty() => cx.err("listeners", "at least one listener is required"),
         Some(list) => {
             let mut names = HashSet::new();
             for (i, l) in list.into_iter().enumerate() {
@@ -96,7 +94,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
 
     // admin
     let admin = raw.admin.and_then(|a| match a.tcp {
-        Some(t) => cx.socket_addr("admin.tcp", &t).map(|addr| AdminConfig { addr }),
+        Some(t) => cx
+            .socket_addr("admin.tcp", &t)
+            .map(|addr| AdminConfig { addr }),
         None => {
             cx.err("admin.tcp", "required when the admin section is present");
             None
@@ -223,8 +223,11 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             l.header_read_timeout.as_deref(),
             d.header_read_timeout,
         );
-        limits.idle_timeout =
-            cx.duration("limits.idle_timeout", l.idle_timeout.as_deref(), d.idle_timeout);
+        limits.idle_timeout = cx.duration(
+            "limits.idle_timeout",
+            l.idle_timeout.as_deref(),
+            d.idle_timeout,
+        );
         limits.shutdown_grace = cx.duration(
             "limits.shutdown_grace",
             l.shutdown_grace.as_deref(),

@@ -25,7 +25,10 @@ impl fmt::Display for ListenAddr {
 pub enum PeerAddr {
     Tcp(SocketAddr),
     /// A Unix-socket peer; uid and pid come from `SO_PEERCRED` when the platform gives them.
-    Unix { uid: Option<u32>, pid: Option<i32> },
+    Unix {
+        uid: Option<u32>,
+        pid: Option<i32>,
+    },
 }
 
 impl PeerAddr {

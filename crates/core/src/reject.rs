@@ -182,7 +182,9 @@ mod tests {
         let cases = [
             (Reject::NotAProxyRequest, 400, "not_a_proxy_request"),
             (
-                Reject::DestinationNotAllowed { authority: a.clone() },
+                Reject::DestinationNotAllowed {
+                    authority: a.clone(),
+                },
                 403,
                 "destination_not_allowed",
             ),
@@ -196,9 +198,19 @@ mod tests {
                 "authority_mismatch",
             ),
             (Reject::HeadersTooLarge, 431, "headers_too_large"),
-            (Reject::UpstreamTls { authority: a.clone() }, 502, "upstream_tls"),
+            (
+                Reject::UpstreamTls {
+                    authority: a.clone(),
+                },
+                502,
+                "upstream_tls",
+            ),
             (Reject::TooManyConnections, 503, "too_many_connections"),
-            (Reject::UpstreamTimeout { authority: a }, 504, "upstream_timeout"),
+            (
+                Reject::UpstreamTimeout { authority: a },
+                504,
+                "upstream_timeout",
+            ),
         ];
         for (r, status, reason) in cases {
             assert_eq!(r.status(), status, "{r:?}");

@@ -36,7 +36,10 @@ pub struct Listener {
 #[derive(Debug)]
 enum Inner {
     Tcp(TcpListener),
-    Unix { listener: UnixListener, path: PathBuf },
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
 }
 
 /// One accepted connection.
@@ -63,7 +66,11 @@ pub enum ListenError {
 impl Listener {
     /// Bind `addr`. A Unix socket path left over from a previous run is replaced (only if it
     /// is a socket), its parent directory is created, and the socket gets file mode `mode`.
-    pub async fn bind(name: &str, addr: &ListenAddr, unix_mode: u32) -> Result<Listener, ListenError> {
+    pub async fn bind(
+        name: &str,
+        addr: &ListenAddr,
+        unix_mode: u32,
+    ) -> Result<Listener, ListenError> {
         let bind_err = |source| ListenError::Bind {
             name: name.to_string(),
             addr: addr.to_string(),
@@ -236,10 +243,16 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_accept_knows_listener_and_peer() {
-        let l = Listener::bind("agents", &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), 0)
-            .await
-            .unwrap();
-        let ListenAddr::Tcp(addr) = l.info().addr else { panic!() };
+        let l = Listener::bind(
+            "agents",
+            &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            0,
+        )
+        .await
+        .unwrap();
+        let ListenAddr::Tcp(addr) = l.info().addr else {
+            panic!()
+        };
         assert_ne!(addr.port(), 0);
         let mut c = TcpStream::connect(addr).await.unwrap();
         let mut a = l.accept().await.unwrap();

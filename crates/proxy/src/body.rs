@@ -33,7 +33,7 @@ pin_project_lite::pin_project! {
 }
 
 impl Tracked {
-    pub fn new(inner: Body, guard: InFlight) -> Body {
+    pub fn boxed(inner: Body, guard: InFlight) -> Body {
         Tracked {
             inner,
             guard: Some(guard),
@@ -98,7 +98,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let keep_te = headers
         .get(http::header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     for n in named {
         headers.remove(n);
     }
@@ -125,7 +128,10 @@ pub fn reject_response(reject: &Reject, request_id: &str, version: Version) -> R
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert("x-credproxy-reason", HeaderValue::from_static(reject.reason()));
+    h.insert(
+        "x-credproxy-reason",
+        HeaderValue::from_static(reject.reason()),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-credproxy-request-id", v);
     }
@@ -142,7 +148,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_listed_but_not_protected() {
         let mut h = HeaderMap::new();
-        h.insert("connection", "x-foo, host, authorization, keep-alive".parse().unwrap());
+        h.insert(
+            "connection",
+            "x-foo, host, authorization, keep-alive".parse().unwrap(),
+        );
         h.insert("x-foo", "1".parse().unwrap());
         h.insert("host", "a".parse().unwrap());
         h.insert("authorization", "Bearer x".parse().unwrap());

@@ -223,7 +223,10 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 3);
         let guard = clock.request_started();
         let r = tokio::time::timeout(Duration::from_secs(500), io.read(&mut buf)).await;
-        assert!(r.is_err(), "no deadline may apply while a request is in flight");
+        assert!(
+            r.is_err(),
+            "no deadline may apply while a request is in flight"
+        );
         drop(guard);
 
         // Idle: the idle deadline (90 s) applies, not the header one.

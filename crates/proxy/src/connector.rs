@@ -102,7 +102,11 @@ impl GuardedConnector {
     }
 
     /// Resolve and check `host:port`, returning the addresses that may be dialled.
-    pub async fn checked_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
+    pub async fn checked_addrs(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ConnectError> {
         if let Some(pinned) = self.inner.pins.get(host) {
             return Ok(vec![*pinned]);
         }
@@ -120,7 +124,10 @@ impl GuardedConnector {
         if ips.iter().any(|ip| !self.permitted(*ip)) {
             return Err(ConnectError::Private);
         }
-        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
     }
 
     fn permitted(&self, ip: IpAddr) -> bool {
@@ -250,7 +257,12 @@ mod tests {
         ] {
             assert!(is_refused(a.parse().unwrap()), "{a} should be refused");
         }
-        for a in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808"] {
+        for a in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+        ] {
             assert!(!is_refused(a.parse().unwrap()), "{a} should be allowed");
         }
     }
@@ -275,7 +287,10 @@ mod tests {
             "127.0.0.1".parse().unwrap(),
         ]));
         let c = GuardedConnector::new(r.clone(), BTreeMap::new(), vec![], Duration::from_secs(1));
-        assert_eq!(c.checked_addrs("x.test", 443).await, Err(ConnectError::Private));
+        assert_eq!(
+            c.checked_addrs("x.test", 443).await,
+            Err(ConnectError::Private)
+        );
 
         let c = GuardedConnector::new(
             r.clone(),

@@ -32,8 +32,8 @@ use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
 pub use body::{Body, BoxError};
-pub use connector::{is_refused, Resolve, SystemResolver};
 use connector::GuardedConnector;
+pub use connector::{is_refused, Resolve, SystemResolver};
 use metrics::{ListenerLabels, Metrics, RequestLabels};
 
 type UpstreamClient = Client<HttpsConnector<GuardedConnector>, Body>;
@@ -106,9 +106,7 @@ impl Proxy {
         );
         let roots = credproxy_tls::upstream_root_store(&config.upstream.extra_ca_files)
             .map_err(ProxyError::UpstreamTls)?;
-        let resolver = options
-            .resolver
-            .unwrap_or_else(|| Arc::new(SystemResolver));
+        let resolver = options.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
         let guarded = GuardedConnector::new(
             resolver,
             config.upstream.resolve.clone(),
@@ -149,12 +147,16 @@ impl Proxy {
             listeners.push(Listener::bind(&l.name, &l.addr, l.unix_mode).await?);
         }
         let admin = match &config.admin {
-            Some(a) => Some(TcpListener::bind(a.addr).await.map_err(|source| {
-                ProxyError::Admin {
-                    addr: a.addr,
-                    source,
-                }
-            })?),
+            Some(a) => {
+                Some(
+                    TcpListener::bind(a.addr)
+                        .await
+                        .map_err(|source| ProxyError::Admin {
+                            addr: a.addr,
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         if config.allowed_domains.is_empty() {
@@ -307,12 +309,8 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let watcher = watcher.clone();
-        tokio::spawn(async move {
-            shared.metrics.open_connections.inc();
-            service::serve_connection(shared.clone(), accepted, watcher).await;
-            shared.metrics.open_connections.dec();
-            drop(permit);
-        });
+        let slot = service::ConnSlot::new(shared.clone(), permit);
+        tokio::spawn(service::serve_connection(shared, accepted, slot, watcher));
     }
 }
 
@@ -359,7 +357,11 @@ fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             shared.metrics.encode(),
         ),
-        _ => (404, "text/plain", "not found: try /healthz, /readyz or /metrics\n".into()),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+        ),
     };
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();

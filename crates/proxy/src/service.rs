@@ -23,11 +23,36 @@ use crate::drain::Drain;
 use crate::prefixed::Prefixed;
 use crate::Shared;
 
-/// What every request on one agent connection shares.
+/// What every request on one agent connection shares. It lives as long as the connection
+/// and any tunnel opened on it (hyper's connection future ends at the upgrade).
 struct ConnCtx {
     listener: Arc<ListenerInfo>,
     peer: PeerAddr,
     clock: Arc<ConnClock>,
+    _slot: ConnSlot,
+}
+
+/// A connection's place under `limits.max_connections`, counted in the open-connections
+/// gauge until dropped.
+pub(crate) struct ConnSlot {
+    shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ConnSlot {
+    pub(crate) fn new(shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) -> ConnSlot {
+        shared.metrics.open_connections.inc();
+        ConnSlot {
+            shared,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.shared.metrics.open_connections.dec();
+    }
 }
 
 /// What every request inside one CONNECT tunnel shares.
@@ -44,7 +69,12 @@ fn request_id() -> String {
 }
 
 /// Serve one accepted agent connection until it closes.
-pub(crate) async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, watcher: Drain) {
+pub(crate) async fn serve_connection(
+    shared: Arc<Shared>,
+    accepted: Accepted,
+    slot: ConnSlot,
+    watcher: Drain,
+) {
     let clock = ConnClock::new(
         shared.limits.header_read_timeout,
         shared.limits.idle_timeout,
@@ -54,6 +84,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, wa
         listener: accepted.listener,
         peer: accepted.peer,
         clock,
+        _slot: slot,
     });
     let svc_shared = shared.clone();
     let svc_watcher = watcher.clone();
@@ -68,10 +99,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, accepted: Accepted, wa
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    if let Err(e) = watcher
-        .watch(conn, |c| c.graceful_shutdown())
-        .await
-    {
+    if let Err(e) = watcher.watch(conn, |c| c.graceful_shutdown()).await {
         debug!(error = %e, "agent connection ended with an error");
     }
 }
@@ -87,9 +115,17 @@ async fn outer(
     let id = request_id();
     let started = Instant::now();
     let version = req.version();
-    let result = if req.method() == Method::CONNECT {
-        connect(&shared, &ctx, watcher, req)
-    } else {
+    if req.method() == Method::CONNECT {
+        // A tunnel is not a request: the requests inside it are counted one by one.
+        return match connect(&shared, &ctx, watcher, req) {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, Tracked::boxed(body, guard))
+            }
+            Err(reject) => finish(&shared, Err(reject), &id, version, started, guard),
+        };
+    }
+    let result = {
         match req.uri().scheme_str() {
             Some("http") => plain(&shared, &ctx, &id, req).await,
             Some(_) => Err(Reject::HttpsWithoutConnect),
@@ -122,7 +158,7 @@ fn finish(
         }
     };
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, Tracked::new(body, guard))
+    Response::from_parts(parts, Tracked::boxed(body, guard))
 }
 
 fn authority_error(e: AuthorityError, raw: &str) -> Reject {
@@ -257,10 +293,7 @@ where
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
-    if let Err(e) = watcher
-        .watch(conn, |c| c.graceful_shutdown())
-        .await
-    {
+    if let Err(e) = watcher.watch(conn, |c| c.graceful_shutdown()).await {
         debug!(error = %e, "tunnel connection ended with an error");
     }
 }
@@ -406,9 +439,10 @@ async fn forward(
     parts.headers.remove(http::header::HOST);
     if let Some((Some(up), _)) = ws_headers {
         parts.headers.insert(http::header::UPGRADE, up);
-        parts
-            .headers
-            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
     }
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -421,21 +455,20 @@ async fn forward(
         &shared.client
     };
     let send = client.request(upstream_req);
-    let mut resp =
-        match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let reject = classify_upstream_error(&e, authority);
-                warn!(request_id = id, %authority, reason = reject.reason(), error = %ErrorChain(&e), "upstream request failed");
-                return Err(reject);
-            }
-            Err(_) => {
-                warn!(request_id = id, %authority, "upstream response timed out");
-                return Err(Reject::UpstreamTimeout {
-                    authority: authority.clone(),
-                });
-            }
-        };
+    let mut resp = match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let reject = classify_upstream_error(&e, authority);
+            warn!(request_id = id, %authority, reason = reject.reason(), error = %ErrorChain(&e), "upstream request failed");
+            return Err(reject);
+        }
+        Err(_) => {
+            warn!(request_id = id, %authority, "upstream response timed out");
+            return Err(Reject::UpstreamTimeout {
+                authority: authority.clone(),
+            });
+        }
+    };
     debug!(request_id = id, listener = %ctx.listener.name, %method, %authority, status = resp.status().as_u16(), "forwarded");
 
     if let Some(agent_upgrade) = agent_upgrade {
@@ -447,8 +480,8 @@ async fn forward(
                 let (Ok(a), Ok(u)) = (agent_upgrade.await, upstream_upgrade.await) else {
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u))
-                    .await;
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u)).await;
             });
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, empty()));
@@ -457,32 +490,53 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed(),
+    ))
 }
 
 /// Map a client error to a rejection by what is in its cause chain.
 fn classify_upstream_error(e: &hyper_util::client::legacy::Error, authority: &Authority) -> Reject {
     let authority = authority.clone();
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<ConnectError>() {
-            return match c {
-                ConnectError::Dns => Reject::DnsFailure { authority },
-                ConnectError::Private => Reject::PrivateAddress { authority },
-                ConnectError::Refused => Reject::UpstreamUnreachable { authority },
-                ConnectError::Timeout => Reject::UpstreamTimeout { authority },
-            };
-        }
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return Reject::UpstreamTls { authority };
-        }
-        cur = err.source();
+    if let Some(c) = find_cause::<ConnectError>(e) {
+        return match c {
+            ConnectError::Dns => Reject::DnsFailure { authority },
+            ConnectError::Private => Reject::PrivateAddress { authority },
+            ConnectError::Refused => Reject::UpstreamUnreachable { authority },
+            ConnectError::Timeout => Reject::UpstreamTimeout { authority },
+        };
+    }
+    if find_cause::<rustls::Error>(e).is_some() {
+        return Reject::UpstreamTls { authority };
     }
     if e.is_connect() {
         Reject::UpstreamUnreachable { authority }
     } else {
         Reject::UpstreamProtocol { authority }
     }
+}
+
+/// Find an error of type `T` among the causes of `e`. Connectors wrap errors in
+/// `io::Error`s (sometimes twice), whose `source()` skips their payload, so payloads are
+/// searched as well as sources.
+fn find_cause<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut stack = vec![e];
+    while let Some(err) = stack.pop() {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(payload) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            stack.push(payload);
+        }
+        if let Some(src) = err.source() {
+            stack.push(src);
+        }
+    }
+    None
 }
 
 /// Display an error with its causes, for logs.
