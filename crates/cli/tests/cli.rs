@@ -982,9 +982,3 @@ impl From<&Path> for OsStrArg {
         OsStrArg(p.as_os_str().to_owned())
     }
 }
-
-impl From<PathBuf> for OsStrArg {
-    fn from(p: PathBuf) -> Self {
-        OsStrArg(p.into_os_string())
-    }
-}

@@ -9,8 +9,10 @@ mod allowlist;
 mod authority;
 mod listen_addr;
 mod reject;
+mod secret;
 
 pub use allowlist::{Allowlist, AllowlistEntry, AllowlistError};
 pub use authority::{Authority, AuthorityError, Scheme};
 pub use listen_addr::{ListenAddr, PeerAddr};
 pub use reject::{Reject, RejectSource};
+pub use secret::Secret;
