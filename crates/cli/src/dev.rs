@@ -55,9 +55,13 @@ pub struct DevArgs {
 pub async fn dev(args: DevArgs) -> ExitCode {
     let config = match prepare(&args) {
         Ok(c) => c,
-        Err(e) => {
+        Err(DevError::Usage(e)) => {
             eprintln!("credproxy dev: {e:#}");
             return ExitCode::from(EXIT_USAGE);
+        }
+        Err(DevError::Runtime(e)) => {
+            eprintln!("credproxy dev: {e:#}");
+            return ExitCode::FAILURE;
         }
     };
     crate::logging::init(&config.log, std::env::var("CREDPROXY_LOG").ok());
@@ -76,6 +80,13 @@ pub async fn dev(args: DevArgs) -> ExitCode {
             ListenAddr::Unix(_) => None,
         });
     let state = absolute(&args.state_dir);
+    let shutdown = match crate::serve::shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("credproxy dev: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(addr) = proxy_addr {
         let env = agent_env(&addr.to_string(), &state, proxy.admin_addr());
         let mut out = std::io::stdout().lock();
@@ -83,19 +94,40 @@ pub async fn dev(args: DevArgs) -> ExitCode {
         let _ = out.flush();
     }
     crate::serve::notify_ready();
-    proxy.run(crate::serve::shutdown_signal()).await;
+    proxy.run(shutdown).await;
     ExitCode::SUCCESS
 }
 
+/// A failure to prepare dev mode: bad arguments (exit 64) or the machine (exit 1).
+enum DevError {
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for DevError {
+    fn from(e: anyhow::Error) -> Self {
+        DevError::Runtime(e)
+    }
+}
+
 /// Create the state directory, CA and bundle if missing; write and load the config.
-fn prepare(args: &DevArgs) -> anyhow::Result<Config> {
+fn prepare(args: &DevArgs) -> Result<Config, DevError> {
     let dir = absolute(&args.state_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
     let ca_dir = dir.join("ca");
-    if !ca_dir.join("ca.crt").exists() {
-        credproxy_tls::init_ca(&ca_dir, false).context("cannot create the dev CA")?;
+    match (ca_dir.join("ca.crt").exists(), ca_dir.join("ca.key").exists()) {
+        (true, true) => {}
+        (false, false) => {
+            credproxy_tls::init_ca(&ca_dir, false).context("cannot create the dev CA")?;
+        }
+        _ => {
+            return Err(DevError::Runtime(anyhow::anyhow!(
+                "{} holds only half of a CA (ca.crt and ca.key must both exist); remove the directory to create a new one",
+                ca_dir.display()
+            )))
+        }
     }
     write_bundle(&dir)?;
 
@@ -127,15 +159,16 @@ fn prepare(args: &DevArgs) -> anyhow::Result<Config> {
     }
     let _ = writeln!(yaml, "  resolve:");
     for r in &args.resolve {
-        let (host, addr) = r
-            .split_once('=')
-            .with_context(|| format!("--resolve {r:?}: expected HOST=IP:PORT"))?;
+        let (host, addr) = r.split_once('=').ok_or_else(|| {
+            DevError::Usage(anyhow::anyhow!("--resolve {r:?}: expected HOST=IP:PORT"))
+        })?;
         let _ = writeln!(yaml, "    {}: {}", q(host), q(addr));
     }
     let _ = writeln!(yaml, "log:\n  format: pretty\n  level: info");
     let path = dir.join("config.yaml");
     std::fs::write(&path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;
-    Config::load(&path).map_err(|e| anyhow::anyhow!("generated config is invalid:\n{e}"))
+    Config::load(&path)
+        .map_err(|e| DevError::Usage(anyhow::anyhow!("the options give an invalid config:\n{e}")))
 }
 
 /// `ca-bundle.pem`: the system roots plus the dev CA, for clients (Python, curl via
@@ -171,13 +204,25 @@ pub fn agent_env(proxy: &str, state: &Path, admin: Option<std::net::SocketAddr>)
     let _ = writeln!(s, "# credproxy dev is running. In the agent's shell:");
     let _ = writeln!(s, "export HTTPS_PROXY=http://{proxy}");
     let _ = writeln!(s, "export HTTP_PROXY=http://{proxy}");
-    let _ = writeln!(s, "export SSL_CERT_FILE={}", bundle.display());
-    let _ = writeln!(s, "export REQUESTS_CA_BUNDLE={}", bundle.display());
-    let _ = writeln!(s, "export NODE_EXTRA_CA_CERTS={}", ca.display());
+    let _ = writeln!(s, "export SSL_CERT_FILE={}", shell_quote(&bundle));
+    let _ = writeln!(s, "export REQUESTS_CA_BUNDLE={}", shell_quote(&bundle));
+    let _ = writeln!(s, "export NODE_EXTRA_CA_CERTS={}", shell_quote(&ca));
     let _ = writeln!(s, "export NODE_USE_ENV_PROXY=1");
     let _ = writeln!(s, "# example: curl -sS https://api.github.com/zen");
     if let Some(a) = admin {
         let _ = writeln!(s, "# metrics: curl -s http://{a}/metrics");
     }
     s
+}
+
+/// Quote a path for a POSIX shell when it needs it.
+fn shell_quote(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }

@@ -50,8 +50,8 @@ pub async fn serve(config_path: PathBuf) -> ExitCode {
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logged once, through the configured log format (JSON lines stay JSON).
             error!(error = format!("{e:#}"), "credproxy failed");
-            eprintln!("credproxy: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -65,11 +65,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (name, addr) in proxy.listener_addrs() {
         info!(listener = %name, %addr, "listening");
     }
-    if let Some(a) = proxy.admin_addr() {
-        info!(%a, "admin listening");
+    if let Some(addr) = proxy.admin_addr() {
+        info!(%addr, "admin listening");
     }
+    // Handlers are installed before readiness is announced, so a supervisor that stops us
+    // right after READY gets a clean shutdown rather than the default signal action.
+    let shutdown = shutdown_signal()?;
     notify_ready();
-    proxy.run(shutdown_signal()).await;
+    proxy.run(shutdown).await;
     Ok(())
 }
 
@@ -80,20 +83,16 @@ pub fn notify_ready() {
     }
 }
 
-pub async fn shutdown_signal() {
+/// Install SIGTERM/SIGINT handlers now; the returned future resolves on either.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    })
 }

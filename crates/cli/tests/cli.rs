@@ -761,7 +761,6 @@ async fn serve_notifies_systemd_ready_and_stopping() {
 // These fail (racily) until the handlers are installed before readiness is announced.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: serve installs its SIGTERM handler after sending READY=1 (see serve.rs run)"]
 async fn serve_sigterm_right_after_ready_exits_cleanly() {
     let (pki, upstream) = tls_upstream().await;
     for _ in 0..5 {
@@ -781,7 +780,6 @@ async fn serve_sigterm_right_after_ready_exits_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: dev installs its SIGTERM handler after printing the exports (see dev.rs dev)"]
 async fn dev_sigterm_right_after_the_exports_exits_cleanly() {
     let (pki, upstream) = tls_upstream().await;
     let tmp = tempfile::tempdir().unwrap();
