@@ -164,6 +164,7 @@ fn prepare(args: &DevArgs) -> Result<Config, DevError> {
         })?;
         let _ = writeln!(yaml, "    {}: {}", q(host), q(addr));
     }
+    let _ = writeln!(yaml, "identity:\n  danger_allow_anonymous: true");
     let _ = writeln!(yaml, "log:\n  format: pretty\n  level: info");
     let path = dir.join("config.yaml");
     std::fs::write(&path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;

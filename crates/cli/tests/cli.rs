@@ -351,7 +351,8 @@ async fn check_config_accepts_a_valid_config() {
         format!(
             "listeners:\n  - name: a\n    tcp: \"127.0.0.1:0\"\n\
              ca:\n  cert_file: {}\n  key_file: {}\n\
-             allowed_domains:\n  - {ALLOWED}\n",
+             allowed_domains:\n  - {ALLOWED}\n\
+             identity:\n  danger_allow_anonymous: true\n",
             q(dir.path().join("ca.crt").to_string_lossy()),
             q(dir.path().join("ca.key").to_string_lossy()),
         ),
@@ -478,7 +479,8 @@ async fn serve_without_a_ca_exits_1_naming_the_missing_file() {
             "listeners:\n  - name: a\n    tcp: \"127.0.0.1:0\"\n\
              admin:\n  tcp: \"127.0.0.1:0\"\n\
              ca:\n  cert_file: {}\n  key_file: {}\n\
-             allowed_domains: [{ALLOWED}]\n",
+             allowed_domains: [{ALLOWED}]\n\
+             identity: {{danger_allow_anonymous: true}}\n",
             q(crt.to_string_lossy()),
             q(key.to_string_lossy()),
         ),
@@ -576,6 +578,7 @@ async fn serve_setup(dir: &Path, pki: &TestPki, upstream: &Upstream) -> PathBuf 
              ca:\n  cert_file: ca/ca.crt\n  key_file: ca/ca.key\n\
              allowed_domains:\n  - {ALLOWED}\n\
              upstream:\n  extra_ca_files: [{}]\n  resolve:\n    {ALLOWED}: {}\n\
+             identity:\n  danger_allow_anonymous: true\n\
              limits:\n  shutdown_grace: 2s\n\
              log:\n  format: json\n  level: info\n",
             q(pki.ca_cert_path().to_string_lossy()),

@@ -11,6 +11,7 @@
 //! Relative paths are resolved against the directory of the configuration file.
 
 mod error;
+mod features;
 mod raw;
 mod validate;
 
@@ -33,6 +34,13 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub limits: Limits,
     pub log: LogConfig,
+    /// Agent authentication. `None` only with `identity.danger_allow_anonymous: true`: every
+    /// request then carries the anonymous identity (no roles), and a warning is logged.
+    pub identity: Option<IdentityConfig>,
+    pub policy: PolicyConfig,
+    pub secrets: SecretsConfig,
+    pub credentials: Vec<CredentialConfig>,
+    pub audit: Option<AuditConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +49,141 @@ pub struct ListenerConfig {
     pub addr: ListenAddr,
     /// File mode for a Unix socket (default 0660).
     pub unix_mode: u32,
+    /// Only this agent identity may use the listener.
+    pub agent: Option<String>,
+}
+
+/// `identity.oidc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub roles_claim: String,
+    pub groups_claim: String,
+    pub agent_claim: String,
+    pub algorithms: Vec<String>,
+    pub leeway: Duration,
+    pub jwks_min_refresh_interval: Duration,
+    pub max_token_bytes: usize,
+    pub ca_files: Vec<PathBuf>,
+    /// Use this JWKS file instead of discovery (the dev issuer; air-gapped setups).
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// `policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Directory of `*.rego` files; the built-in default policy when `None`.
+    pub dir: Option<PathBuf>,
+    /// Upper bound on one evaluation; exceeding it denies (503).
+    pub eval_limit: Duration,
+}
+
+/// `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretsConfig {
+    pub openbao: Option<OpenBaoConfig>,
+    /// How long a fetched secret is reused (all sources); zero disables caching.
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenBaoConfig {
+    pub address: String,
+    pub ca_file: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub auth: OpenBaoAuth,
+    pub kv_mount: String,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenBaoAuth {
+    TokenFile(PathBuf),
+    AppRole {
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+        mount: String,
+    },
+}
+
+/// How a credential is presented upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// `header_name: header_prefix + secret` (default header `x-api-key`).
+    ApiKey,
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `Authorization: Basic base64(user:password)`.
+    BasicAuth,
+    /// Any header: `header_name: header_prefix + secret` (header_name required).
+    Header,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::Bearer => "bearer",
+            CredentialKind::BasicAuth => "basic_auth",
+            CredentialKind::Header => "header",
+        }
+    }
+}
+
+/// Where a credential may be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InjectIn {
+    pub header: bool,
+    pub query: bool,
+    pub body: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSourceConfig {
+    File(PathBuf),
+    Env(String),
+    OpenBao {
+        path: String,
+        field: String,
+        version: Option<u64>,
+    },
+}
+
+/// One entry of `credentials`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialConfig {
+    pub id: String,
+    pub placeholder: String,
+    pub kind: CredentialKind,
+    /// Lowercase header name the secret is injected into (`authorization` for bearer and
+    /// basic_auth).
+    pub header_name: String,
+    pub header_prefix: String,
+    /// For basic_auth: a fixed user name, the secret then being the password. Without it the
+    /// secret is `user:password`.
+    pub username: Option<String>,
+    /// Destinations the credential may be sent to (same syntax as `allowed_domains`).
+    pub bound_domains: Allowlist,
+    pub allowed_roles: Vec<String>,
+    pub inject_in: InjectIn,
+    pub source: SecretSourceConfig,
+}
+
+/// `audit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    pub retention: Option<Duration>,
+    pub temporal: Option<TemporalConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemporalConfig {
+    pub address: String,
+    pub namespace: String,
+    pub task_queue: String,
+    pub signal_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

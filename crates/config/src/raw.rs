@@ -18,6 +18,11 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     pub limits: Option<RawLimits>,
     pub log: Option<RawLog>,
+    pub identity: Option<RawIdentity>,
+    pub policy: Option<RawPolicy>,
+    pub secrets: Option<RawSecrets>,
+    pub credentials: Option<Vec<Option<RawCredential>>>,
+    pub audit: Option<RawAudit>,
     /// Errors found while reading the shape; validation adds its own and reports all.
     pub errors: Vec<ConfigError>,
 }
@@ -29,6 +34,7 @@ pub struct RawListener {
     pub tcp: Option<String>,
     pub unix: Option<String>,
     pub unix_mode: Option<String>,
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +84,124 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub oidc: Option<RawOidc>,
+    #[serde(default)]
+    pub danger_allow_anonymous: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub roles_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub agent_claim: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub leeway: Option<String>,
+    pub jwks_min_refresh_interval: Option<String>,
+    pub max_token_bytes: Option<usize>,
+    #[serde(default)]
+    pub ca_files: Vec<String>,
+    pub jwks_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub dir: Option<String>,
+    pub eval_limit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    pub openbao: Option<RawOpenBao>,
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenBao {
+    pub address: Option<String>,
+    pub ca_file: Option<String>,
+    pub namespace: Option<String>,
+    pub auth: Option<RawOpenBaoAuth>,
+    pub kv_mount: Option<String>,
+    pub cache_ttl: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenBaoAuth {
+    pub token_file: Option<String>,
+    pub approle: Option<RawAppRole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppRole {
+    pub role_id_file: Option<String>,
+    pub secret_id_file: Option<String>,
+    pub mount: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    pub id: Option<String>,
+    pub placeholder: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub header_name: Option<String>,
+    pub header_prefix: Option<String>,
+    pub username: Option<String>,
+    #[serde(default)]
+    pub bound_domains: Vec<String>,
+    #[serde(default)]
+    pub allowed_roles: Vec<String>,
+    pub inject_in: Option<Vec<String>>,
+    pub source: Option<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub file: Option<String>,
+    pub env: Option<String>,
+    pub openbao: Option<RawOpenBaoSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenBaoSource {
+    pub path: Option<String>,
+    pub field: Option<String>,
+    pub version: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Option<String>,
+    pub retention: Option<String>,
+    pub temporal: Option<RawTemporal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemporal {
+    pub address: Option<String>,
+    pub namespace: Option<String>,
+    pub task_queue: Option<String>,
+    pub signal_timeout: Option<String>,
+}
+
 const SECTIONS: &[&str] = &[
     "listeners",
     "admin",
@@ -86,6 +210,11 @@ const SECTIONS: &[&str] = &[
     "upstream",
     "limits",
     "log",
+    "identity",
+    "policy",
+    "secrets",
+    "credentials",
+    "audit",
 ];
 
 /// Parse the document's shape. A YAML syntax error is fatal (nothing after it can be read);
@@ -130,6 +259,11 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
             "upstream" => raw.upstream = section(&key, v, &mut raw.errors),
             "limits" => raw.limits = section(&key, v, &mut raw.errors),
             "log" => raw.log = section(&key, v, &mut raw.errors),
+            "identity" => raw.identity = section(&key, v, &mut raw.errors),
+            "policy" => raw.policy = section(&key, v, &mut raw.errors),
+            "secrets" => raw.secrets = section(&key, v, &mut raw.errors),
+            "credentials" => raw.credentials = section_list(&key, v, &mut raw.errors),
+            "audit" => raw.audit = section(&key, v, &mut raw.errors),
             other => raw.errors.push(ConfigError::new(
                 other,
                 format!("unknown section, expected one of {}", SECTIONS.join(", ")),

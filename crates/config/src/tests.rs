@@ -21,6 +21,7 @@ allowed_domains:
   - api.anthropic.com
   - "*.githubusercontent.com"
   - API.OpenAI.com.
+  - api.github.com
 upstream:
   extra_ca_files: [extra.pem]
   resolve:
@@ -33,6 +34,40 @@ limits:
 log:
   format: pretty
   level: debug
+identity:
+  oidc:
+    issuer: https://id.example/realms/openclaw
+    audiences: [credproxy]
+    leeway: 10s
+policy:
+  dir: policy
+secrets:
+  openbao:
+    address: https://127.0.0.1:8200
+    ca_file: bao-ca.pem
+    auth:
+      approle: {role_id_file: role_id, secret_id_file: secret_id}
+    cache_ttl: 10s
+credentials:
+  - id: anthropic
+    placeholder: agent-vault-00000000-0000-0000-0000-000000000001
+    type: api_key
+    bound_domains: [api.anthropic.com]
+    allowed_roles: [proxy-user]
+    source:
+      openbao: {path: openclaw/credentials/anthropic}
+  - id: github
+    placeholder: ghp_placeholder_for_the_agent_0001
+    type: bearer
+    bound_domains: [api.github.com]
+    allowed_roles: [proxy-user]
+    inject_in: [header, query]
+    source: {env: GITHUB_TOKEN}
+audit:
+  path: /var/lib/credproxy/audit.db
+  retention: 30d
+  temporal:
+    address: 127.0.0.1:7233
 "#;
 
 #[test]
@@ -59,12 +94,70 @@ fn parses_a_full_config() {
     assert_eq!(c.limits.header_read_timeout, Duration::from_secs(5));
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(90));
     assert_eq!(c.log.format, LogFormat::Pretty);
+    let id = c.identity.unwrap();
+    assert_eq!(id.roles_claim, "realm_access.roles");
+    assert_eq!(id.leeway, Duration::from_secs(10));
+    assert_eq!(c.policy.dir.as_deref(), Some(Path::new("/etc/credproxy/policy")));
+    assert_eq!(c.secrets.cache_ttl, Duration::from_secs(10));
+    assert_eq!(c.credentials.len(), 2);
+    assert_eq!(c.credentials[0].header_name, "x-api-key");
+    assert_eq!(c.credentials[1].header_name, "authorization");
+    assert!(c.credentials[1].inject_in.query && !c.credentials[1].inject_in.body);
+    assert_eq!(c.audit.unwrap().temporal.unwrap().task_queue, "credproxy");
+}
+
+#[test]
+fn credential_errors_are_all_reported() {
+    let bad = r#"
+listeners: [{name: a, tcp: "127.0.0.1:1"}]
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.example.com]
+identity: {danger_allow_anonymous: true}
+credentials:
+  - id: Bad Id
+    placeholder: AGENT-VAULT-00000000-0000-0000-0000-000000000001
+    type: bearer
+    header_prefix: "Bearer "
+    bound_domains: [api.other.com]
+    inject_in: [cookie]
+    source: {openbao: {path: x}}
+  - id: short
+    placeholder: tooshort
+    type: header
+    source: {file: /x, env: Y}
+  - id: a
+    placeholder: sk-placeholder-0000000001
+    type: api_key
+    header_name: X-Api-Key
+    bound_domains: [api.example.com]
+    source: {env: A}
+  - id: b
+    placeholder: sk-placeholder-0000000001-extra
+    type: api_key
+    bound_domains: [api.example.com]
+    source: {env: B}
+"#;
+    let errs = Config::parse(bad, Path::new("/")).unwrap_err();
+    insta::assert_snapshot!(errs.to_string());
+}
+
+#[test]
+fn identity_is_required_unless_anonymous_is_explicit() {
+    let base = "listeners: [{name: a, tcp: '127.0.0.1:1'}]\nca: {cert_file: /c, key_file: /k}\nallowed_domains: []\n";
+    let e = Config::parse(base, Path::new("/")).unwrap_err().to_string();
+    assert!(e.contains("identity: required"), "{e}");
+    let ok = format!("{base}identity: {{danger_allow_anonymous: true}}\n");
+    assert!(Config::parse(&ok, Path::new("/")).unwrap().identity.is_none());
+    let bad_alg = format!("{base}identity: {{oidc: {{issuer: x, audiences: [a], algorithms: [HS256, none]}}}}\n");
+    let e = Config::parse(&bad_alg, Path::new("/")).unwrap_err().to_string();
+    assert!(e.contains("algorithms[0]") && e.contains("algorithms[1]") && e.contains("never none or HMAC"), "{e}");
 }
 
 #[test]
 fn json_is_accepted() {
     let json = r#"{"listeners":[{"name":"a","tcp":"127.0.0.1:1"}],
-        "ca":{"cert_file":"/c","key_file":"/k"},"allowed_domains":["example.com"]}"#;
+        "ca":{"cert_file":"/c","key_file":"/k"},"allowed_domains":["example.com"],
+        "identity":{"danger_allow_anonymous":true}}"#;
     let c = Config::parse(json, Path::new("/")).unwrap();
     assert_eq!(c.listeners[0].name, "a");
 }
@@ -106,7 +199,7 @@ identity: {}
 #[test]
 fn missing_ca_is_an_error_not_a_default() {
     let errs = Config::parse(
-        "listeners: [{name: a, tcp: '127.0.0.1:1'}]\nallowed_domains: []\n",
+        "listeners: [{name: a, tcp: '127.0.0.1:1'}]\nallowed_domains: []\nidentity: {danger_allow_anonymous: true}\n",
         Path::new("/"),
     )
     .unwrap_err();

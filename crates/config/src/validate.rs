@@ -15,17 +15,21 @@ use crate::{
     DEFAULT_LEAF_CACHE_SIZE, DEFAULT_LEAF_VALIDITY,
 };
 
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     base: &'a Path,
     errors: Vec<ConfigError>,
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub(crate) fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push(ConfigError::new(path, msg));
     }
 
-    fn path(&self, s: &str) -> PathBuf {
+    pub(crate) fn path(&self, s: &str) -> PathBuf {
         let p = PathBuf::from(s);
         if p.is_absolute() {
             p
@@ -34,7 +38,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
+    pub(crate) fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s) {
@@ -270,6 +274,30 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let identity = match raw.identity {
+        Some(i) => crate::features::identity(&mut cx, i),
+        None => {
+            cx.err(
+                "identity",
+                "required: identity.oidc (agents authenticate), or identity.danger_allow_anonymous: true for local testing",
+            );
+            None
+        }
+    };
+    let policy = crate::features::policy(&mut cx, raw.policy);
+    let secrets = crate::features::secrets(&mut cx, raw.secrets);
+    let credentials =
+        crate::features::credentials(&mut cx, raw.credentials, &allowed_domains, &secrets);
+    let audit = raw.audit.and_then(|a| crate::features::audit(&mut cx, a));
+    for (i, l) in listeners.iter().enumerate() {
+        if l.agent.is_some() && identity.is_none() {
+            cx.err(
+                format!("listeners[{i}].agent"),
+                "binding a listener to an agent needs identity.oidc (agents must authenticate)",
+            );
+        }
+    }
+
     if !cx.errors.is_empty() {
         return Err(ConfigErrors(cx.errors));
     }
@@ -285,6 +313,11 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         upstream,
         limits,
         log,
+        identity,
+        policy,
+        secrets,
+        credentials,
+        audit,
     })
 }
 
@@ -325,9 +358,17 @@ fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig
             }
         },
     };
+    let agent = match l.agent {
+        Some(a) if a.is_empty() => {
+            cx.err(at("agent"), "must not be empty");
+            None
+        }
+        other => other,
+    };
     Some(ListenerConfig {
         name: name?,
         addr: addr?,
         unix_mode,
+        agent,
     })
 }

@@ -86,6 +86,7 @@ impl Harness {
         for l in &setup.upstream {
             y.push_str(&format!("  {l}\n"));
         }
+        y.push_str("identity:\n  danger_allow_anonymous: true\n");
         y.push_str("limits:\n  shutdown_grace: 1s\n");
         for l in &setup.limits {
             y.push_str(&format!("  {l}\n"));
