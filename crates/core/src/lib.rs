@@ -14,5 +14,5 @@ mod secret;
 pub use allowlist::{Allowlist, AllowlistEntry, AllowlistError};
 pub use authority::{Authority, AuthorityError, Scheme};
 pub use listen_addr::{ListenAddr, PeerAddr};
-pub use reject::{Reject, RejectSource};
+pub use reject::{MisuseKind, Reject, RejectSource};
 pub use secret::Secret;

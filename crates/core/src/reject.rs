@@ -67,8 +67,51 @@ pub enum Reject {
     UpstreamTimeout { authority: Authority },
     /// The proxy is at `limits.max_connections`.
     TooManyConnections,
+    /// No usable identity in `Proxy-Authorization` (reason label from the verifier).
+    ProxyAuthRequired { reason: &'static str, message: String },
+    /// The identity provider has not answered yet; nothing that needs identity can proceed.
+    IdentityUnavailable,
+    /// A valid identity, but not the one this listener is bound to.
+    ListenerAgentMismatch { listener: String },
+    /// A placeholder was used where its credential may not be used (another host, another
+    /// location, cleartext) or a placeholder-like string that is not one (near miss).
+    PlaceholderMisuse { kind: MisuseKind, message: String },
+    /// The policy denied the request; the reasons are the policy's sentences.
+    PolicyDenied { reasons: Vec<String> },
+    /// The policy could not be evaluated (error or time limit): fail closed.
+    PolicyUnavailable { reason: &'static str },
+    /// The secret store could not provide a credential's value.
+    SecretUnavailable { credential: String, reason: &'static str },
+    /// A credential's value cannot be injected safely (e.g. CR/LF in a header value).
+    SecretInvalid { credential: String },
+    /// The audit spool could not record the use durably: no credential is sent.
+    AuditUnavailable,
+    /// The upstream used a content encoding the scrubber cannot decode.
+    UpstreamEncoding { authority: Authority, encoding: String },
     /// A bug or an unexpected local failure; details are logged, never sent.
     Internal,
+}
+
+/// Kinds of placeholder misuse, each a stable reason label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MisuseKind {
+    NotBound,
+    WrongLocation,
+    Cleartext,
+    NearMiss,
+    LateInBody,
+}
+
+impl MisuseKind {
+    pub fn reason(self) -> &'static str {
+        match self {
+            MisuseKind::NotBound => "credential_not_bound",
+            MisuseKind::WrongLocation => "credential_wrong_location",
+            MisuseKind::Cleartext => "credential_cleartext",
+            MisuseKind::NearMiss => "placeholder_near_miss",
+            MisuseKind::LateInBody => "placeholder_late_in_body",
+        }
+    }
 }
 
 impl Reject {
@@ -87,7 +130,17 @@ impl Reject {
             | Reject::UpstreamUnreachable { .. }
             | Reject::UpstreamTls { .. }
             | Reject::UpstreamProtocol { .. } => 502,
-            Reject::TooManyConnections => 503,
+            Reject::TooManyConnections
+            | Reject::IdentityUnavailable
+            | Reject::PolicyUnavailable { .. }
+            | Reject::AuditUnavailable => 503,
+            Reject::ProxyAuthRequired { .. } => 407,
+            Reject::ListenerAgentMismatch { .. }
+            | Reject::PlaceholderMisuse { .. }
+            | Reject::PolicyDenied { .. } => 403,
+            Reject::SecretUnavailable { .. }
+            | Reject::SecretInvalid { .. }
+            | Reject::UpstreamEncoding { .. } => 502,
             Reject::UpstreamTimeout { .. } => 504,
             Reject::Internal => 500,
         }
@@ -111,6 +164,20 @@ impl Reject {
             Reject::UpstreamProtocol { .. } => "upstream_protocol",
             Reject::UpstreamTimeout { .. } => "upstream_timeout",
             Reject::TooManyConnections => "too_many_connections",
+            Reject::ProxyAuthRequired { reason, .. } => match *reason {
+                "missing" => "identity_missing",
+                "expired" => "identity_expired",
+                _ => "identity_invalid",
+            },
+            Reject::IdentityUnavailable => "identity_unavailable",
+            Reject::ListenerAgentMismatch { .. } => "listener_agent_mismatch",
+            Reject::PlaceholderMisuse { kind, .. } => kind.reason(),
+            Reject::PolicyDenied { .. } => "policy_denied",
+            Reject::PolicyUnavailable { reason } => reason,
+            Reject::SecretUnavailable { reason, .. } => reason,
+            Reject::SecretInvalid { .. } => "secret_invalid",
+            Reject::AuditUnavailable => "audit_unavailable",
+            Reject::UpstreamEncoding { .. } => "upstream_encoding",
             Reject::Internal => "internal",
         }
     }
@@ -124,9 +191,18 @@ impl Reject {
             | Reject::AuthorityMismatch { .. }
             | Reject::UpgradeNotAllowed { .. }
             | Reject::HeadersTooLarge => RejectSource::Agent,
-            Reject::DestinationNotAllowed { .. } | Reject::PrivateAddress { .. } => {
-                RejectSource::Policy
+            Reject::DestinationNotAllowed { .. }
+            | Reject::PrivateAddress { .. }
+            | Reject::PolicyDenied { .. }
+            | Reject::PolicyUnavailable { .. } => RejectSource::Policy,
+            Reject::ProxyAuthRequired { .. }
+            | Reject::ListenerAgentMismatch { .. }
+            | Reject::PlaceholderMisuse { .. } => RejectSource::Agent,
+            Reject::SecretUnavailable { .. } | Reject::SecretInvalid { .. } => {
+                RejectSource::Vault
             }
+            Reject::UpstreamEncoding { .. } => RejectSource::Upstream,
+            Reject::IdentityUnavailable | Reject::AuditUnavailable => RejectSource::Internal,
             Reject::DnsFailure { .. }
             | Reject::UpstreamUnreachable { .. }
             | Reject::UpstreamTls { .. }
@@ -146,7 +222,8 @@ impl Reject {
                 | Reject::HeadersTooLarge
                 | Reject::TooManyConnections
                 | Reject::Internal
-        )
+                | Reject::ListenerAgentMismatch { .. }
+        ) || matches!(self, Reject::ProxyAuthRequired { reason, .. } if *reason == "expired")
     }
 
     /// One line for the agent: what was refused, why, and what to do.
@@ -167,6 +244,16 @@ impl Reject {
             Reject::UpstreamProtocol { authority } => format!("{authority} sent an invalid response"),
             Reject::UpstreamTimeout { authority } => format!("{authority} did not respond in time"),
             Reject::TooManyConnections => "the proxy is at its connection limit; retry later".into(),
+            Reject::ProxyAuthRequired { message, .. } => format!("proxy authentication required: {message}"),
+            Reject::IdentityUnavailable => "the identity provider is not reachable yet; retry shortly".into(),
+            Reject::ListenerAgentMismatch { listener } => format!("this listener ({listener}) is bound to another agent; use your own channel"),
+            Reject::PlaceholderMisuse { message, .. } => message.clone(),
+            Reject::PolicyDenied { reasons } => format!("denied by policy: {}", reasons.join("; ")),
+            Reject::PolicyUnavailable { .. } => "the authorization policy could not be evaluated; nothing was sent".into(),
+            Reject::SecretUnavailable { credential, .. } => format!("the value of credential {credential} is unavailable; nothing was sent, retry later"),
+            Reject::SecretInvalid { credential } => format!("the value of credential {credential} cannot be sent safely (invalid characters); ask the operator to fix it"),
+            Reject::AuditUnavailable => "the audit log cannot record this credential use, so it was not sent; retry later".into(),
+            Reject::UpstreamEncoding { authority, encoding } => format!("{authority} answered with content encoding {encoding:?}, which cannot be checked for secrets; the response was withheld"),
             Reject::Internal => "internal proxy error; the operator can find details in the proxy log by request id".into(),
         }
     }
