@@ -30,15 +30,70 @@
 //!   `101`. A request without `Upgrade: websocket` / `Sec-WebSocket-Key` gets
 //!   `400`.
 //!
+//! * `ANY /render?from=HEADER[&where=W,..][&encoding=E][&pad=N][&split=1]
+//!   [&gate=NAME][&status=N][&chunked=1]` — reflects request header `HEADER`
+//!   back in every rendering a careless API might use (a reflection-attack
+//!   fixture). The rendered values are [`crate::credential_values`] of the
+//!   header value: `V` itself, plus for `Bearer x` / `Basic x` the part after
+//!   the scheme `V2`, plus for `Basic` the decoded `user:password` `V3`.
+//!   `400` if `from` is missing or the header is absent, or for an unknown
+//!   `where`/`encoding`. `W` is a comma-separated subset of (default `body`):
+//!   * `body` — `content-type: text/plain`; for each value, the lines of
+//!     [`crate::renderings`] (`raw: V`, `base64: ..`, `base64url: ..`,
+//!     `base64_x0..2: ..`, `hex: ..`, `HEX: ..`, `percent: ..`, `json: ..`,
+//!     `json_u: ..`), each `\n`-terminated.
+//!   * `header` — response headers `x-rendered-raw: v` (values that are valid
+//!     header values) and `x-rendered-b64: base64(v)`, one of each per value.
+//!   * `location` — status `302` and
+//!     `Location: https://elsewhere.example/cb?key={percent(V)}&raw={V}`.
+//!   * `trailer` — a trailer `x-rendered-trailer: V` (plus
+//!     `trailer: x-rendered-trailer`; no Content-Length). HTTP/2 always sends
+//!     it; hyper sends trailers on HTTP/1.1 only if the request carried
+//!     `TE: trailers`.
+//!   * `sse` — `content-type: text/event-stream`; frames
+//!     `"data: part1=" ++ V[..len/2]`, then `V[len/2..] ++ "\n\n"` (with
+//!     `gate=NAME`: only after `release(NAME)`), then `"data: done\n\n"`,
+//!     each flushed separately. After the `body` lines if both are asked for
+//!     (separated by an empty line; SSE parsers ignore the `label:` fields).
+//!
+//!   `encoding=gzip|deflate|br|zstd` compresses the whole body (deflate =
+//!   zlib format) with `Content-Encoding` set; the compressor is flushed at
+//!   every SSE frame boundary. `encoding=bogus` only sets
+//!   `Content-Encoding: bogus`. `pad=N` first sends `N` bytes of `'.'` in
+//!   64 KiB frames and a `\n` (never held in memory; with compression the
+//!   filler is compressed streaming, so any `N` is fine). `split=1` sends
+//!   everything else (with compression: all compressed bytes) in 3-byte
+//!   frames, each flushed separately. `status=N` sets the status (overrides
+//!   `location`'s 302). Without `sse`, `trailer` or real compression the
+//!   response has a `Content-Length` (`chunked=1` omits it).
+//! * `POST /v1/messages` — a mock Anthropic Messages API. Reads the JSON
+//!   request; replies with a `Message` whose single text block is
+//!   `"key seen: {x-api-key, else authorization header}"` (it reflects the
+//!   credential, like a reflection attack). `"stream": true` answers the SSE
+//!   sequence `message_start`, `content_block_start`, `ping`, ≥ 3
+//!   `content_block_delta` (the key is split across three of them),
+//!   `content_block_stop`, `message_delta`, `message_stop`, one flushed frame
+//!   per event. Invalid JSON gets a `400` Anthropic error object.
+//! * `POST /v1/chat/completions` — a mock OpenAI Chat Completions API;
+//!   `choices[0].message.content` = `"key seen: {authorization, else
+//!   x-api-key header}"`. `"stream": true` answers `chat.completion.chunk`
+//!   frames (role, ≥ 3 content pieces with the key split across three,
+//!   `finish_reason: "stop"`, a usage chunk if
+//!   `stream_options.include_usage`), then `data: [DONE]`.
+//!
 //! Query values are percent-decoded (`%XX` only; `+` stays `+`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -60,6 +115,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::pattern::{pattern_chunk, CHUNK_SIZE};
 use crate::pki::ServerCert;
+use crate::render::{credential_values, percent_encode, render_body};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type RespBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -609,9 +665,16 @@ async fn handle(state: Arc<State>, info: &ConnInfo, req: Request<Incoming>) -> R
             text(StatusCode::OK, "released")
         }
         "/ws" if method == Method::GET => websocket(&state, req, &query),
-        "/sha256" | "/sse" | "/redirect" | "/slow" | "/ws" => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        "/render" => render(&state, &req, &query),
+        "/v1/messages" if method == Method::POST => anthropic_messages(req, counter).await,
+        "/v1/chat/completions" if method == Method::POST => openai_chat(req, counter).await,
+        "/sha256"
+        | "/sse"
+        | "/redirect"
+        | "/slow"
+        | "/ws"
+        | "/v1/messages"
+        | "/v1/chat/completions" => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         p if p.starts_with("/fixed/") => {
             if method != Method::GET && method != Method::HEAD {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
@@ -843,6 +906,588 @@ fn websocket(state: &State, mut req: Request<Incoming>, query: &Query) -> Respon
         HeaderValue::from_str(&derive_accept_key(key.as_bytes())).unwrap(),
     );
     resp
+}
+
+// ----------------------------------------------------------------- render
+
+const FILLER_CHUNK: usize = 64 * 1024;
+static FILLER: [u8; FILLER_CHUNK] = [b'.'; FILLER_CHUNK];
+
+/// One piece of a sequenced response body.
+enum Seg {
+    /// `n` bytes of `'.'`, produced 64 KiB at a time.
+    Filler(u64),
+    Data(Bytes),
+    /// Flush the compressor (if any) so everything so far goes out.
+    Flush,
+    /// Wait for `release(name)`.
+    Gate(String),
+}
+
+/// A streaming compressor writing into an in-memory sink that is drained
+/// after every write.
+enum Compressor {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibEncoder<Vec<u8>>),
+    Br(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl Compressor {
+    fn new(name: &str) -> Option<Self> {
+        let fast = flate2::Compression::fast();
+        Some(match name {
+            "gzip" => Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), fast)),
+            "deflate" => Self::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), fast)),
+            "br" => Self::Br(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                5,
+                22,
+            ))),
+            "zstd" => Self::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap()),
+            _ => return None,
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Self::Gzip(e) => e,
+            Self::Deflate(e) => e,
+            Self::Br(e) => e.as_mut(),
+            Self::Zstd(e) => e,
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        let sink = match self {
+            Self::Gzip(e) => e.get_mut(),
+            Self::Deflate(e) => e.get_mut(),
+            Self::Br(e) => e.get_mut(),
+            Self::Zstd(e) => e.get_mut(),
+        };
+        Bytes::from(std::mem::take(sink))
+    }
+
+    fn write(&mut self, data: &[u8]) -> Bytes {
+        self.writer().write_all(data).unwrap();
+        self.take()
+    }
+
+    fn flush(&mut self) -> Bytes {
+        self.writer().flush().unwrap();
+        self.take()
+    }
+
+    fn finish(self) -> Bytes {
+        Bytes::from(match self {
+            Self::Gzip(e) => e.finish().unwrap(),
+            Self::Deflate(e) => e.finish().unwrap(),
+            Self::Br(e) => e.into_inner(),
+            Self::Zstd(e) => e.finish().unwrap(),
+        })
+    }
+}
+
+/// Drives a list of [`Seg`]s into body frames: optional compression,
+/// optional 3-byte splitting, optional flush (a task yield, so hyper writes
+/// the frame out) between frames, optional trailers at the end.
+struct SegStream {
+    segs: VecDeque<Seg>,
+    out: VecDeque<Bytes>,
+    compressor: Option<Compressor>,
+    split: bool,
+    flush_each: bool,
+    started: bool,
+    trailers: Option<HeaderMap>,
+    gates: Gates,
+}
+
+impl SegStream {
+    fn new(segs: VecDeque<Seg>, gates: Gates) -> Self {
+        SegStream {
+            segs,
+            out: VecDeque::new(),
+            compressor: None,
+            split: false,
+            flush_each: false,
+            started: false,
+            trailers: None,
+            gates,
+        }
+    }
+
+    fn push_out(&mut self, b: Bytes, split: bool) {
+        if b.is_empty() {
+            return;
+        }
+        if split {
+            for i in (0..b.len()).step_by(3) {
+                self.out.push_back(b.slice(i..(i + 3).min(b.len())));
+            }
+        } else {
+            self.out.push_back(b);
+        }
+    }
+
+    fn emit(&mut self, b: Bytes, filler: bool) {
+        match self.compressor.as_mut() {
+            Some(c) => {
+                let z = c.write(&b);
+                self.push_out(z, self.split);
+            }
+            None => self.push_out(b, self.split && !filler),
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<Frame<Bytes>> {
+        loop {
+            if let Some(b) = self.out.pop_front() {
+                if self.flush_each && self.started {
+                    // Return Pending once: hyper flushes what it has
+                    // buffered before polling the body again.
+                    tokio::task::yield_now().await;
+                }
+                self.started = true;
+                return Some(Frame::data(b));
+            }
+            match self.segs.pop_front() {
+                Some(Seg::Filler(n)) => {
+                    let len = n.min(FILLER_CHUNK as u64);
+                    if n > len {
+                        self.segs.push_front(Seg::Filler(n - len));
+                    }
+                    self.emit(Bytes::from_static(&FILLER[..len as usize]), true);
+                }
+                Some(Seg::Data(b)) => self.emit(b, false),
+                Some(Seg::Flush) => {
+                    if let Some(c) = self.compressor.as_mut() {
+                        let z = c.flush();
+                        self.push_out(z, self.split);
+                    }
+                }
+                Some(Seg::Gate(name)) => self.gates.wait(&name).await,
+                None => {
+                    if let Some(c) = self.compressor.take() {
+                        let z = c.finish();
+                        self.push_out(z, self.split);
+                        continue;
+                    }
+                    return self.trailers.take().map(Frame::trailers);
+                }
+            }
+        }
+    }
+
+    fn into_body(self) -> RespBody {
+        let stream = futures_util::stream::unfold(self, |mut s| async move {
+            let frame = s.next_frame().await?;
+            Some((Ok::<_, BoxError>(frame), s))
+        });
+        StreamBody::new(stream).boxed_unsync()
+    }
+}
+
+#[derive(Default)]
+struct RenderWhere {
+    body: bool,
+    header: bool,
+    location: bool,
+    trailer: bool,
+    sse: bool,
+}
+
+fn render(state: &State, req: &Request<Incoming>, query: &Query) -> Response<RespBody> {
+    let Some(from) = query.get("from") else {
+        return text(StatusCode::BAD_REQUEST, "missing ?from=<header-name>\n");
+    };
+    let Some(hv) = HeaderName::from_bytes(from.as_bytes())
+        .ok()
+        .and_then(|n| req.headers().get(n))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("request header {from:?} absent\n"),
+        );
+    };
+    let mut wh = RenderWhere::default();
+    for w in query
+        .get("where")
+        .unwrap_or("body")
+        .split(',')
+        .map(str::trim)
+    {
+        match w {
+            "" => {}
+            "body" => wh.body = true,
+            "header" | "headers" => wh.header = true,
+            "location" => wh.location = true,
+            "trailer" | "trailers" => wh.trailer = true,
+            "sse" => wh.sse = true,
+            other => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown where={other:?}\n"),
+                )
+            }
+        }
+    }
+    let encoding = query
+        .get("encoding")
+        .filter(|e| !e.is_empty() && *e != "identity");
+    let compressor = match encoding {
+        None | Some("bogus") => None,
+        Some(e) => match Compressor::new(e) {
+            Some(c) => Some(c),
+            None => return text(StatusCode::BAD_REQUEST, format!("unknown encoding={e:?}\n")),
+        },
+    };
+    let values = credential_values(hv.as_bytes());
+    let v = hv.as_bytes();
+
+    let mut segs = VecDeque::new();
+    let mut len = 0u64;
+    let pad = query.num("pad").unwrap_or(0);
+    if pad > 0 {
+        segs.push_back(Seg::Filler(pad));
+        segs.push_back(Seg::Data(Bytes::from_static(b"\n")));
+        len += pad + 1;
+    }
+    if wh.body {
+        let mut body = render_body(&values);
+        if wh.sse {
+            body.push(b'\n');
+        }
+        len += body.len() as u64;
+        segs.push_back(Seg::Data(Bytes::from(body)));
+    }
+    if wh.sse {
+        let half = v.len() / 2;
+        let mut first = b"data: part1=".to_vec();
+        first.extend_from_slice(&v[..half]);
+        let mut second = v[half..].to_vec();
+        second.extend_from_slice(b"\n\n");
+        segs.push_back(Seg::Data(Bytes::from(first)));
+        segs.push_back(Seg::Flush);
+        if let Some(g) = query.get("gate") {
+            segs.push_back(Seg::Gate(g.to_string()));
+        }
+        segs.push_back(Seg::Data(Bytes::from(second)));
+        segs.push_back(Seg::Flush);
+        segs.push_back(Seg::Data(Bytes::from_static(b"data: done\n\n")));
+    }
+
+    let trailers = wh.trailer.then(|| {
+        let mut t = HeaderMap::new();
+        t.insert(HeaderName::from_static("x-rendered-trailer"), hv.clone());
+        t
+    });
+    let content_length = !(wh.sse || wh.trailer || compressor.is_some() || query.flag("chunked"));
+    let split = query.flag("split");
+    let mut stream = SegStream::new(segs, state.gates.clone());
+    stream.compressor = compressor;
+    stream.split = split;
+    stream.flush_each = split || wh.sse;
+    stream.trailers = trailers;
+
+    let mut resp = Response::new(stream.into_body());
+    let h = resp.headers_mut();
+    let ctype = if wh.sse {
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        "text/event-stream"
+    } else {
+        "text/plain"
+    };
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if let Some(e) = encoding {
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_str(e).unwrap(),
+        );
+    }
+    if content_length {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if wh.trailer {
+        h.insert(
+            http::header::TRAILER,
+            HeaderValue::from_static("x-rendered-trailer"),
+        );
+    }
+    if wh.header {
+        for val in &values {
+            if let Ok(raw) = HeaderValue::from_bytes(val) {
+                h.append("x-rendered-raw", raw);
+            }
+            h.append(
+                "x-rendered-b64",
+                HeaderValue::from_str(&B64.encode(val)).unwrap(),
+            );
+        }
+    }
+    if wh.location {
+        let mut loc = b"https://elsewhere.example/cb?key=".to_vec();
+        loc.extend_from_slice(&percent_encode(v, true, false));
+        let mut with_raw = loc.clone();
+        with_raw.extend_from_slice(b"&raw=");
+        with_raw.extend_from_slice(v);
+        let loc = HeaderValue::from_bytes(&with_raw)
+            .or_else(|_| HeaderValue::from_bytes(&loc))
+            .unwrap();
+        h.insert(http::header::LOCATION, loc);
+        *resp.status_mut() = StatusCode::FOUND;
+    }
+    if let Some(s) = query
+        .num("status")
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        *resp.status_mut() = s;
+    }
+    resp
+}
+
+// ------------------------------------------------------------ mock LLM APIs
+
+static NEXT_MOCK_ID: AtomicU64 = AtomicU64::new(1);
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<RespBody> {
+    let mut resp = Response::new(full(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Each frame sent (and flushed) separately.
+fn event_stream(frames: Vec<Bytes>) -> Response<RespBody> {
+    let segs = frames.into_iter().map(Seg::Data).collect();
+    let mut stream = SegStream::new(segs, Gates::default());
+    stream.flush_each = true;
+    let mut resp = Response::new(stream.into_body());
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    resp
+}
+
+/// Read the whole request: its headers, JSON body and body length.
+async fn read_json_request(
+    req: Request<Incoming>,
+    counter: &AtomicU64,
+) -> Result<(HeaderMap, serde_json::Value, usize), String> {
+    let (parts, mut body) = req.into_parts();
+    let mut buf = Vec::new();
+    while let Some(chunk) = next_data(&mut body, counter).await {
+        buf.extend_from_slice(&chunk.map_err(|e| format!("body error: {e}"))?);
+    }
+    let v = serde_json::from_slice(&buf).map_err(|e| format!("invalid JSON body: {e}"))?;
+    Ok((parts.headers, v, buf.len()))
+}
+
+/// First present header of `names`, lossy UTF-8 (empty if none).
+fn first_header(h: &HeaderMap, names: &[&str]) -> String {
+    names
+        .iter()
+        .find_map(|n| h.get(*n))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+/// `"key seen: {key}"` in pieces: `"key "`, `"seen"`, `": "`, then `key`
+/// in three parts (empty parts dropped), so the key is split across three
+/// stream events when it has ≥ 3 characters.
+fn reply_pieces(key: &str) -> Vec<String> {
+    let chars: Vec<char> = key.chars().collect();
+    let n = chars.len();
+    let mut pieces = vec!["key ".to_string(), "seen".to_string(), ": ".to_string()];
+    for (a, b) in [(0, n / 3), (n / 3, 2 * n / 3), (2 * n / 3, n)] {
+        if b > a {
+            pieces.push(chars[a..b].iter().collect());
+        }
+    }
+    pieces
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn anthropic_messages(req: Request<Incoming>, counter: Arc<AtomicU64>) -> Response<RespBody> {
+    use serde_json::json;
+    let (headers, body, body_len) = match read_json_request(req, &counter).await {
+        Ok(r) => r,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"type": "error", "error": {"type": "invalid_request_error", "message": e}}),
+            )
+        }
+    };
+    let key = first_header(&headers, &["x-api-key", "authorization"]);
+    let model = body["model"].as_str().unwrap_or("mock-model").to_string();
+    let id = format!("msg_mock{:08}", NEXT_MOCK_ID.fetch_add(1, Ordering::SeqCst));
+    let pieces = reply_pieces(&key);
+    let text = pieces.concat();
+    let input_tokens = (body_len / 4).max(1);
+    let output_tokens = pieces.len();
+    if body["stream"].as_bool() != Some(true) {
+        let mut resp = json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+            }),
+        );
+        resp.headers_mut().insert(
+            "request-id",
+            HeaderValue::from_str(&format!("req_{id}")).unwrap(),
+        );
+        return resp;
+    }
+    let ev = |name: &str, data: serde_json::Value| {
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+    };
+    let mut frames = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+            }}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+    ];
+    for p in &pieces {
+        frames.push(ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": p}}),
+        ));
+    }
+    frames.push(ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    frames.push(ev(
+        "message_delta",
+        json!({"type": "message_delta",
+               "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+               "usage": {"output_tokens": output_tokens}}),
+    ));
+    frames.push(ev("message_stop", json!({"type": "message_stop"})));
+    let mut resp = event_stream(frames);
+    resp.headers_mut().insert(
+        "request-id",
+        HeaderValue::from_str(&format!("req_{id}")).unwrap(),
+    );
+    resp
+}
+
+async fn openai_chat(req: Request<Incoming>, counter: Arc<AtomicU64>) -> Response<RespBody> {
+    use serde_json::json;
+    let (headers, body, body_len) = match read_json_request(req, &counter).await {
+        Ok(r) => r,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": {"message": e, "type": "invalid_request_error",
+                                  "param": null, "code": null}}),
+            )
+        }
+    };
+    let key = first_header(&headers, &["authorization", "x-api-key"]);
+    let model = body["model"].as_str().unwrap_or("mock-model").to_string();
+    let id = format!(
+        "chatcmpl-mock{:08}",
+        NEXT_MOCK_ID.fetch_add(1, Ordering::SeqCst)
+    );
+    let created = unix_now();
+    let pieces = reply_pieces(&key);
+    let text = pieces.concat();
+    let prompt_tokens = (body_len / 4).max(1);
+    let completion_tokens = pieces.len();
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    if body["stream"].as_bool() != Some(true) {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": null},
+                    "logprobs": null,
+                    "finish_reason": "stop",
+                }],
+                "usage": usage,
+            }),
+        );
+    }
+    let chunk = |choices: serde_json::Value, usage: serde_json::Value| {
+        let c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": usage,
+        });
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let choice = |delta: serde_json::Value, finish: serde_json::Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+    let mut frames = vec![chunk(
+        choice(json!({"role": "assistant", "content": ""}), json!(null)),
+        json!(null),
+    )];
+    for p in &pieces {
+        frames.push(chunk(
+            choice(json!({"content": p}), json!(null)),
+            json!(null),
+        ));
+    }
+    frames.push(chunk(choice(json!({}), json!("stop")), json!(null)));
+    if body["stream_options"]["include_usage"].as_bool() == Some(true) {
+        frames.push(chunk(json!([]), usage));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    event_stream(frames)
 }
 
 #[cfg(test)]
