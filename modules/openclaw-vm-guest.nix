@@ -1,0 +1,296 @@
+# services.openclaw-guest: inside an agent VM. The OpenClaw gateway and OpenCode as hardened
+# services bound to loopback, with the proxy environment of services.credproxy-guest, and a
+# VSOCK listener that lets the host reach the gateway (the VM has no inbound IP path).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}: let
+  cfg = config.services.openclaw-guest;
+  proxy = config.services.credproxy-guest;
+  cplib = import ../nix/lib.nix {inherit lib;};
+  inherit (lib) mkOption types literalExpression;
+
+  stateDir = "/var/lib/openclaw";
+  workspace = "${stateDir}/workspace";
+
+  # Hardening shared by the agent services. MemoryDenyWriteExecute stays off: V8 and Bun JIT.
+  agentHardening = {
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    ProtectHostname = true;
+    ProtectClock = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    RemoveIPC = true;
+    RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"];
+    SystemCallArchitectures = "native";
+    LimitCORE = 0;
+    MemorySwapMax = 0;
+    UMask = "0077";
+  };
+in {
+  options.services.openclaw-guest = {
+    enable = lib.mkEnableOption "the OpenClaw gateway (and OpenCode) inside an agent VM";
+
+    package = mkOption {
+      type = types.nullOr types.package;
+      default = pkgs.openclaw or null;
+      defaultText = literalExpression "pkgs.openclaw or null";
+      description = ''
+        The OpenClaw package (from the `nix-openclaw` flake or an overlay). It is built into the
+        VM's closure; nothing is fetched at run time.
+      '';
+      example = literalExpression "inputs.nix-openclaw.packages.x86_64-linux.openclaw";
+    };
+
+    gatewayPort = mkOption {
+      type = types.port;
+      default = 18789;
+      description = "Gateway port on the guest's loopback.";
+      example = 18789;
+    };
+
+    gatewayVsockPort = mkOption {
+      type = types.nullOr types.port;
+      default = 18789;
+      description = "VSOCK port on which the host reaches the gateway; null: no host access.";
+      example = 18789;
+    };
+
+    configCredential = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Name of a delivered systemd credential holding `openclaw.json` (it may hold the gateway
+        token); passed to the gateway only, as `OPENCLAW_CONFIG_PATH=%d/openclaw-config`.
+      '';
+      example = "openclaw-config";
+    };
+
+    extraEnvironment = mkOption {
+      type = types.attrsOf types.str;
+      default = {};
+      description = "Extra environment for the gateway (non-secret; the placeholders come from credproxy-guest).";
+      example = {OPENCLAW_LOG_LEVEL = "debug";};
+    };
+
+    opencode = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Run OpenCode's server on loopback, using the gateway as its model provider.";
+        example = false;
+      };
+      package = lib.mkPackageOption pkgs "opencode" {};
+      port = mkOption {
+        type = types.port;
+        default = 4096;
+        description = "OpenCode server port on loopback.";
+        example = 4096;
+      };
+    };
+
+    agentUser = mkOption {
+      type = types.str;
+      default = "openclaw";
+      description = "Interactive user for working in the VM (console, Tailscale SSH); member of the shared workspace group.";
+      example = "agent";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.package != null;
+        message = "services.openclaw-guest.package is not set and pkgs.openclaw does not exist; pass the package from the nix-openclaw flake.";
+      }
+      {
+        assertion = proxy.enable;
+        message = "services.openclaw-guest needs services.credproxy-guest.enable: the agent's only way out is the proxy.";
+      }
+    ];
+
+    users.groups.openclaw-shared = {};
+    users.groups.openclaw-gateway = {};
+    users.groups.opencode-server = {};
+    users.users.openclaw-gateway = {
+      isSystemUser = true;
+      group = "openclaw-gateway";
+      extraGroups = ["openclaw-shared"];
+      home = stateDir;
+    };
+    users.users.opencode-server = lib.mkIf cfg.opencode.enable {
+      isSystemUser = true;
+      group = "opencode-server";
+      extraGroups = ["openclaw-shared"];
+      home = "/var/lib/opencode-server";
+    };
+    users.users.${cfg.agentUser} = {
+      isNormalUser = true;
+      extraGroups = ["openclaw-shared"];
+    };
+
+    environment.systemPackages = [cfg.package] ++ lib.optional cfg.opencode.enable cfg.opencode.package;
+
+    systemd.tmpfiles.rules = [
+      "d ${stateDir} 0750 openclaw-gateway openclaw-gateway - -"
+      "d ${workspace} 2770 openclaw-gateway openclaw-shared - -"
+    ];
+
+    # OpenCode talks to the gateway's OpenAI-compatible endpoint on loopback.
+    environment.etc."opencode/config.json" = lib.mkIf cfg.opencode.enable {
+      mode = "0444";
+      text = builtins.toJSON {
+        "$schema" = "https://opencode.ai/config.json";
+        provider.openclaw = {
+          npm = "@ai-sdk/openai-compatible";
+          name = "OpenClaw gateway";
+          options.baseURL = "http://127.0.0.1:${toString cfg.gatewayPort}/v1";
+          models."openclaw:main" = {
+            name = "openclaw:main";
+            limit = {
+              context = 200000;
+              output = 16384;
+            };
+          };
+        };
+        model = "openclaw/openclaw:main";
+        small_model = "openclaw/openclaw:main";
+      };
+    };
+
+    systemd.services.openclaw-gateway = {
+      description = "OpenClaw gateway (loopback only; egress through credproxy)";
+      wantedBy = ["multi-user.target"];
+      wants = proxy.unitDependencies;
+      after = proxy.unitDependencies ++ ["network.target"];
+      startLimitIntervalSec = 300;
+      startLimitBurst = 5;
+      environment =
+        proxy.environment
+        // {
+          HOME = stateDir;
+          XDG_CONFIG_HOME = "${stateDir}/.config";
+          OPENCLAW_STATE_DIR = stateDir;
+          NODE_ENV = "production";
+        }
+        // lib.optionalAttrs (cfg.configCredential != null) {
+          OPENCLAW_CONFIG_PATH = "%d/openclaw-config";
+        }
+        // cfg.extraEnvironment;
+      serviceConfig =
+        agentHardening
+        // {
+          ExecStart = "${lib.getExe' cfg.package "openclaw"} gateway --bind loopback --port ${toString cfg.gatewayPort}";
+          EnvironmentFile = proxy.placeholderEnvironmentFile;
+          User = "openclaw-gateway";
+          Group = "openclaw-gateway";
+          SupplementaryGroups = ["openclaw-shared"];
+          StateDirectory = "openclaw";
+          StateDirectoryMode = "0750";
+          WorkingDirectory = workspace;
+          ReadWritePaths = [workspace];
+          LoadCredential = lib.mkIf (cfg.configCredential != null) ["openclaw-config:${cfg.configCredential}"];
+          Restart = "always";
+          RestartSec = 5;
+          RestartSteps = 5;
+          RestartMaxDelaySec = 60;
+          SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
+          MemoryDenyWriteExecute = false;
+        };
+    };
+
+    systemd.services.opencode-server = lib.mkIf cfg.opencode.enable {
+      description = "OpenCode server (loopback only; egress through credproxy)";
+      wantedBy = ["multi-user.target"];
+      wants = proxy.unitDependencies ++ ["openclaw-gateway.service"];
+      after = proxy.unitDependencies ++ ["openclaw-gateway.service"];
+      environment =
+        proxy.environment
+        // {
+          HOME = "/var/lib/opencode-server";
+          XDG_CONFIG_HOME = "/var/lib/opencode-server/.config";
+          XDG_DATA_HOME = "/var/lib/opencode-server/.local/share";
+          XDG_CACHE_HOME = "/var/lib/opencode-server/.cache";
+          OPENCODE_CONFIG = "/etc/opencode/config.json";
+        };
+      serviceConfig =
+        agentHardening
+        // {
+          ExecStart = "${lib.getExe' cfg.opencode.package "opencode"} serve --hostname 127.0.0.1 --port ${toString cfg.opencode.port}";
+          EnvironmentFile = proxy.placeholderEnvironmentFile;
+          User = "opencode-server";
+          Group = "opencode-server";
+          SupplementaryGroups = ["openclaw-shared"];
+          StateDirectory = "opencode-server";
+          StateDirectoryMode = "0750";
+          WorkingDirectory = workspace;
+          ReadWritePaths = [workspace];
+          Restart = "on-failure";
+          RestartSec = 5;
+          # Bun's syscall set has not been audited; keep the filter broad but present.
+          SystemCallFilter = ["@system-service" "@resources"];
+          MemoryDenyWriteExecute = false;
+        };
+    };
+
+    # Host -> gateway, over VSOCK only: the host runs the matching `credproxy bridge`.
+    systemd.services.openclaw-gateway-vsock = lib.mkIf (cfg.gatewayVsockPort != null) {
+      description = "VSOCK listener for host access to the OpenClaw gateway";
+      wantedBy = ["multi-user.target"];
+      after = ["openclaw-gateway.service"];
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs [
+          (lib.getExe' proxy.package "credproxy")
+          "bridge"
+          (cplib.endpoint.vsock "any" cfg.gatewayVsockPort)
+          (cplib.endpoint.tcp "127.0.0.1" cfg.gatewayPort)
+        ];
+        DynamicUser = true;
+        Restart = "always";
+        RestartSec = 2;
+        CapabilityBoundingSet = "";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectProc = "invisible";
+        MemoryDenyWriteExecute = true;
+        RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6" "AF_VSOCK"];
+        SystemCallArchitectures = "native";
+        SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
+        LimitCORE = 0;
+        MemorySwapMax = 0;
+        UMask = "0077";
+      };
+    };
+
+    # Agents and their users may not drive systemd or read the journal.
+    security.polkit.extraConfig = ''
+      polkit.addRule(function(action, subject) {
+        var agents = ["${cfg.agentUser}", "openclaw-gateway", "opencode-server"];
+        if (agents.indexOf(subject.user) >= 0 &&
+            (action.id.indexOf("org.freedesktop.systemd1.") == 0 ||
+             action.id == "org.freedesktop.login1.journal-read")) {
+          return polkit.Result.NO;
+        }
+      });
+    '';
+  };
+}

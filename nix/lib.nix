@@ -1,0 +1,143 @@
+# Pure helpers shared by the modules and the tests. Nothing here touches `pkgs`, so the
+# nftables ruleset and the config rendering can be checked by plain evaluation.
+{lib}: rec {
+  # Drop `null` values from attribute sets, recursing into attribute sets and lists. The
+  # modules declare optional typed keys with `default = null`; credproxy's config parser
+  # treats an absent key and a missing section differently from `key: null`, so nulls are
+  # never rendered.
+  stripNulls = v:
+    if builtins.isAttrs v && !(lib.isDerivation v)
+    then lib.mapAttrs (_: stripNulls) (lib.filterAttrs (_: x: x != null) v)
+    else if builtins.isList v
+    then map stripNulls (builtins.filter (x: x != null) v)
+    else v;
+
+  # True when a value that names a secret would end up in the world-readable Nix store:
+  # either a string under the store, or a Nix path literal (./secret), which Nix copies into
+  # the store as soon as it is interpolated or rendered to JSON.
+  leaksIntoStore = v:
+    v
+    != null
+    && (builtins.isPath v || lib.hasPrefix "${builtins.storeDir}/" (toString v));
+
+  # One assertion per secret-bearing option. `what` names the option for the message.
+  secretPathAssertions = pairs:
+    map (p: {
+      assertion = !(leaksIntoStore p.value);
+      message = ''
+        ${p.what} = ${toString p.value} would put a secret into the Nix store.
+        Give the path as a string ("/run/secrets/...") that is read at run time, or deliver the
+        file with systemd LoadCredential; never a Nix path literal or a store path.
+      '';
+    })
+    pairs;
+
+  # Every `*_file` key in a rendered credproxy configuration that names a secret, with its
+  # key path (for assertion messages). Public files (CA certificates) are not listed.
+  configSecretFiles = settings: let
+    openbao = (settings.secrets or {}).openbao or null;
+    auth =
+      if openbao == null
+      then {}
+      else openbao.auth or {};
+    approle = auth.approle or {};
+  in
+    lib.filter (p: p.value != null) (
+      [
+        {
+          what = "services.credproxy.settings.ca.key_file";
+          value = (settings.ca or {}).key_file or null;
+        }
+        {
+          what = "services.credproxy.settings.secrets.openbao.auth.token_file";
+          value = auth.token_file or null;
+        }
+        {
+          what = "services.credproxy.settings.secrets.openbao.auth.approle.role_id_file";
+          value = approle.role_id_file or null;
+        }
+        {
+          what = "services.credproxy.settings.secrets.openbao.auth.approle.secret_id_file";
+          value = approle.secret_id_file or null;
+        }
+      ]
+      ++ lib.imap0 (i: c: {
+        what = "services.credproxy.settings.credentials[${toString i}].source.file";
+        value = (c.source or {}).file or null;
+      }) (settings.credentials or [])
+    );
+
+  # Endpoint strings for `credproxy bridge FROM TO`. interface.md gives `tcp:HOST:PORT` and
+  # `vsock:CID:PORT`; the listening VSOCK form (`vsock:any:PORT`) and the hybrid-vsock form for
+  # Cloud Hypervisor/Firecracker (`vsock_uds:PATH:PORT`, the host side of a `vsock_uds`
+  # listener) follow the config file's spelling. Kept here so a change is one edit.
+  endpoint = {
+    tcp = host: port: "tcp:${host}:${toString port}";
+    vsock = cid: port: "vsock:${toString cid}:${toString port}";
+    vsockUds = path: port: "vsock_uds:${path}:${toString port}";
+  };
+
+  # The address part of "10.88.1.1/24".
+  addressOf = cidr: builtins.head (lib.splitString "/" cidr);
+
+  # The nftables table that locks down every agent VM's TAP device: default drop, with
+  # explicit exceptions. `vms` is a list of
+  #   { name; tap; hostAddress; allowDns; tailscaleInterface (null or "tailscale0"); }
+  # hostAddress is the host's address on that TAP, without prefix length.
+  #
+  # What it enforces, per TAP:
+  #   input   (VM -> host): established/related, DNS to the host's TAP address if allowed,
+  #                         everything else dropped (the proxy is reached over VSOCK, never IP);
+  #   forward (VM -> any):  established/related, and the Tailscale interface if allowed;
+  #                         everything else dropped; nothing is forwarded *to* the TAP unless
+  #                         it answers a connection the VM made;
+  #   output  (host -> VM): only replies, so host services bound to 0.0.0.0 cannot open
+  #                         connections into the VM (the gateway is reached over VSOCK).
+  # A drop in any base chain is final for the packet, so these rules hold whatever other
+  # tables (nixos-fw, tailscale's own) accept.
+  nftRuleset = vms: let
+    taps = map (v: v.tap) vms;
+    tapSet = "{ ${lib.concatMapStringsSep ", " (t: ''"${t}"'') taps} }";
+    inputRules = v:
+      lib.optionals v.allowDns [
+        ''iifname "${v.tap}" ip daddr ${v.hostAddress} udp dport 53 accept''
+        ''iifname "${v.tap}" ip daddr ${v.hostAddress} tcp dport 53 accept''
+      ];
+    forwardRules = v:
+      lib.optional (v.tailscaleInterface != null)
+      ''iifname "${v.tap}" oifname "${v.tailscaleInterface}" accept'';
+    chain = name: hook: rules: ''
+      chain ${name} {
+        type filter hook ${hook} priority filter - 10; policy accept;
+      ${lib.concatMapStrings (r: "  ${r}\n") rules}}
+    '';
+  in
+    if vms == []
+    then ""
+    else
+      lib.concatStringsSep "\n" [
+        (chain "input" "input" (
+          [
+            "iifname != ${tapSet} accept"
+            "ct state established,related accept"
+            "ct state invalid drop"
+          ]
+          ++ lib.concatMap inputRules vms
+          ++ [''counter drop comment "openclaw-vm: VM to host"'']
+        ))
+        (chain "forward" "forward" (
+          [
+            "iifname != ${tapSet} oifname != ${tapSet} accept"
+            "ct state established,related accept"
+            "ct state invalid drop"
+          ]
+          ++ lib.concatMap forwardRules vms
+          ++ [''counter drop comment "openclaw-vm: VM egress"'']
+        ))
+        (chain "output" "output" [
+          "oifname != ${tapSet} accept"
+          "ct state established,related accept"
+          ''counter drop comment "openclaw-vm: host to VM"''
+        ])
+      ];
+}
