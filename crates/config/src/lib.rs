@@ -218,6 +218,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// How much of a request body is read and checked for placeholders before anything is
+    /// sent upstream (when credentials are configured).
+    pub body_scan_window: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +244,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
+            body_scan_window: 1024 * 1024,
         }
     }
 }

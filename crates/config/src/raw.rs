@@ -75,6 +75,7 @@ pub struct RawLimits {
     pub max_header_bytes: Option<usize>,
     pub max_connections: Option<usize>,
     pub shutdown_grace: Option<String>,
+    pub body_scan_window: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

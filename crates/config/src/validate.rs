@@ -239,12 +239,16 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         );
         limits.max_header_bytes = l.max_header_bytes.unwrap_or(d.max_header_bytes);
         limits.max_connections = l.max_connections.unwrap_or(d.max_connections);
+        limits.body_scan_window = l.body_scan_window.unwrap_or(d.body_scan_window);
     }
     if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
         cx.err(
             "limits.max_header_bytes",
             "must be between 8192 and 1048576",
         );
+    }
+    if !(4096..=64 * 1024 * 1024).contains(&limits.body_scan_window) {
+        cx.err("limits.body_scan_window", "must be between 4096 and 67108864 bytes");
     }
     if limits.max_connections == 0 {
         cx.err("limits.max_connections", "must be at least 1");

@@ -135,6 +135,11 @@ pub fn reject_response(reject: &Reject, request_id: &str, version: Version) -> R
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-credproxy-request-id", v);
     }
+    if reject.status() == 407 {
+        for v in credproxy_identity::PROXY_AUTHENTICATE {
+            h.append(http::header::PROXY_AUTHENTICATE, HeaderValue::from_static(v));
+        }
+    }
     if reject.closes_connection() && version <= Version::HTTP_11 {
         h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }

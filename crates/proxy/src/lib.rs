@@ -6,10 +6,17 @@
 //! `Host`/`:authority` and SNI, and resolved to a permitted address; and only over TLS that
 //! verified the upstream's certificate for that name. Every refusal is a [`Reject`].
 
+mod authz;
 mod body;
 mod clock;
 mod connector;
+mod creds;
+mod decode;
 mod drain;
+pub mod explain;
+mod inject;
+mod recent;
+mod scrub_body;
 mod metrics;
 mod prefixed;
 mod service;
@@ -47,6 +54,20 @@ pub enum ProxyError {
     UpstreamTls(#[source] credproxy_tls::TlsError),
     #[error(transparent)]
     Listen(#[from] credproxy_listen::ListenError),
+    #[error("invalid credentials: {0}")]
+    Credentials(String),
+    #[error("cannot load the policy")]
+    Policy(#[source] credproxy_policy::PolicyError),
+    #[error("cannot set up agent identity verification")]
+    Identity(#[source] credproxy_identity::IdentityError),
+    #[error("cannot read the JWKS file {path}")]
+    JwksFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the secret store")]
+    Secrets(#[source] credproxy_secrets::SecretError),
     #[error("cannot bind the admin listener to {addr}")]
     Admin {
         addr: SocketAddr,
@@ -55,9 +76,26 @@ pub enum ProxyError {
     },
 }
 
+/// What a request is evaluated under. Swapped as a whole (hot reload): a request uses the
+/// generation it started with from start to end.
+pub(crate) struct Generation {
+    /// Increases by one with every successful reload; 1 at start.
+    pub(crate) id: u64,
+    pub(crate) allowlist: Allowlist,
+    pub(crate) creds: creds::Credentials,
+    pub(crate) policy: credproxy_policy::PolicyEngine,
+}
+
 /// State shared by every connection.
 pub(crate) struct Shared {
-    pub(crate) allowlist: Allowlist,
+    pub(crate) gen: arc_swap::ArcSwap<Generation>,
+    pub(crate) secrets: credproxy_secrets::SecretStore,
+    pub(crate) startup: Startup,
+    /// `None`: anonymous mode (`identity.danger_allow_anonymous`).
+    pub(crate) verifier: Option<credproxy_identity::Verifier>,
+    /// Listener name → the only agent allowed on it.
+    pub(crate) listener_agents: std::collections::HashMap<String, String>,
+    pub(crate) recent: recent::Recent,
     pub(crate) leaf_cache: Arc<LeafCache>,
     pub(crate) client: UpstreamClient,
     pub(crate) ws_client: UpstreamClient,
@@ -67,6 +105,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn generation(&self) -> Arc<Generation> {
+        self.gen.load_full()
+    }
+
+    /// Count a placeholder misuse (a sign of prompt injection or exfiltration attempts).
+    pub(crate) fn misuse(&self, reject: &Reject) {
+        self.metrics
+            .misuse
+            .get_or_create(&metrics::MisuseLabels {
+                kind: reject.reason(),
+            })
+            .inc();
+        warn!(reason = reject.reason(), "placeholder misuse refused");
+    }
+
     pub(crate) fn count(&self, outcome: &'static str, reason: &'static str) {
         self.metrics
             .requests
@@ -76,10 +129,116 @@ impl Shared {
 }
 
 /// Options that are not configuration: injection points for tests and embedding.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct ProxyOptions {
     /// Name resolution for upstreams; the system resolver when `None`.
     pub resolver: Option<Arc<dyn Resolve>>,
+    /// Environment for `env:` secret sources; the process environment when `None`.
+    pub env: Option<Arc<dyn credproxy_secrets::EnvSource>>,
+}
+
+/// Applies a new configuration to a running proxy. Cheap to clone.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    shared: Arc<Shared>,
+}
+
+/// Why a reload was refused; the running generation keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid credentials: {0}")]
+    Credentials(String),
+    #[error("cannot load the policy")]
+    Policy(#[source] credproxy_policy::PolicyError),
+}
+
+impl ReloadHandle {
+    /// Validate and compile everything a generation holds (allowlist, credentials, policy),
+    /// then swap it in atomically. Requests in flight finish under the generation they
+    /// started with; the next request, in a new or an already-open tunnel, uses the new one.
+    /// Sections that cannot change while running (listeners, CA, upstream, identity, secrets
+    /// backend, audit, limits) are compared and reported, not applied.
+    pub fn reload(&self, config: Config) -> Result<u64, ReloadError> {
+        let result = self.build(config);
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&metrics::ReloadLabels { result: label })
+            .inc();
+        result
+    }
+
+    fn build(&self, config: Config) -> Result<u64, ReloadError> {
+        let creds = creds::Credentials::new(config.credentials).map_err(ReloadError::Credentials)?;
+        let policy = load_policy(&config.policy).map_err(|e| match e {
+            ProxyError::Policy(p) => ReloadError::Policy(p),
+            other => ReloadError::Credentials(other.to_string()),
+        })?;
+        let s = &self.shared.startup;
+        let mut restart = Vec::new();
+        if s.listeners != config.listeners {
+            restart.push("listeners");
+        }
+        if s.ca != config.ca {
+            restart.push("ca");
+        }
+        if s.upstream != config.upstream {
+            restart.push("upstream");
+        }
+        if s.identity != config.identity {
+            restart.push("identity");
+        }
+        if s.secrets != config.secrets {
+            restart.push("secrets");
+        }
+        if s.audit != config.audit {
+            restart.push("audit");
+        }
+        if s.limits != config.limits {
+            restart.push("limits");
+        }
+        if !restart.is_empty() {
+            warn!(sections = ?restart, "these sections changed but need a restart to apply; the rest of the new configuration is active");
+        }
+        let id = self.shared.generation().id + 1;
+        let hash = policy.hash().to_string();
+        self.shared.gen.store(Arc::new(Generation {
+            id,
+            allowlist: config.allowed_domains,
+            creds,
+            policy,
+        }));
+        self.shared.metrics.generation.set(id as i64);
+        info!(generation = id, policy = %hash, "configuration reloaded");
+        Ok(id)
+    }
+
+    /// Count a reload refused before it reached the proxy (the file did not validate).
+    pub fn record_refused(&self) {
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&metrics::ReloadLabels { result: "error" })
+            .inc();
+    }
+
+    /// The active generation's id and policy hash.
+    pub fn active(&self) -> (u64, String) {
+        let g = self.shared.generation();
+        (g.id, g.policy.hash().to_string())
+    }
+}
+
+/// The sections of the start-up configuration that a reload cannot change.
+pub(crate) struct Startup {
+    listeners: Vec<credproxy_config::ListenerConfig>,
+    ca: credproxy_config::CaConfig,
+    upstream: UpstreamConfig,
+    identity: Option<credproxy_config::IdentityConfig>,
+    secrets: credproxy_config::SecretsConfig,
+    audit: Option<credproxy_config::AuditConfig>,
+    limits: Limits,
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -163,9 +322,49 @@ impl Proxy {
             warn!("allowed_domains is empty: every destination will be refused");
         }
         let metrics = Metrics::new(leaf_cache.clone());
+        let creds = creds::Credentials::new(config.credentials).map_err(ProxyError::Credentials)?;
+        let secrets = credproxy_secrets::SecretStore::new(
+            secrets_config(&config.secrets),
+            options
+                .env
+                .unwrap_or_else(|| Arc::new(credproxy_secrets::ProcessEnv)),
+        )
+        .map_err(ProxyError::Secrets)?;
+        let policy = load_policy(&config.policy)?;
+        let verifier = match &config.identity {
+            None => {
+                warn!("identity.danger_allow_anonymous: agents are NOT authenticated; never use this with real credentials");
+                None
+            }
+            Some(id) => Some(build_verifier(id)?),
+        };
+        let listener_agents = config
+            .listeners
+            .iter()
+            .filter_map(|l| l.agent.clone().map(|a| (l.name.clone(), a)))
+            .collect();
+        let startup = Startup {
+            listeners: config.listeners.clone(),
+            ca: config.ca.clone(),
+            upstream: config.upstream.clone(),
+            identity: config.identity.clone(),
+            secrets: config.secrets.clone(),
+            audit: config.audit.clone(),
+            limits: config.limits.clone(),
+        };
         Ok(Proxy {
             shared: Arc::new(Shared {
-                allowlist: config.allowed_domains,
+                startup,
+                verifier,
+                listener_agents,
+                gen: arc_swap::ArcSwap::from_pointee(Generation {
+                    id: 1,
+                    allowlist: config.allowed_domains,
+                    creds,
+                    policy,
+                }),
+                secrets,
+                recent: recent::Recent::default(),
                 leaf_cache,
                 client,
                 ws_client,
@@ -189,6 +388,13 @@ impl Proxy {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// A handle to reload the configuration while the proxy runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Serve until `shutdown` resolves, then stop accepting, let open connections finish
@@ -227,6 +433,7 @@ impl Proxy {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let listeners = self.listener_addrs();
         let admin = self.admin_addr();
+        let reload = self.reload_handle();
         let task = tokio::spawn(self.run(async move {
             let _ = rx.await;
         }));
@@ -235,6 +442,7 @@ impl Proxy {
             task,
             listeners,
             admin,
+            reload,
         }
     }
 }
@@ -245,6 +453,7 @@ pub struct RunningProxy {
     task: tokio::task::JoinHandle<()>,
     listeners: Vec<(String, ListenAddr)>,
     admin: Option<SocketAddr>,
+    reload: ReloadHandle,
 }
 
 impl RunningProxy {
@@ -262,6 +471,10 @@ impl RunningProxy {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    pub fn reload_handle(&self) -> &ReloadHandle {
+        &self.reload
     }
 
     pub async fn shutdown(mut self) {
@@ -348,10 +561,38 @@ async fn admin_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// Ready when every dependency that requests may need can answer: the identity provider's
+/// keys are loaded and, when OpenBao is configured, the proxy holds a valid token. Requests
+/// that need neither keep being served either way; this is for orchestration and operators.
+fn readiness(shared: &Shared) -> (u16, &'static str, String) {
+    let mut lines = Vec::new();
+    let mut ready = true;
+    if let Some(v) = &shared.verifier {
+        let ok = v.is_ready();
+        ready &= ok;
+        lines.push(format!("identity: {}", if ok { "ready" } else { "keys not loaded" }));
+    } else {
+        lines.push("identity: anonymous (danger_allow_anonymous)".to_string());
+    }
+    match shared.secrets.openbao_ready() {
+        Some(true) => lines.push("openbao: ready".to_string()),
+        Some(false) => {
+            ready = false;
+            lines.push("openbao: not authenticated".to_string());
+        }
+        None => {}
+    }
+    let g = shared.generation();
+    lines.push(format!("generation: {} policy {}", g.id, g.policy.hash()));
+    let status = if ready { 200 } else { 503 };
+    let head = if ready { "ready" } else { "not ready" };
+    (status, "text/plain", format!("{head}\n{}\n", lines.join("\n")))
+}
+
 fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
-        "/readyz" => (200, "text/plain", "ready\n".to_string()),
+        "/readyz" => readiness(shared),
         "/metrics" => (
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -369,4 +610,68 @@ fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+/// The secret store's settings from the validated configuration.
+fn secrets_config(c: &credproxy_config::SecretsConfig) -> credproxy_secrets::SecretsConfig {
+    credproxy_secrets::SecretsConfig {
+        cache_ttl: c.cache_ttl,
+        openbao: c.openbao.as_ref().map(|o| credproxy_secrets::OpenBaoConfig {
+            address: o.address.clone(),
+            ca_file: o.ca_file.clone(),
+            namespace: o.namespace.clone(),
+            auth: match &o.auth {
+                credproxy_config::OpenBaoAuth::TokenFile(f) => {
+                    credproxy_secrets::OpenBaoAuth::TokenFile(f.clone())
+                }
+                credproxy_config::OpenBaoAuth::AppRole {
+                    role_id_file,
+                    secret_id_file,
+                    mount,
+                } => credproxy_secrets::OpenBaoAuth::AppRole {
+                    role_id_file: role_id_file.clone(),
+                    secret_id_file: secret_id_file.clone(),
+                    mount: mount.clone(),
+                },
+            },
+            kv_mount: o.kv_mount.clone(),
+            request_timeout: o.request_timeout,
+        }),
+    }
+}
+
+/// The token verifier: discovery in the background, or a fixed JWKS file.
+fn build_verifier(id: &credproxy_config::IdentityConfig) -> Result<credproxy_identity::Verifier, ProxyError> {
+    let cfg = credproxy_identity::OidcConfig {
+        issuer: id.issuer.clone(),
+        audiences: id.audiences.clone(),
+        roles_claim: id.roles_claim.clone(),
+        groups_claim: id.groups_claim.clone(),
+        agent_claim: id.agent_claim.clone(),
+        algorithms: id.algorithms.clone(),
+        leeway: id.leeway,
+        jwks_min_refresh_interval: id.jwks_min_refresh_interval,
+        max_token_bytes: id.max_token_bytes,
+        ca_files: id.ca_files.clone(),
+        http_timeout: credproxy_identity::DEFAULT_HTTP_TIMEOUT,
+    };
+    match &id.jwks_file {
+        Some(path) => {
+            let jwks = std::fs::read_to_string(path).map_err(|source| ProxyError::JwksFile {
+                path: path.clone(),
+                source,
+            })?;
+            credproxy_identity::Verifier::with_static_jwks(cfg, &jwks).map_err(ProxyError::Identity)
+        }
+        None => credproxy_identity::Verifier::new(cfg).map_err(ProxyError::Identity),
+    }
+}
+
+/// Load and compile the policy of a generation: the operator's directory or the built-in one.
+fn load_policy(p: &credproxy_config::PolicyConfig) -> Result<credproxy_policy::PolicyEngine, ProxyError> {
+    let source = match &p.dir {
+        Some(dir) => credproxy_policy::PolicySource::load_dir(dir).map_err(ProxyError::Policy)?,
+        None => credproxy_policy::PolicySource::builtin(),
+    };
+    credproxy_policy::PolicyEngine::compile(&source, p.eval_limit).map_err(ProxyError::Policy)
 }

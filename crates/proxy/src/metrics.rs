@@ -32,6 +32,20 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub connections: Family<ListenerLabels, Counter>,
     pub tunnels: Counter,
+    pub misuse: Family<MisuseLabels, Counter>,
+    pub scrubbed: Counter,
+    pub reloads: Family<ReloadLabels, Counter>,
+    pub generation: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MisuseLabels {
+    pub kind: &'static str,
 }
 
 impl Metrics {
@@ -69,6 +83,31 @@ impl Metrics {
         );
         let tunnels = Counter::default();
         registry.register("tunnels", "CONNECT tunnels established", tunnels.clone());
+        let misuse = Family::<MisuseLabels, Counter>::default();
+        registry.register(
+            "misuse_alarms",
+            "Placeholder misuse refused (another host, location, cleartext, near miss)",
+            misuse.clone(),
+        );
+        let scrubbed = Counter::default();
+        registry.register(
+            "scrubbed",
+            "Renderings of secrets replaced in responses",
+            scrubbed.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (an error keeps the old generation)",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        generation.set(1);
+        registry.register(
+            "config_generation",
+            "Id of the active configuration generation",
+            generation.clone(),
+        );
         registry.register_collector(Box::new(LeafCacheCollector(leaf_cache)));
         Metrics {
             registry,
@@ -77,6 +116,10 @@ impl Metrics {
             open_connections,
             connections,
             tunnels,
+            misuse,
+            scrubbed,
+            reloads,
+            generation,
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use credproxy_core::{Authority, AuthorityError, PeerAddr, Reject, Scheme};
+use credproxy_identity::AgentIdentity;
 use credproxy_listen::{Accepted, ListenerInfo};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -19,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::body::{empty, reject_response, strip_hop_by_hop, Body, Tracked};
 use crate::clock::{ConnClock, TimedIo};
 use crate::connector::ConnectError;
+use crate::creds;
 use crate::drain::Drain;
 use crate::prefixed::Prefixed;
 use crate::Shared;
@@ -60,6 +62,8 @@ struct TunnelCtx {
     conn: Arc<ConnCtx>,
     authority: Authority,
     scheme: Scheme,
+    /// Verified on the CONNECT; every request in the tunnel re-checks its expiry.
+    identity: Option<Arc<AgentIdentity>>,
     /// The SNI the agent sent, if any, as it sent it.
     sni: Option<String>,
 }
@@ -117,7 +121,7 @@ async fn outer(
     let version = req.version();
     if req.method() == Method::CONNECT {
         // A tunnel is not a request: the requests inside it are counted one by one.
-        return match connect(&shared, &ctx, watcher, req) {
+        return match connect(&shared, &ctx, watcher, req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 Response::from_parts(parts, Tracked::boxed(body, guard))
@@ -171,7 +175,7 @@ fn authority_error(e: AuthorityError, raw: &str) -> Reject {
 }
 
 fn check_allowed(shared: &Shared, ctx: &ConnCtx, authority: &Authority) -> Result<(), Reject> {
-    if shared.allowlist.allows(authority) {
+    if shared.generation().allowlist.allows(authority) {
         Ok(())
     } else {
         info!(listener = %ctx.listener.name, peer = %ctx.peer, %authority, "destination not allowed");
@@ -181,7 +185,7 @@ fn check_allowed(shared: &Shared, ctx: &ConnCtx, authority: &Authority) -> Resul
     }
 }
 
-fn connect(
+async fn connect(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnCtx>,
     watcher: Drain,
@@ -194,6 +198,7 @@ fn connect(
         .ok_or_else(|| Reject::BadRequest {
             what: "CONNECT needs a host:port target".into(),
         })?;
+    let identity = authenticate(shared, ctx, &req).await?;
     let authority = Authority::parse_connect(&raw).map_err(|e| authority_error(e, &raw))?;
     check_allowed(shared, ctx, &authority)?;
     shared.metrics.tunnels.inc();
@@ -201,7 +206,7 @@ fn connect(
     let ctx = ctx.clone();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel(shared, ctx, authority, upgraded, watcher).await,
+            Ok(upgraded) => tunnel(shared, ctx, authority, identity, upgraded, watcher).await,
             Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -214,6 +219,7 @@ async fn tunnel(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
     authority: Authority,
+    identity: Option<Arc<AgentIdentity>>,
     upgraded: hyper::upgrade::Upgraded,
     watcher: Drain,
 ) {
@@ -257,6 +263,7 @@ async fn tunnel(
             conn: ctx,
             authority,
             scheme: Scheme::Https,
+            identity,
             sni,
         });
         serve_inner(shared, tctx, tls, watcher).await;
@@ -265,6 +272,7 @@ async fn tunnel(
             conn: ctx,
             authority,
             scheme: Scheme::Http,
+            identity,
             sni: None,
         });
         serve_inner(shared, tctx, io, watcher).await;
@@ -309,8 +317,18 @@ async fn inner(
     let started = Instant::now();
     let version = req.version();
     let result = async {
+        if let Some(identity) = &tctx.identity {
+            if identity.expires_at <= std::time::SystemTime::now() {
+                // The tunnel's token expired: refuse and close, so the client reconnects
+                // with a fresh token on a new CONNECT.
+                return Err(Reject::ProxyAuthRequired {
+                    reason: "expired",
+                    message: "the token this tunnel was opened with has expired; reconnect with a fresh token".into(),
+                });
+            }
+        }
         check_inner_authority(&tctx, &req)?;
-        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, &id, req).await
+        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, tctx.identity.clone(), &id, req).await
     }
     .await;
     finish(&shared, result, &id, version, started, guard)
@@ -369,6 +387,7 @@ async fn plain(
         .ok_or_else(|| Reject::BadRequest {
             what: "absolute URI without a host".into(),
         })?;
+    let identity = authenticate(shared, ctx, &req).await?;
     let authority =
         Authority::parse_with_default(&raw, Scheme::Http).map_err(|e| authority_error(e, &raw))?;
     check_allowed(shared, ctx, &authority)?;
@@ -385,7 +404,45 @@ async fn plain(
             }
         }
     }
-    forward(shared, ctx, &authority, Scheme::Http, id, req).await
+    forward(shared, ctx, &authority, Scheme::Http, identity, id, req).await
+}
+
+/// Verify the agent's token from `Proxy-Authorization` (Bearer, or Basic with the token as
+/// password). `None` when the proxy runs with `identity.danger_allow_anonymous`.
+async fn authenticate(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    req: &Request<Incoming>,
+) -> Result<Option<Arc<AgentIdentity>>, Reject> {
+    let Some(verifier) = &shared.verifier else {
+        return Ok(None);
+    };
+    let auth_reject = |e: credproxy_identity::AuthError| match e {
+        credproxy_identity::AuthError::ProviderUnavailable => Reject::IdentityUnavailable,
+        other => Reject::ProxyAuthRequired {
+            reason: other.reason(),
+            message: other.agent_message().to_string(),
+        },
+    };
+    let value = req
+        .headers()
+        .get(http::header::PROXY_AUTHORIZATION)
+        .ok_or(auth_reject(credproxy_identity::AuthError::Missing))?;
+    let token = credproxy_identity::token_from_proxy_authorization(value.as_bytes())
+        .map_err(auth_reject)?;
+    let identity = verifier.verify(&token).await.map_err(|e| {
+        info!(listener = %ctx.listener.name, peer = %ctx.peer, reason = e.reason(), "agent token refused");
+        auth_reject(e)
+    })?;
+    if let Some(bound) = shared.listener_agents.get(&ctx.listener.name) {
+        if &identity.agent_id != bound {
+            warn!(listener = %ctx.listener.name, agent = %identity.agent_id, "token for another agent on a bound listener");
+            return Err(Reject::ListenerAgentMismatch {
+                listener: ctx.listener.name.clone(),
+            });
+        }
+    }
+    Ok(Some(identity))
 }
 
 fn is_websocket_upgrade(req: &Request<Incoming>) -> Result<bool, Reject> {
@@ -402,15 +459,18 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> Result<bool, Reject> {
     }
 }
 
-/// Send the request upstream and stream the response back.
+/// Send the request upstream and stream the response back, injecting credentials where
+/// the request carries their placeholders and scrubbing the response.
 async fn forward(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnCtx>,
     authority: &Authority,
     scheme: Scheme,
+    identity: Option<Arc<AgentIdentity>>,
     id: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Reject> {
+    let gen = shared.generation();
     let websocket = is_websocket_upgrade(&req)?;
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let path = req
@@ -429,25 +489,68 @@ async fn forward(
         what: "request target is not a valid URI".into(),
     })?;
     let (mut parts, body) = req.into_parts();
-    let ws_headers = websocket.then(|| {
-        (
-            parts.headers.get(http::header::UPGRADE).cloned(),
-            parts.headers.get(http::header::CONNECTION).cloned(),
-        )
-    });
+    let ws_headers = websocket.then(|| parts.headers.get(http::header::UPGRADE).cloned());
+    // Hop-by-hop headers (and the agent's own Proxy-Authorization) never leave the proxy,
+    // so they are removed before anything looks for placeholders.
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
-    if let Some((Some(up), _)) = ws_headers {
-        parts.headers.insert(http::header::UPGRADE, up);
-        parts.headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
-    }
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let method = parts.method.clone();
-    let upstream_req = Request::from_parts(parts, body.map_err(Into::into).boxed());
+    let mut body: Body = body.map_err(Into::into).boxed();
+    let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Find every placeholder (head, and the body's scan window) before anything is decided.
+    let mut scan = creds::Scan::default();
+    let mut window = None;
+    if let Some(set) = &gen.creds.set {
+        scan = creds::scan_head(set, &parts);
+        let w = crate::inject::read_window(body, shared.limits.body_scan_window).await?;
+        let mut scanner = set.stream_scanner();
+        for d in w.data() {
+            scan.add_body(scanner.push(d));
+        }
+        if w.rest.is_none() {
+            scan.add_body(scanner.finish());
+        }
+        window = Some(w);
+        body = crate::body::empty();
+    }
+    let to_inject = match creds::check(&gen.creds, authority, scheme, &scan) {
+        Ok(v) => v,
+        Err(reject) => {
+            shared.misuse(&reject);
+            return Err(reject);
+        }
+    };
+    // Every request is authorized by the policy of its generation, with or without credentials.
+    let facts = crate::authz::RequestFacts {
+        identity: identity.as_deref(),
+        anonymous_mode: shared.verifier.is_none(),
+        method: parts.method.as_str(),
+        authority,
+        scheme,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        listener: &ctx.listener.name,
+        peer: &ctx.peer,
+    };
+    let input = crate::authz::input(&facts, &gen.creds, &scan);
+    if let Err(reject) = crate::authz::decide(&gen.policy, &input) {
+        info!(request_id = id, %authority, reason = reject.reason(), "refused by policy");
+        return Err(reject);
+    }
+    if let (Some(set), Some(window)) = (&gen.creds.set, window) {
+        let plan = crate::inject::inject(shared, &gen.creds, &to_inject, &scan, &mut parts).await?;
+        body = crate::inject::rebuild_body(set, window, &plan, &mut parts, late.clone());
+    }
+    if let Some(Some(up)) = ws_headers {
+        parts.headers.insert(http::header::UPGRADE, up);
+        parts
+            .headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let upstream_req = Request::from_parts(parts, body);
 
     let client = if websocket {
         &shared.ws_client
@@ -455,20 +558,29 @@ async fn forward(
         &shared.client
     };
     let send = client.request(upstream_req);
-    let mut resp = match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let reject = classify_upstream_error(&e, authority);
-            warn!(request_id = id, %authority, reason = reject.reason(), error = %ErrorChain(&e), "upstream request failed");
-            return Err(reject);
-        }
-        Err(_) => {
-            warn!(request_id = id, %authority, "upstream response timed out");
-            return Err(Reject::UpstreamTimeout {
-                authority: authority.clone(),
-            });
-        }
-    };
+    let mut resp =
+        match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if late.load(std::sync::atomic::Ordering::Acquire) {
+                    let reject = Reject::PlaceholderMisuse {
+                        kind: credproxy_core::MisuseKind::LateInBody,
+                        message: "a placeholder appeared in the request body past the part the proxy checks before sending; the request was aborted".into(),
+                    };
+                    shared.misuse(&reject);
+                    return Err(reject);
+                }
+                let reject = classify_upstream_error(&e, authority);
+                warn!(request_id = id, %authority, reason = reject.reason(), error = %ErrorChain(&e), "upstream request failed");
+                return Err(reject);
+            }
+            Err(_) => {
+                warn!(request_id = id, %authority, "upstream response timed out");
+                return Err(Reject::UpstreamTimeout {
+                    authority: authority.clone(),
+                });
+            }
+        };
     debug!(request_id = id, listener = %ctx.listener.name, %method, %authority, status = resp.status().as_u16(), "forwarded");
 
     if let Some(agent_upgrade) = agent_upgrade {
@@ -480,8 +592,8 @@ async fn forward(
                 let (Ok(a), Ok(u)) = (agent_upgrade.await, upstream_upgrade.await) else {
                     return;
                 };
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u)).await;
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u))
+                    .await;
             });
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, empty()));
@@ -490,10 +602,11 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(Into::into).boxed(),
-    ))
+    let body: Body = body.map_err(Into::into).boxed();
+    match shared.recent.patterns_for(&gen.creds, authority) {
+        None => Ok(Response::from_parts(parts, body)),
+        Some(patterns) => crate::inject::scrub_response(shared, authority, parts, body, patterns),
+    }
 }
 
 /// Map a client error to a rejection by what is in its cause chain.

@@ -51,7 +51,7 @@ async fn curl_reaches_an_allowed_name_over_http1_and_http2() {
 #[tokio::test]
 async fn unlisted_names_and_ip_literals_get_403_with_a_reason() {
     let h = Harness::start().await;
-    let (_, status, body) = connect_tunnel(h.addr(), "unlisted.example.test:443", &[])
+    let (_, status, body) = connect_tunnel(h.addr(), "unlisted.example.test:443", &h.auth_pairs())
         .await
         .unwrap();
     assert_eq!(status, 403);
@@ -73,13 +73,13 @@ async fn unlisted_names_and_ip_literals_get_403_with_a_reason() {
         "[::ffff:127.0.0.1]:443",
         "169.254.169.254:80",
     ] {
-        let (_, status, body) = connect_tunnel(h.addr(), target, &[]).await.unwrap();
+        let (_, status, body) = connect_tunnel(h.addr(), target, &h.auth_pairs()).await.unwrap();
         let body = String::from_utf8_lossy(&body);
         assert_eq!(status, 403, "{target}: {body}");
         assert!(body.contains("ip_literal"), "{target}: {body}");
     }
     // A wrong port on an allowed name is not allowed either.
-    let (_, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:22"), &[])
+    let (_, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:22"), &h.auth_pairs())
         .await
         .unwrap();
     assert_eq!(status, 403);
@@ -193,7 +193,7 @@ async fn hop_by_hop_and_proxy_authorization_never_reach_the_upstream() {
     let c = h
         .curl(&[
             "--proxy-header",
-            "Proxy-Authorization: Bearer agent-token",
+            &format!("Proxy-Authorization: {}", h.bearer),
             "-H",
             "Proxy-Authorization: Bearer inner-token",
             "-H",
@@ -213,7 +213,7 @@ async fn hop_by_hop_and_proxy_authorization_never_reach_the_upstream() {
     let p = h
         .curl(&[
             "-H",
-            "Proxy-Authorization: Bearer plain-token",
+            &format!("Proxy-Authorization: {}", h.bearer),
             "-H",
             "Connection: x-drop-me",
             "-H",
@@ -225,6 +225,11 @@ async fn hop_by_hop_and_proxy_authorization_never_reach_the_upstream() {
     let mut all = h.upstream.received();
     all.extend(h.plain.received());
     assert_eq!(all.len(), 2);
+    for r in &all {
+        for v in r.headers.iter().map(|(_, v)| String::from_utf8_lossy(v).into_owned()) {
+            assert!(!v.contains(&h.token), "the agent's token reached the upstream");
+        }
+    }
     for r in all {
         for banned in [
             "proxy-authorization",
@@ -367,7 +372,7 @@ async fn large_bodies_stream_both_ways_byte_identical() {
 #[tokio::test]
 async fn websocket_echo_through_the_tunnel_and_no_tunnel_without_101() {
     let h = Harness::start().await;
-    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[])
+    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -388,7 +393,7 @@ async fn websocket_echo_through_the_tunnel_and_no_tunnel_without_101() {
     assert_eq!(echoed.into_text().unwrap().as_str(), "hello over the proxy");
 
     // The upstream answers 200 instead of 101: the agent gets that response, not a tunnel.
-    let (tcp, _, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[])
+    let (tcp, _, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
         .await
         .unwrap();
     let tls = tls_over(tcp, HOST, h.proxy_client_config(&["http/1.1"])).await;
@@ -443,7 +448,7 @@ async fn slowloris_connection_is_closed_at_the_header_timeout() {
     assert_eq!(h.plain.request_count(), 0);
 
     // Same inside a tunnel: TLS done, request head never finished.
-    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[])
+    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -613,14 +618,14 @@ async fn connection_limit_answers_503() {
     })
     .await;
     // Two tunnels hold both slots (a 200 proves each was accepted).
-    let (_a, s1, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[])
+    let (_a, s1, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
         .await
         .unwrap();
-    let (_b, s2, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[])
+    let (_b, s2, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
         .await
         .unwrap();
     assert_eq!((s1.as_u16(), s2.as_u16()), (200, 200));
-    let (_, s3, body) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[])
+    let (_, s3, body) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
         .await
         .unwrap();
     assert_eq!(s3, 503, "{}", String::from_utf8_lossy(&body));
@@ -629,7 +634,7 @@ async fn connection_limit_answers_503() {
 #[tokio::test]
 async fn http2_inside_the_tunnel_with_a_raw_hyper_client() {
     let h = Harness::start().await;
-    let (tcp, _, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[])
+    let (tcp, _, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
         .await
         .unwrap();
     let tls = tls_over(tcp, HOST, h.proxy_client_config(&["h2"])).await;

@@ -9,14 +9,22 @@
 
 pub mod client;
 pub mod connect;
+pub mod oidc;
+pub mod openbao;
 pub mod pattern;
 pub mod pki;
+pub mod render;
+pub mod temporal;
 pub mod upstream;
 
 pub use client::{collect_body, http1_handshake, http2_handshake};
 pub use connect::{connect_tunnel, tls_over, try_tls_over};
+pub use oidc::{KeyKind, OidcProvider, OidcProviderOptions, TestClient, TestKey};
+pub use openbao::{bao_binary, OpenBao, OpenBaoOptions};
 pub use pattern::{fixed_body, fixed_bytes, fixed_sha256, pattern_byte, sha256_hex};
 pub use pki::{ServerCert, TestPki, Validity};
+pub use render::{contains_any_rendering, credential_values, detection_patterns, renderings};
+pub use temporal::{temporal_binary, TemporalDevServer};
 pub use upstream::{Gates, RecordedRequest, Upstream, UpstreamOptions};
 
 /// The rustls crypto provider used everywhere in this crate (ring).

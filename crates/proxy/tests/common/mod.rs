@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use credproxy_config::Config;
+use credproxy_identity::DevIssuer;
 use credproxy_proxy::{Proxy, ProxyOptions, Resolve, RunningProxy};
 use credproxy_testkit::{TestPki, Upstream, UpstreamOptions, Validity};
 
@@ -14,7 +18,29 @@ pub const HOST: &str = "api.example.test";
 pub const OTHER: &str = "other.example.test";
 pub const PLAIN: &str = "plain.example.test";
 
+/// The agent the default token is issued to, and its role.
+pub const AGENT: &str = "agent-a";
+pub const ROLE: &str = "proxy-user";
+
+/// `env:` secret sources read from this map, never from the process environment.
+#[derive(Debug, Default)]
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl credproxy_secrets::EnvSource for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
 pub struct Harness {
+    /// The configuration the proxy started with (YAML), for reload tests.
+    pub yaml: String,
+    pub dev: DevIssuer,
+    /// A valid token for AGENT with ROLE (empty in anonymous mode).
+    pub token: String,
+    /// `Bearer <token>`.
+    pub bearer: String,
+    pub anonymous: bool,
     pub pki: TestPki,
     pub upstream: Upstream,
     pub plain: Upstream,
@@ -36,8 +62,19 @@ pub struct Setup {
     pub resolver: Option<Arc<dyn Resolve>>,
     /// Extra CA files the proxy trusts upstream.
     pub extra_ca: Vec<PathBuf>,
-    /// Extra TLS upstreams to start: (names on the cert, validity, trusted by the proxy?).
     pub admin: bool,
+    /// Run with `identity.danger_allow_anonymous` instead of the dev issuer.
+    pub anonymous: bool,
+    /// YAML list items appended under `credentials:` (each starting with `  - id: …`).
+    pub credentials: String,
+    /// Values for `env:` secret sources.
+    pub env: Vec<(String, String)>,
+    /// Extra top-level YAML (policy, secrets, …).
+    pub extra_yaml: String,
+    /// Bind the listener to this agent id.
+    pub listener_agent: Option<String>,
+    /// Replace the identity section (e.g. a real OIDC issuer).
+    pub identity: Option<String>,
 }
 
 impl Harness {
@@ -55,8 +92,19 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let ca = credproxy_tls::init_ca(&dir.path().join("ca"), false).unwrap();
 
+        let dev = DevIssuer::load_or_create(&dir.path().join("dev")).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, dev.jwks_json()).unwrap();
+        let token = if setup.anonymous {
+            String::new()
+        } else {
+            dev.issue(AGENT, &[ROLE.to_string()], Duration::from_secs(3600)).unwrap()
+        };
         let mut y = String::new();
         y.push_str("listeners:\n  - name: agents\n    tcp: 127.0.0.1:0\n");
+        if let Some(a) = &setup.listener_agent {
+            y.push_str(&format!("    agent: {a}\n"));
+        }
         if setup.admin {
             y.push_str("admin:\n  tcp: 127.0.0.1:0\n");
         }
@@ -86,22 +134,51 @@ impl Harness {
         for l in &setup.upstream {
             y.push_str(&format!("  {l}\n"));
         }
-        y.push_str("identity:\n  danger_allow_anonymous: true\n");
+        if let Some(identity) = &setup.identity {
+            y.push_str(identity);
+        } else if setup.anonymous {
+            y.push_str("identity:\n  danger_allow_anonymous: true\n");
+        } else {
+            y.push_str(&format!(
+                "identity:\n  oidc:\n    issuer: {}\n    audiences: [{}]\n    jwks_file: {}\n",
+                credproxy_identity::DEV_ISSUER,
+                credproxy_identity::DEV_AUDIENCE,
+                jwks.display()
+            ));
+        }
+        if !setup.credentials.is_empty() {
+            y.push_str("credentials:\n");
+            y.push_str(&setup.credentials);
+            if !setup.credentials.ends_with('\n') {
+                y.push('\n');
+            }
+        }
+        y.push_str(&setup.extra_yaml);
+        if !setup.extra_yaml.is_empty() && !setup.extra_yaml.ends_with('\n') {
+            y.push('\n');
+        }
         y.push_str("limits:\n  shutdown_grace: 1s\n");
         for l in &setup.limits {
             y.push_str(&format!("  {l}\n"));
         }
         let config = Config::parse(&y, dir.path()).unwrap_or_else(|e| panic!("{e}\n{y}"));
+        let y = y.clone();
         let proxy = Proxy::bind(
             config,
             ProxyOptions {
                 resolver: setup.resolver,
+                env: Some(Arc::new(MapEnv(setup.env.into_iter().collect()))),
             },
         )
         .await
         .unwrap()
         .spawn();
         Harness {
+            yaml: y,
+            dev,
+            bearer: format!("Bearer {token}"),
+            token,
+            anonymous: setup.anonymous,
             pki,
             upstream,
             plain,
@@ -109,6 +186,13 @@ impl Harness {
             proxy_ca: ca.cert_file,
             dir,
         }
+    }
+
+    /// Reload the running proxy with `edit` applied to its configuration text.
+    pub fn reload(&self, edit: impl FnOnce(&str) -> String) -> Result<u64, String> {
+        let text = edit(&self.yaml);
+        let config = Config::parse(&text, self.dir.path()).map_err(|e| e.to_string())?;
+        self.proxy.reload_handle().reload(config).map_err(|e| format!("{e:#}"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -119,11 +203,44 @@ impl Harness {
         format!("http://{}", self.addr())
     }
 
-    /// Run curl through the proxy, trusting the proxy CA. Returns (exit code, stdout, stderr).
+    /// The header that authenticates the default agent on a CONNECT.
+    pub fn auth(&self) -> Vec<(&str, String)> {
+        if self.anonymous {
+            vec![]
+        } else {
+            vec![("Proxy-Authorization", format!("Bearer {}", self.token))]
+        }
+    }
+
+    /// `auth()` borrowed, as `connect_tunnel` takes it.
+    pub fn auth_pairs(&self) -> Vec<(&'static str, &str)> {
+        if self.anonymous {
+            vec![]
+        } else {
+            vec![("Proxy-Authorization", self.bearer.as_str())]
+        }
+    }
+
+    /// A token for another agent or other roles.
+    pub fn token_for(&self, agent: &str, roles: &[&str], ttl: Duration) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        self.dev.issue(agent, &roles, ttl).unwrap()
+    }
+
+    /// Run curl through the proxy as the default agent, trusting the proxy CA.
     pub async fn curl(&self, args: &[&str]) -> Curl {
-        let out = tokio::process::Command::new("curl")
-            .args(["-sS", "--max-time", "60", "--proxy"])
-            .arg(self.proxy_url())
+        let token = self.token.clone();
+        self.curl_with_token(&token, args).await
+    }
+
+    /// Run curl through the proxy with `token` as the proxy password (empty: no credentials).
+    pub async fn curl_with_token(&self, token: &str, args: &[&str]) -> Curl {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-sS", "--max-time", "60", "--proxy"]).arg(self.proxy_url());
+        if !token.is_empty() {
+            cmd.arg("--proxy-user").arg(format!("agent:{token}"));
+        }
+        let out = cmd
             .arg("--cacert")
             .arg(&self.proxy_ca)
             .args(args)
@@ -166,7 +283,13 @@ impl Harness {
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .proxy(reqwest::Proxy::all(self.proxy_url()).unwrap())
+            .proxy(if self.anonymous {
+                reqwest::Proxy::all(self.proxy_url()).unwrap()
+            } else {
+                reqwest::Proxy::all(self.proxy_url())
+                    .unwrap()
+                    .basic_auth("agent", &self.token)
+            })
             .build()
             .unwrap()
     }

@@ -1,0 +1,351 @@
+//! Credentials on the request path: find placeholders, refuse misuse, inject secrets only
+//! where the credential declares, and build the scrub patterns for the response.
+//!
+//! Order matters and is fixed: every placeholder in the request head (target, every header
+//! value, `Basic` credentials decoded) and in the body's scan window is found and checked
+//! *before* any secret is fetched; a secret is only ever placed in the location its
+//! credential declares, over verified TLS, to a destination it is bound to.
+
+use base64::Engine as _;
+use credproxy_config::{CredentialConfig, CredentialKind};
+use credproxy_core::{Authority, MisuseKind, Reject, Scheme, Secret};
+use credproxy_scrub::{NearMiss, PlaceholderSet};
+use http::{HeaderName, HeaderValue};
+
+/// The configured credentials of one generation.
+pub(crate) struct Credentials {
+    pub configs: Vec<CredentialConfig>,
+    /// `None` when no credential is configured (nothing to detect).
+    pub set: Option<PlaceholderSet>,
+    pub sources: Vec<credproxy_secrets::SecretSource>,
+}
+
+impl Credentials {
+    pub fn new(configs: Vec<CredentialConfig>) -> Result<Credentials, String> {
+        let set = if configs.is_empty() {
+            None
+        } else {
+            Some(
+                PlaceholderSet::new(configs.iter().map(|c| c.placeholder.clone()).collect())
+                    .map_err(|e| e.to_string())?,
+            )
+        };
+        let sources = configs
+            .iter()
+            .map(|c| match &c.source {
+                credproxy_config::SecretSourceConfig::File(p) => {
+                    credproxy_secrets::SecretSource::File(p.clone())
+                }
+                credproxy_config::SecretSourceConfig::Env(v) => {
+                    credproxy_secrets::SecretSource::Env(v.clone())
+                }
+                credproxy_config::SecretSourceConfig::OpenBao {
+                    path,
+                    field,
+                    version,
+                } => credproxy_secrets::SecretSource::OpenBao {
+                    path: path.clone(),
+                    field: field.clone(),
+                    version: *version,
+                },
+            })
+            .collect();
+        Ok(Credentials {
+            configs,
+            set,
+            sources,
+        })
+    }
+
+    /// Indices of credentials bound to `authority`.
+    pub fn bound_to(&self, authority: &Authority) -> impl Iterator<Item = usize> + '_ {
+        let a = authority.clone();
+        self.configs
+            .iter()
+            .enumerate()
+            .filter(move |(_, c)| c.bound_domains.allows(&a))
+            .map(|(i, _)| i)
+    }
+}
+
+/// Where in a request a placeholder was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Location {
+    Header(HeaderName),
+    /// Inside the decoded credentials of a `Basic` authorization header.
+    BasicPassword(HeaderName),
+    Path,
+    Query,
+    Body,
+}
+
+impl Location {
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Header(h) => format!("header:{h}"),
+            Location::BasicPassword(h) => format!("header:{h}(basic)"),
+            Location::Path => "path".into(),
+            Location::Query => "query".into(),
+            Location::Body => "body".into(),
+        }
+    }
+}
+
+/// A placeholder found in the request.
+#[derive(Debug, Clone)]
+pub(crate) struct Use {
+    pub cred: usize,
+    pub loc: Location,
+}
+
+/// Everything found in a request.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub uses: Vec<Use>,
+    pub near: Vec<(Location, &'static str)>,
+}
+
+impl Scan {
+    fn add(&mut self, loc: Location, f: credproxy_scrub::Findings) {
+        for e in f.exact {
+            self.uses.push(Use {
+                cred: e.credential,
+                loc: loc.clone(),
+            });
+        }
+        for NearMiss { shape, .. } in f.near_misses {
+            self.near.push((loc.clone(), shape));
+        }
+    }
+
+    /// Add the findings of the request body's scan window.
+    pub fn add_body(&mut self, f: credproxy_scrub::Findings) {
+        self.add(Location::Body, f);
+    }
+}
+
+/// Scan the request target and every header value (and decoded `Basic` credentials).
+pub(crate) fn scan_head(set: &PlaceholderSet, parts: &http::request::Parts) -> Scan {
+    let mut scan = Scan::default();
+    scan.add(Location::Path, set.scan(parts.uri.path().as_bytes()));
+    if let Some(q) = parts.uri.query() {
+        scan.add(Location::Query, set.scan(q.as_bytes()));
+    }
+    for (name, value) in &parts.headers {
+        scan.add(Location::Header(name.clone()), set.scan(value.as_bytes()));
+        if let Some(decoded) = credproxy_scrub::decode_basic(value.as_bytes()) {
+            scan.add(Location::BasicPassword(name.clone()), set.scan(&decoded));
+        }
+    }
+    scan
+}
+
+/// Where a credential may be used, in words an agent can act on.
+fn usage(cfg: &CredentialConfig) -> String {
+    let mut places = Vec::new();
+    if cfg.inject_in.header {
+        places.push(format!("header {}", cfg.header_name));
+    }
+    if cfg.inject_in.query {
+        places.push("the query string".to_string());
+    }
+    if cfg.inject_in.body {
+        places.push("the body".to_string());
+    }
+    let hosts: Vec<String> = cfg
+        .bound_domains
+        .entries()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    format!(
+        "credential `{}` may only be used in {} for {}",
+        cfg.id,
+        places.join(" or "),
+        hosts.join(", ")
+    )
+}
+
+/// Refuse every misuse; return the credentials to inject (deduplicated, in order).
+pub(crate) fn check(
+    creds: &Credentials,
+    authority: &Authority,
+    scheme: Scheme,
+    scan: &Scan,
+) -> Result<Vec<usize>, Reject> {
+    if let Some((loc, shape)) = scan.near.first() {
+        return Err(Reject::PlaceholderMisuse {
+            kind: MisuseKind::NearMiss,
+            message: format!(
+                "a value in {} looks like a placeholder but is not one ({shape}); send configured placeholders exactly as given",
+                loc.describe()
+            ),
+        });
+    }
+    let mut out: Vec<usize> = Vec::new();
+    for u in &scan.uses {
+        let cfg = &creds.configs[u.cred];
+        if !cfg.bound_domains.allows(authority) {
+            return Err(Reject::PlaceholderMisuse {
+                kind: MisuseKind::NotBound,
+                message: format!("{}; {authority} is not one of them", usage(cfg)),
+            });
+        }
+        let allowed = match &u.loc {
+            Location::Header(h) | Location::BasicPassword(h) => {
+                cfg.inject_in.header && h.as_str() == cfg.header_name
+            }
+            Location::Query => cfg.inject_in.query,
+            Location::Body => cfg.inject_in.body,
+            Location::Path => false,
+        };
+        if !allowed {
+            return Err(Reject::PlaceholderMisuse {
+                kind: MisuseKind::WrongLocation,
+                message: format!("{}; it was found in {}", usage(cfg), u.loc.describe()),
+            });
+        }
+        if scheme != Scheme::Https {
+            return Err(Reject::PlaceholderMisuse {
+                kind: MisuseKind::Cleartext,
+                message: format!(
+                    "credential `{}` is only sent over verified TLS; use https://",
+                    cfg.id
+                ),
+            });
+        }
+        if !out.contains(&u.cred) {
+            out.push(u.cred);
+        }
+    }
+    Ok(out)
+}
+
+/// The header value that carries `secret` for `cfg`. `agent_basic` is the decoded value of
+/// the agent's own `Basic` header when the placeholder was its password (git over HTTPS).
+pub(crate) fn header_value(
+    cfg: &CredentialConfig,
+    secret: &Secret,
+    agent_basic: Option<&[u8]>,
+) -> Result<(HeaderValue, Secret), Reject> {
+    let invalid = || Reject::SecretInvalid {
+        credential: cfg.id.clone(),
+    };
+    let s = secret.expose();
+    if s.is_empty() || s.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(invalid());
+    }
+    let rendered: Vec<u8> = match cfg.kind {
+        CredentialKind::ApiKey | CredentialKind::Header => {
+            let mut v = cfg.header_prefix.as_bytes().to_vec();
+            v.extend_from_slice(s);
+            v
+        }
+        CredentialKind::Bearer => {
+            let mut v = b"Bearer ".to_vec();
+            v.extend_from_slice(s);
+            v
+        }
+        CredentialKind::BasicAuth => {
+            let userpass: Vec<u8> = if let Some(user) = &cfg.username {
+                [user.as_bytes(), b":", s].concat()
+            } else if s.contains(&b':') {
+                s.to_vec()
+            } else if let Some(agent) = agent_basic {
+                // The agent's user name, the secret as password.
+                let user = agent.split(|b| *b == b':').next().unwrap_or(b"");
+                [user, b":", s].concat()
+            } else {
+                return Err(invalid());
+            };
+            let mut v = b"Basic ".to_vec();
+            v.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(userpass).as_bytes());
+            v
+        }
+    };
+    let value = HeaderValue::from_bytes(&rendered).map_err(|_| invalid())?;
+    Ok((value, Secret::new(rendered)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use credproxy_config::Config;
+
+    fn creds() -> Credentials {
+        let y = r#"
+listeners: [{name: a, tcp: "127.0.0.1:0"}]
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com, api.github.com, other.example.com]
+identity: {danger_allow_anonymous: true}
+credentials:
+  - id: anthropic
+    placeholder: agent-vault-00000000-0000-0000-0000-000000000001
+    type: api_key
+    bound_domains: [api.anthropic.com]
+    source: {env: A}
+  - id: github
+    placeholder: agent-vault-00000000-0000-0000-0000-000000000002
+    type: basic_auth
+    bound_domains: [api.github.com]
+    inject_in: [header, query]
+    source: {env: G}
+"#;
+        Credentials::new(Config::parse(y, std::path::Path::new("/")).unwrap().credentials).unwrap()
+    }
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::get(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const PH1: &str = "agent-vault-00000000-0000-0000-0000-000000000001";
+    const PH2: &str = "agent-vault-00000000-0000-0000-0000-000000000002";
+
+    fn run(uri: &str, headers: &[(&str, &str)], host: &str, scheme: Scheme) -> Result<Vec<usize>, Reject> {
+        let c = creds();
+        let scan = scan_head(c.set.as_ref().unwrap(), &parts(uri, headers));
+        check(&c, &Authority::parse_connect(host).unwrap(), scheme, &scan)
+    }
+
+    #[test]
+    fn allowed_use_and_each_misuse() {
+        assert_eq!(run("/v1", &[("x-api-key", PH1)], "api.anthropic.com:443", Scheme::Https).unwrap(), vec![0]);
+        let reason = |r: Result<Vec<usize>, Reject>| r.unwrap_err().reason();
+        assert_eq!(reason(run("/v1", &[("x-api-key", PH1)], "other.example.com:443", Scheme::Https)), "credential_not_bound");
+        assert_eq!(reason(run("/v1", &[("authorization", PH1)], "api.anthropic.com:443", Scheme::Https)), "credential_wrong_location");
+        assert_eq!(reason(run(&format!("/v1?k={PH1}"), &[], "api.anthropic.com:443", Scheme::Https)), "credential_wrong_location");
+        assert_eq!(reason(run(&format!("/{PH1}"), &[], "api.anthropic.com:443", Scheme::Https)), "credential_wrong_location");
+        assert_eq!(reason(run("/v1", &[("x-api-key", PH1)], "api.anthropic.com:80", Scheme::Http)), "credential_cleartext");
+        let upper = PH1.to_uppercase();
+        assert_eq!(reason(run("/v1", &[("x-api-key", &upper)], "api.anthropic.com:443", Scheme::Https)), "placeholder_near_miss");
+        assert_eq!(reason(run("/v1", &[("x-api-key", &PH1[..40])], "api.anthropic.com:443", Scheme::Https)), "placeholder_near_miss");
+        // The message says where the credential may be used.
+        let msg = run("/v1", &[("x-api-key", PH1)], "other.example.com:443", Scheme::Https).unwrap_err().agent_message();
+        assert!(msg.contains("credential `anthropic` may only be used in header x-api-key for api.anthropic.com"), "{msg}");
+    }
+
+    #[test]
+    fn basic_password_and_query_for_a_basic_credential() {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("git:{PH2}"))
+        );
+        assert_eq!(run("/repos", &[("authorization", &basic)], "api.github.com:443", Scheme::Https).unwrap(), vec![1]);
+        assert_eq!(run(&format!("/r?access_token={PH2}"), &[], "api.github.com:443", Scheme::Https).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn header_values_by_type_and_crlf_refused() {
+        let c = creds();
+        let (v, _) = header_value(&c.configs[0], &Secret::new(b"sk-real".to_vec()), None).unwrap();
+        assert_eq!(v, "sk-real");
+        let (v, _) = header_value(&c.configs[1], &Secret::new(b"tok".to_vec()), Some(b"git:PH")).unwrap();
+        assert_eq!(v, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("git:tok")));
+        assert!(header_value(&c.configs[0], &Secret::new(b"a\r\nX-Evil: 1".to_vec()), None).is_err());
+        assert!(header_value(&c.configs[0], &Secret::new(b"a\0b".to_vec()), None).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! The mechanics of injection: the request body's scan window, placing secrets in headers,
+//! query and body, and wrapping the response for scrubbing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use credproxy_core::{Authority, Reject, Secret};
+use credproxy_scrub::{Encoding, PlaceholderSet, ScrubPatterns, StreamReplacer};
+use http::{HeaderValue, Response};
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt;
+
+use crate::body::Body;
+use crate::creds::{self, Credentials, Location, Scan};
+use crate::decode;
+use crate::scrub_body::{scrub_headers, Counters, RequestTail, ScrubBody};
+use crate::Shared;
+
+/// The first part of a request body, held so its placeholders are checked before anything
+/// is sent; `rest` is the unread remainder when the body is larger than the window.
+pub(crate) struct Window {
+    pub frames: Vec<Frame<Bytes>>,
+    pub rest: Option<Body>,
+}
+
+impl Window {
+    pub fn data(&self) -> impl Iterator<Item = &Bytes> {
+        self.frames.iter().filter_map(|f| f.data_ref())
+    }
+}
+
+/// Read up to `limit` bytes of the body (whole frames), keeping trailers if they come.
+pub(crate) async fn read_window(mut body: Body, limit: usize) -> Result<Window, Reject> {
+    let mut frames = Vec::new();
+    let mut len = 0usize;
+    while len < limit {
+        match body.frame().await {
+            None => {
+                return Ok(Window { frames, rest: None });
+            }
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    len += d.len();
+                }
+                frames.push(f);
+            }
+            Some(Err(_)) => {
+                return Err(Reject::BadRequest {
+                    what: "the request body could not be read".into(),
+                })
+            }
+        }
+    }
+    if body.is_end_stream() {
+        return Ok(Window { frames, rest: None });
+    }
+    Ok(Window {
+        frames,
+        rest: Some(body),
+    })
+}
+
+/// What the body rebuild needs to know about injection.
+pub(crate) struct Plan {
+    /// Per credential index: approved for body injection in this request.
+    pub approved_body: Vec<bool>,
+    /// Per credential index: the secret to put in the body, if any.
+    pub body_values: Vec<Option<Secret>>,
+}
+
+fn encoding_for(parts: &http::request::Parts) -> Encoding {
+    let ct = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Encoding::JsonString
+    } else if essence == "application/x-www-form-urlencoded" {
+        Encoding::Percent
+    } else {
+        Encoding::Raw
+    }
+}
+
+/// Fetch the secrets of `to_inject` and place them: headers now, query now, body later
+/// (through the returned plan).
+pub(crate) async fn inject(
+    shared: &Shared,
+    creds: &Credentials,
+    to_inject: &[usize],
+    scan: &Scan,
+    parts: &mut http::request::Parts,
+) -> Result<Plan, Reject> {
+    let n = creds.configs.len();
+    let mut plan = Plan {
+        approved_body: vec![false; n],
+        body_values: vec![None; n],
+    };
+    if to_inject.is_empty() {
+        return Ok(plan);
+    }
+    let mut query_values: Vec<Option<Secret>> = vec![None; n];
+    let mut any_query = false;
+    for &i in to_inject {
+        let cfg = &creds.configs[i];
+        let secret = shared
+            .secrets
+            .get(&creds.sources[i])
+            .await
+            .map_err(|e| Reject::SecretUnavailable {
+                credential: cfg.id.clone(),
+                reason: e.reason(),
+            })?;
+        let locs: Vec<&Location> = scan.uses.iter().filter(|u| u.cred == i).map(|u| &u.loc).collect();
+        // The agent's own Basic credentials, when the placeholder is its password.
+        let agent_basic = locs.iter().find_map(|l| match l {
+            Location::BasicPassword(h) => parts
+                .headers
+                .get(h)
+                .and_then(|v| credproxy_scrub::decode_basic(v.as_bytes())),
+            _ => None,
+        });
+        let (value, rendered) = creds::header_value(cfg, &secret, agent_basic.as_deref())?;
+        // Remember it for response scrubbing first: a secret that cannot be scrubbed is not sent.
+        shared
+            .recent
+            .record(&cfg.id, &secret, &cfg.placeholder, &rendered)
+            .map_err(|_| Reject::SecretInvalid {
+                credential: cfg.id.clone(),
+            })?;
+        for loc in &locs {
+            match loc {
+                Location::Header(_) | Location::BasicPassword(_) => {
+                    // Replaces every agent-supplied value of that header: never duplicated.
+                    if let Ok(name) = http::HeaderName::from_bytes(cfg.header_name.as_bytes()) {
+                        parts.headers.remove(&name);
+                        parts.headers.insert(name, value.clone());
+                    }
+                }
+                Location::Query => {
+                    any_query = true;
+                    query_values[i] = Some(secret.clone());
+                }
+                Location::Body => {
+                    plan.approved_body[i] = true;
+                    plan.body_values[i] = Some(secret.clone());
+                }
+                Location::Path => {}
+            }
+        }
+    }
+    if any_query {
+        if let (Some(set), Some(q)) = (&creds.set, parts.uri.query()) {
+            let values: Vec<Option<&[u8]>> = query_values.iter().map(|v| v.as_ref().map(|s| s.expose())).collect();
+            let (new_q, _) = credproxy_scrub::replace_all(set, q.as_bytes(), &values, Encoding::Percent);
+            let pq = format!("{}?{}", parts.uri.path(), String::from_utf8_lossy(&new_q));
+            let mut uri_parts = parts.uri.clone().into_parts();
+            uri_parts.path_and_query = pq.parse().ok();
+            if let Ok(u) = http::Uri::from_parts(uri_parts) {
+                parts.uri = u;
+            }
+        }
+    }
+    // Responses to credential-bearing requests are scrubbed; ask for them uncompressed, and
+    // never let two Range requests reassemble a secret piecewise.
+    parts
+        .headers
+        .insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    parts.headers.remove(http::header::RANGE);
+    parts.headers.remove(http::header::IF_RANGE);
+    Ok(plan)
+}
+
+/// The body to send upstream: the window (with body placeholders replaced) followed by the
+/// rest of the stream, still scanned.
+pub(crate) fn rebuild_body(
+    set: &PlaceholderSet,
+    window: Window,
+    plan: &Plan,
+    parts: &mut http::request::Parts,
+    late: Arc<AtomicBool>,
+) -> Body {
+    let inject_body = plan.body_values.iter().any(Option::is_some);
+    let enc = encoding_for(parts);
+    match window.rest {
+        None => {
+            let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+            let mut data = Vec::new();
+            let mut trailers = None;
+            for f in window.frames {
+                match f.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                }
+            }
+            if inject_body {
+                let values: Vec<Option<&[u8]>> =
+                    plan.body_values.iter().map(|v| v.as_ref().map(|s| s.expose())).collect();
+                let (out, _) = credproxy_scrub::replace_all(set, &data, &values, enc);
+                data = out;
+                if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                    parts
+                        .headers
+                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+                }
+            }
+            if !data.is_empty() {
+                frames.push_back(Frame::data(Bytes::from(data)));
+            }
+            if let Some(t) = trailers {
+                frames.push_back(Frame::trailers(t));
+            }
+            frames_body(frames)
+        }
+        Some(rest) => {
+            let replacer = inject_body.then(|| {
+                StreamReplacer::new(set.clone(), plan.body_values.clone(), enc)
+            });
+            if replacer.is_some() {
+                // The length changes; the body goes out chunked (or as HTTP/2 frames).
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+            }
+            let head = frames_body(window.frames.into());
+            let chained = Chain { first: Some(head), second: rest }.boxed();
+            RequestTail::boxed(chained, set, plan.approved_body.clone(), replacer, late)
+        }
+    }
+}
+
+fn frames_body(frames: VecDeque<Frame<Bytes>>) -> Body {
+    let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, crate::body::BoxError>));
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+pin_project_lite::pin_project! {
+    /// Two bodies one after the other.
+    struct Chain {
+        #[pin]
+        first: Option<Body>,
+        #[pin]
+        second: Body,
+    }
+}
+
+impl http_body::Body for Chain {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        if let Some(first) = this.first.as_mut().as_pin_mut() {
+            match first.poll_frame(cx) {
+                std::task::Poll::Ready(None) => this.first.set(None),
+                other => return other,
+            }
+        }
+        this.second.poll_frame(cx)
+    }
+}
+
+/// Wrap a response for scrubbing: headers now, body and trailers as they stream.
+pub(crate) fn scrub_response(
+    shared: &Shared,
+    authority: &Authority,
+    mut parts: http::response::Parts,
+    body: Body,
+    patterns: ScrubPatterns,
+) -> Result<Response<Body>, Reject> {
+    let n = scrub_headers(&patterns, &mut parts.headers);
+    let encodings: Vec<&str> = parts
+        .headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let decoder = match decode::for_header(&encodings) {
+        decode::Encoding::Identity => None,
+        decode::Encoding::Decode(d) => Some(d),
+        decode::Encoding::Unsupported(encoding) => {
+            return Err(Reject::UpstreamEncoding {
+                authority: authority.clone(),
+                encoding,
+            })
+        }
+    };
+    if decoder.is_some() {
+        parts.headers.remove(http::header::CONTENT_ENCODING);
+    }
+    // Scrubbing may change the length; the agent gets the body without a stale length.
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let counters = Arc::new(Counters {
+        metric: shared.metrics.scrubbed.clone(),
+        ..Counters::default()
+    });
+    counters.scrubbed(n as u64);
+    Ok(Response::from_parts(
+        parts,
+        ScrubBody::boxed(body, decoder, patterns, counters),
+    ))
+}
