@@ -296,6 +296,11 @@ pub(crate) fn scrub_response(
     }
     // Scrubbing may change the length; the agent gets the body without a stale length.
     parts.headers.remove(http::header::CONTENT_LENGTH);
+    let event_stream = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
     let counters = Arc::new(Counters {
         metric: shared.metrics.scrubbed.clone(),
         ..Counters::default()
@@ -303,6 +308,6 @@ pub(crate) fn scrub_response(
     counters.scrubbed(n as u64);
     Ok(Response::from_parts(
         parts,
-        ScrubBody::boxed(body, decoder, patterns, counters),
+        ScrubBody::boxed(body, decoder, patterns, counters, event_stream),
     ))
 }

@@ -17,6 +17,7 @@ pub mod explain;
 mod inject;
 mod recent;
 mod scrub_body;
+mod sse;
 mod metrics;
 mod prefixed;
 mod service;

@@ -40,6 +40,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         decoder: Option<Decoder>,
+        sse: Option<crate::sse::SseScrubber>,
         scrubber: StreamScrubber,
         patterns: ScrubPatterns,
         counters: Arc<Counters>,
@@ -49,16 +50,20 @@ pin_project_lite::pin_project! {
 }
 
 impl ScrubBody {
+    /// `event_stream`: the response is `text/event-stream`, so JSON text deltas are scrubbed
+    /// across events too (see `sse`).
     pub fn boxed(
         inner: Body,
         decoder: Option<Decoder>,
         patterns: ScrubPatterns,
         counters: Arc<Counters>,
+        event_stream: bool,
     ) -> Body {
         use http_body_util::BodyExt;
         ScrubBody {
             inner,
             decoder,
+            sse: event_stream.then(|| crate::sse::SseScrubber::new(patterns.clone())),
             scrubber: patterns.stream(),
             patterns,
             counters,
@@ -112,6 +117,15 @@ impl HttpBody for ScrubBody {
                             },
                             None => data.to_vec(),
                         };
+                        let plain = match this.sse.as_mut() {
+                            Some(sse) => {
+                                let before = sse.count();
+                                let out = sse.push(&plain);
+                                this.counters.scrubbed((sse.count() - before) as u64);
+                                out
+                            }
+                            None => plain,
+                        };
                         let before = this.scrubber.count();
                         let out = this.scrubber.push(&plain);
                         this.counters.scrubbed((this.scrubber.count() - before) as u64);
@@ -130,13 +144,21 @@ impl HttpBody for ScrubBody {
                 },
                 Poll::Ready(None) => {
                     *this.finished = true;
-                    let mut tail = match this.decoder.as_mut() {
+                    let mut rest = match this.decoder.as_mut() {
                         Some(d) => match d.finish() {
-                            Ok(rest) => this.scrubber.push(&rest),
+                            Ok(rest) => rest,
                             Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                         },
                         None => Vec::new(),
                     };
+                    if let Some(sse) = this.sse.as_mut() {
+                        let before = sse.count();
+                        let mut out = sse.push(&rest);
+                        out.extend(sse.finish());
+                        this.counters.scrubbed((sse.count() - before) as u64);
+                        rest = out;
+                    }
+                    let mut tail = this.scrubber.push(&rest);
                     let before = this.scrubber.count();
                     tail.extend(this.scrubber.finish());
                     this.counters.scrubbed((this.scrubber.count() - before) as u64);
