@@ -602,8 +602,8 @@ in {
         default = {
           CredProxyAgentID = "Keyword";
           CredProxyTargetDomain = "Keyword";
-          CredProxyCredentialID = "Keyword";
-          CredProxyOutcome = "Keyword";
+          CredProxyCredentialRef = "Keyword";
+          CredProxyStatus = "Keyword";
         };
         description = ''
           Custom search attributes registered after every start ("already exists" is
@@ -637,30 +637,27 @@ in {
         type = types.attrsOf types.str;
         default = {};
         description = ''
-          Development OIDC clients to provision, name -> file that receives the client
-          secret (mode 0440, group kvm, so the VM's hypervisor can hand it to that guest only).
+          Development OIDC client secret files, name -> file (made mode 0440, group kvm, so the
+          VM's hypervisor can hand it to that guest only). `credproxy openbao provision` does not
+          create OIDC clients yet: put the secret files in place yourself (see docs/nixos.md).
         '';
         example = {agent1 = "/var/lib/openclaw-vm/agent1/oidc-client-secret";};
       };
       provisionArgs = mkOption {
         type = types.listOf types.str;
-        default =
-          [
-            "--address"
-            "http://127.0.0.1:${toString cfg.openbao.dev.port}"
-            "--token-file"
-            "${openbaoStateDir}/root-token"
-            "--kv-mount"
-            "secret"
-            "--approle"
-            "credproxy"
-            "--role-id-file"
-            "${stateDir}/openbao/role-id"
-            "--secret-id-file"
-            "${stateDir}/openbao/secret-id"
-          ]
-          ++ lib.concatLists (lib.mapAttrsToList (n: f: ["--oidc-client" "${n}=${f}"]) cfg.openbao.dev.oidcClients);
-        defaultText = literalExpression ''[ "--address" "http://127.0.0.1:''${port}" "--token-file" ... "--oidc-client" "NAME=FILE" ... ]'';
+        default = [
+          "--address"
+          "http://127.0.0.1:${toString cfg.openbao.dev.port}"
+          "--admin-token-file"
+          "${openbaoStateDir}/root-token"
+          "--config"
+          "${configFile}"
+          "--role-name"
+          "credproxy"
+          "--out-dir"
+          "${stateDir}/openbao"
+        ];
+        defaultText = literalExpression ''[ "--address" "http://127.0.0.1:''${port}" "--admin-token-file" ROOT_TOKEN "--config" CONFIG "--role-name" "credproxy" "--out-dir" "/var/lib/credproxy/openbao" ]'';
         description = "Arguments of `credproxy openbao provision` (run as root, after the dev server answers).";
         example = ["--address" "http://127.0.0.1:8200" "--token-file" "/var/lib/credproxy-openbao-dev/root-token"];
       };
@@ -876,8 +873,8 @@ in {
       services.credproxy.settings.secrets.openbao = lib.mkDefault {
         address = "http://127.0.0.1:${toString cfg.openbao.dev.port}";
         auth.approle = {
-          role_id_file = "${stateDir}/openbao/role-id";
-          secret_id_file = "${stateDir}/openbao/secret-id";
+          role_id_file = "${stateDir}/openbao/role_id";
+          secret_id_file = "${stateDir}/openbao/secret_id";
         };
       };
 
@@ -945,10 +942,10 @@ in {
           fi
           install -d -m 0700 -o credproxy -g credproxy ${stateDir}/openbao
           credproxy openbao provision ${lib.escapeShellArgs cfg.openbao.dev.provisionArgs}
-          chown credproxy:credproxy ${stateDir}/openbao/role-id ${stateDir}/openbao/secret-id
-          chmod 0400 ${stateDir}/openbao/role-id ${stateDir}/openbao/secret-id
+          chown credproxy:credproxy ${stateDir}/openbao/role_id ${stateDir}/openbao/secret_id
+          chmod 0400 ${stateDir}/openbao/role_id ${stateDir}/openbao/secret_id
           ${lib.concatStrings (lib.mapAttrsToList (_: f: ''
-              chgrp kvm ${lib.escapeShellArg f} && chmod 0440 ${lib.escapeShellArg f}
+              if [ -e ${lib.escapeShellArg f} ]; then chgrp kvm ${lib.escapeShellArg f} && chmod 0440 ${lib.escapeShellArg f}; fi
             '')
             cfg.openbao.dev.oidcClients)}
           BAO_TOKEN=$(cat ${openbaoStateDir}/root-token)

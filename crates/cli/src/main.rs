@@ -1,9 +1,13 @@
 //! `credproxy`: the one binary. Parses the command line, composes the crates, and maps
 //! failures to exit codes: 0 ok, 64 usage or configuration error, 1 runtime failure.
 
+mod audit_cmd;
 mod dev;
 mod logging;
+mod openbao_cmd;
+mod policy_cmd;
 mod serve;
+mod token_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +49,24 @@ enum Command {
     /// Run on embedded defaults for local use: a generated CA, a default allowlist, and the
     /// environment an agent needs printed on standard output
     Dev(dev::DevArgs),
+    /// Write, unit-test and try out Rego authorization policies offline
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
+    /// Obtain an agent token: OAuth2 client credentials from an OIDC provider, or a dev token
+    /// (--dev); prints the token, or a proxy URL carrying it (--proxy-url)
+    Token(token_cmd::TokenArgs),
+    /// Query and verify the audit log: list, show, verify, export
+    Audit {
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
+    },
+    /// Prepare OpenBao for the proxy
+    Openbao {
+        #[command(subcommand)]
+        command: openbao_cmd::OpenBaoCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +97,31 @@ fn main() -> ExitCode {
         } => ca_init(&dir, force),
         Command::Serve { config } => run_async(serve::serve(config)),
         Command::Dev(args) => run_async(dev::dev(args)),
+        Command::Policy { command } => policy_cmd::run(command),
+        Command::Token(args) => run_async(token_cmd::run(args)),
+        Command::Openbao { command } => run_async(openbao_cmd::run(command)),
+        Command::Audit { command } => audit_cmd::run(command),
+    }
+}
+
+/// A command's failure: bad usage or configuration (exit 64) or a runtime failure (exit 1).
+#[derive(Debug)]
+pub enum CmdError {
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+/// Report `e` on standard error as `what: <error chain>` and return its exit status.
+pub fn fail(what: &str, e: CmdError) -> ExitCode {
+    match e {
+        CmdError::Usage(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        CmdError::Runtime(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -863,12 +863,14 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
         ],
         "{env:?}"
     );
+    // http://dev-agent:<dev token>@ADDR: the token authenticates the agent.
     let proxy_url = &env["HTTPS_PROXY"];
-    let addr: SocketAddr = proxy_url
-        .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("HTTPS_PROXY={proxy_url}"))
-        .parse()
-        .unwrap();
+    let (token, addr) = proxy_url
+        .strip_prefix("http://dev-agent:")
+        .and_then(|rest| rest.rsplit_once('@'))
+        .unwrap_or_else(|| panic!("HTTPS_PROXY={proxy_url}"));
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+    let addr: SocketAddr = addr.parse().unwrap();
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     assert_eq!(&env["HTTP_PROXY"], proxy_url);
     assert_eq!(env["NODE_USE_ENV_PROXY"], "1");

@@ -518,9 +518,13 @@ pub(crate) fn audit(cx: &mut Ctx<'_>, raw: RawAudit) -> Option<AuditConfig> {
             signal_timeout,
         })
     });
+    if raw.max_size_bytes.is_some_and(|m| m < 64 * 1024) {
+        cx.err("audit.max_size_bytes", "must be at least 65536");
+    }
     Some(AuditConfig {
         path,
         retention,
+        max_size_bytes: raw.max_size_bytes,
         temporal,
     })
 }

@@ -47,7 +47,7 @@ pub struct Config {
 pub struct ListenerConfig {
     pub name: String,
     pub addr: ListenAddr,
-    /// File mode for a Unix socket (default 0660).
+    /// File mode for a Unix or hybrid-vsock socket (default 0660).
     pub unix_mode: u32,
     /// Only this agent identity may use the listener.
     pub agent: Option<String>,
@@ -175,6 +175,8 @@ pub struct CredentialConfig {
 pub struct AuditConfig {
     pub path: PathBuf,
     pub retention: Option<Duration>,
+    /// Upper bound on the spool's size; when full, credential uses are refused (503).
+    pub max_size_bytes: Option<u64>,
     pub temporal: Option<TemporalConfig>,
 }
 

@@ -33,8 +33,35 @@ pub struct RawListener {
     pub name: Option<String>,
     pub tcp: Option<String>,
     pub unix: Option<String>,
+    pub vsock: Option<RawVsock>,
+    pub vsock_uds: Option<RawVsockUds>,
     pub unix_mode: Option<String>,
     pub agent: Option<String>,
+}
+
+/// `listeners[].vsock`: `{cid: any | N, port: P, peer_cid: N}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVsock {
+    pub cid: Option<RawCid>,
+    pub port: Option<u32>,
+    pub peer_cid: Option<u32>,
+}
+
+/// A CID: a number, or the word `any`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawCid {
+    Number(u32),
+    Word(String),
+}
+
+/// `listeners[].vsock_uds`: `{path: P, port: N}` binds the Unix socket `P_N`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVsockUds {
+    pub path: Option<String>,
+    pub port: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +218,7 @@ pub struct RawOpenBaoSource {
 pub struct RawAudit {
     pub path: Option<String>,
     pub retention: Option<String>,
+    pub max_size_bytes: Option<u64>,
     pub temporal: Option<RawTemporal>,
 }
 

@@ -215,3 +215,73 @@ fn yaml_syntax_error_names_the_line() {
     let s = errs.to_string();
     assert!(s.contains("not valid YAML at line"), "{s}");
 }
+
+#[test]
+fn vsock_listeners_parse_and_their_errors_name_the_key() {
+    let ok = r#"
+listeners:
+  - name: vm-a
+    vsock_uds: {path: run/vm-a.vsock, port: 18790}
+    unix_mode: "0600"
+    agent: vm-a
+  - name: vm-b
+    vsock: {cid: any, port: 18790, peer_cid: 4}
+    agent: vm-b
+  - name: host
+    vsock: {cid: 2, port: 18791}
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com]
+identity: {oidc: {issuer: "https://id.example", audiences: [credproxy]}}
+"#;
+    let c = Config::parse(ok, Path::new("/etc/credproxy")).unwrap();
+    assert_eq!(
+        c.listeners[0].addr,
+        ListenAddr::VsockUds {
+            path: "/etc/credproxy/run/vm-a.vsock".into(),
+            port: 18790
+        }
+    );
+    assert_eq!(c.listeners[0].unix_mode, 0o600);
+    assert_eq!(c.listeners[0].agent.as_deref(), Some("vm-a"));
+    assert_eq!(
+        c.listeners[1].addr,
+        ListenAddr::Vsock {
+            cid: None,
+            port: 18790,
+            peer_cid: Some(4)
+        }
+    );
+    assert_eq!(
+        c.listeners[2].addr,
+        ListenAddr::Vsock {
+            cid: Some(2),
+            port: 18791,
+            peer_cid: None
+        }
+    );
+
+    let bad = r#"
+listeners:
+  - {name: a, vsock: {cid: some, port: 1, peer_cid: 1}}
+  - {name: b, vsock: {cid: any}}
+  - {name: c, vsock_uds: {port: 5}}
+  - {name: d, vsock_uds: {path: /run/x, port: 5, cid: 3}}
+  - {name: e, tcp: "127.0.0.1:1", vsock: {port: 1}}
+  - {name: f}
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com]
+identity: {danger_allow_anonymous: true}
+"#;
+    let errs = Config::parse(bad, Path::new("/")).unwrap_err().to_string();
+    for expected in [
+        "listeners[0].vsock.cid: expected \"any\" or a CID number",
+        "listeners[0].vsock.peer_cid: 1 is not a guest CID",
+        "listeners[1].vsock.port: required",
+        "listeners[2].vsock_uds.path: required",
+        "listeners[3].vsock_uds.cid: unknown field \"cid\"",
+        "listeners[4]: has both tcp and vsock",
+        "listeners[5]: needs exactly one of: tcp, unix, vsock, vsock_uds",
+    ] {
+        assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+    }
+}

@@ -9,7 +9,7 @@ use credproxy_core::{Allowlist, AllowlistEntry, Authority, ListenAddr};
 use ipnet::IpNet;
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::raw::{RawConfig, RawListener};
+use crate::raw::{RawCid, RawConfig, RawListener, RawVsock, RawVsockUds};
 use crate::{
     AdminConfig, CaConfig, Config, Limits, ListenerConfig, LogConfig, LogFormat, UpstreamConfig,
     DEFAULT_LEAF_CACHE_SIZE, DEFAULT_LEAF_VALIDITY,
@@ -21,6 +21,10 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    pub(crate) fn has_error_at(&self, prefix: &str) -> bool {
+        self.errors.iter().any(|e| e.path.starts_with(prefix))
+    }
+
     pub(crate) fn error_count(&self) -> usize {
         self.errors.len()
     }
@@ -293,6 +297,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let credentials =
         crate::features::credentials(&mut cx, raw.credentials, &allowed_domains, &secrets);
     let audit = raw.audit.and_then(|a| crate::features::audit(&mut cx, a));
+    if !credentials.is_empty() && audit.is_none() && !cx.has_error_at("audit") {
+        cx.err(
+            "audit",
+            "required when credentials are configured: every credential use is recorded (audit.path) before the secret is sent",
+        );
+    }
     for (i, l) in listeners.iter().enumerate() {
         if l.agent.is_some() && identity.is_none() {
             cx.err(
@@ -334,17 +344,51 @@ fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig
             None
         }
     };
-    let addr = match (l.tcp, l.unix) {
-        (Some(t), None) => cx.socket_addr(&at("tcp"), &t).map(ListenAddr::Tcp),
-        (None, Some(u)) => Some(ListenAddr::Unix(cx.path(&u))),
-        (None, None) => {
-            cx.err(format!("listeners[{i}]"), "needs exactly one of: tcp, unix");
-            None
+    let given: Vec<&str> = [
+        ("tcp", l.tcp.is_some()),
+        ("unix", l.unix.is_some()),
+        ("vsock", l.vsock.is_some()),
+        ("vsock_uds", l.vsock_uds.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(k, _)| *k)
+    .collect();
+    let addr = match given.as_slice() {
+        [_] => {
+            if let Some(t) = l.tcp {
+                cx.socket_addr(&at("tcp"), &t).map(ListenAddr::Tcp)
+            } else if let Some(u) = l.unix {
+                Some(ListenAddr::Unix(cx.path(&u)))
+            } else if let Some(v) = l.vsock {
+                vsock(cx, i, v)
+            } else if let Some(v) = l.vsock_uds {
+                vsock_uds(cx, i, v)
+            } else {
+                None
+            }
         }
-        (Some(_), Some(_)) => {
+        [] => {
             cx.err(
                 format!("listeners[{i}]"),
-                "has both tcp and unix; a listener binds exactly one address",
+                "needs exactly one of: tcp, unix, vsock, vsock_uds",
+            );
+            None
+        }
+        [a, b] => {
+            cx.err(
+                format!("listeners[{i}]"),
+                format!("has both {a} and {b}; a listener binds exactly one address"),
+            );
+            None
+        }
+        many => {
+            cx.err(
+                format!("listeners[{i}]"),
+                format!(
+                    "has {}; a listener binds exactly one address",
+                    many.join(", ")
+                ),
             );
             None
         }
@@ -374,5 +418,73 @@ fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig
         addr: addr?,
         unix_mode,
         agent,
+    })
+}
+
+/// The port of a vsock listener: required, and not `VMADDR_PORT_ANY` (u32::MAX).
+fn vsock_port(cx: &mut Ctx<'_>, key: String, port: Option<u32>) -> Option<u32> {
+    match port {
+        None => {
+            cx.err(key, "required: the vsock port guests connect to, e.g. 18790");
+            None
+        }
+        Some(u32::MAX) => {
+            cx.err(key, "4294967295 means \"any port\"; give the port guests connect to");
+            None
+        }
+        Some(p) => Some(p),
+    }
+}
+
+fn vsock(cx: &mut Ctx<'_>, i: usize, v: RawVsock) -> Option<ListenAddr> {
+    let at = |k: &str| format!("listeners[{i}].vsock.{k}");
+    let cid = match v.cid {
+        None => Some(None),
+        Some(RawCid::Word(w)) if w == "any" => Some(None),
+        Some(RawCid::Number(u32::MAX)) => Some(None),
+        Some(RawCid::Number(n)) => Some(Some(n)),
+        Some(RawCid::Word(w)) => {
+            cx.err(
+                at("cid"),
+                format!("expected \"any\" or a CID number such as 2, got {w:?}"),
+            );
+            None
+        }
+    };
+    let port = vsock_port(cx, at("port"), v.port);
+    let peer_cid = match v.peer_cid {
+        // 0 (hypervisor), 1 (local) and u32::MAX (any) never name a guest.
+        Some(c) if c < 2 || c == u32::MAX => {
+            cx.err(
+                at("peer_cid"),
+                format!("{c} is not a guest CID; guests have CID 3 or above (2 is the host)"),
+            );
+            None
+        }
+        other => other,
+    };
+    Some(ListenAddr::Vsock {
+        cid: cid?,
+        port: port?,
+        peer_cid,
+    })
+}
+
+fn vsock_uds(cx: &mut Ctx<'_>, i: usize, v: RawVsockUds) -> Option<ListenAddr> {
+    let at = |k: &str| format!("listeners[{i}].vsock_uds.{k}");
+    let path = match v.path {
+        Some(p) if !p.is_empty() => Some(cx.path(&p)),
+        _ => {
+            cx.err(
+                at("path"),
+                "required: the hypervisor's vsock socket path (the listener binds <path>_<port>)",
+            );
+            None
+        }
+    };
+    let port = vsock_port(cx, at("port"), v.port);
+    Some(ListenAddr::VsockUds {
+        path: path?,
+        port: port?,
     })
 }

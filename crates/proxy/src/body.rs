@@ -29,14 +29,27 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         guard: Option<InFlight>,
+        // Completes the audit record when the body ends (or is dropped).
+        ticket: Option<crate::audit::Ticket>,
+        down: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     }
 }
 
 impl Tracked {
-    pub fn boxed(inner: Body, guard: InFlight) -> Body {
+    pub fn boxed(
+        inner: Body,
+        guard: InFlight,
+        ticket: Option<(crate::audit::Ticket, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
+    ) -> Body {
+        let (ticket, down) = match ticket {
+            Some((t, d)) => (Some(t), Some(d)),
+            None => (None, None),
+        };
         Tracked {
             inner,
             guard: Some(guard),
+            ticket,
+            down,
         }
         .boxed()
     }
@@ -52,8 +65,17 @@ impl HttpBody for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let r = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &r {
-            this.guard.take();
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(data)) = (this.down.as_ref(), frame.data_ref()) {
+                    d.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.guard.take();
+                this.ticket.take();
+            }
+            Poll::Pending => {}
         }
         r
     }

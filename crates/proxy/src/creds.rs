@@ -278,6 +278,7 @@ listeners: [{name: a, tcp: "127.0.0.1:0"}]
 ca: {cert_file: /c, key_file: /k}
 allowed_domains: [api.anthropic.com, api.github.com, other.example.com]
 identity: {danger_allow_anonymous: true}
+audit: {path: /tmp/unused-audit.db}
 credentials:
   - id: anthropic
     placeholder: agent-vault-00000000-0000-0000-0000-000000000001

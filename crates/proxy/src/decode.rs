@@ -27,7 +27,7 @@ impl std::fmt::Debug for Decoder {
 #[derive(Debug)]
 pub enum Encoding {
     Identity,
-    Decode(Decoder),
+    Decode(Box<Decoder>),
     /// Not decodable here (unknown, or several stacked encodings).
     Unsupported(String),
 }
@@ -43,11 +43,11 @@ pub fn for_header(values: &[&str]) -> Encoding {
     match tokens.as_slice() {
         [] => Encoding::Identity,
         [one] => match one.as_str() {
-            "gzip" | "x-gzip" => Encoding::Decode(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
-            "deflate" => Encoding::Decode(Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new()))),
-            "br" => Encoding::Decode(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 8192)))),
+            "gzip" | "x-gzip" => Encoding::Decode(Box::new(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())))),
+            "deflate" => Encoding::Decode(Box::new(Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())))),
+            "br" => Encoding::Decode(Box::new(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 8192))))),
             "zstd" => match zstd::stream::write::Decoder::new(Vec::new()) {
-                Ok(d) => Encoding::Decode(Decoder::Zstd(d)),
+                Ok(d) => Encoding::Decode(Box::new(Decoder::Zstd(d))),
                 Err(_) => Encoding::Unsupported(one.clone()),
             },
             other => Encoding::Unsupported(other.to_string()),

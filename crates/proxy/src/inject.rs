@@ -273,7 +273,7 @@ pub(crate) fn scrub_response(
     mut parts: http::response::Parts,
     body: Body,
     patterns: ScrubPatterns,
-) -> Result<Response<Body>, Reject> {
+) -> Result<(Response<Body>, Arc<Counters>), Reject> {
     let n = scrub_headers(&patterns, &mut parts.headers);
     let encodings: Vec<&str> = parts
         .headers
@@ -283,7 +283,7 @@ pub(crate) fn scrub_response(
         .collect();
     let decoder = match decode::for_header(&encodings) {
         decode::Encoding::Identity => None,
-        decode::Encoding::Decode(d) => Some(d),
+        decode::Encoding::Decode(d) => Some(*d),
         decode::Encoding::Unsupported(encoding) => {
             return Err(Reject::UpstreamEncoding {
                 authority: authority.clone(),
@@ -306,8 +306,11 @@ pub(crate) fn scrub_response(
         ..Counters::default()
     });
     counters.scrubbed(n as u64);
-    Ok(Response::from_parts(
-        parts,
-        ScrubBody::boxed(body, decoder, patterns, counters, event_stream),
+    Ok((
+        Response::from_parts(
+            parts,
+            ScrubBody::boxed(body, decoder, patterns, counters.clone(), event_stream),
+        ),
+        counters,
     ))
 }

@@ -6,6 +6,7 @@
 //! `Host`/`:authority` and SNI, and resolved to a permitted address; and only over TLS that
 //! verified the upstream's certificate for that name. Every refusal is a [`Reject`].
 
+mod audit;
 mod authz;
 mod body;
 mod clock;
@@ -59,6 +60,8 @@ pub enum ProxyError {
     Credentials(String),
     #[error("cannot load the policy")]
     Policy(#[source] credproxy_policy::PolicyError),
+    #[error("cannot open the audit spool")]
+    Audit(#[source] credproxy_audit::AuditError),
     #[error("cannot set up agent identity verification")]
     Identity(#[source] credproxy_identity::IdentityError),
     #[error("cannot read the JWKS file {path}")]
@@ -92,6 +95,9 @@ pub(crate) struct Shared {
     pub(crate) gen: arc_swap::ArcSwap<Generation>,
     pub(crate) secrets: credproxy_secrets::SecretStore,
     pub(crate) startup: Startup,
+    /// The audit spool; `None` when `audit` is not configured.
+    pub(crate) audit: Option<credproxy_audit::spool::AuditSpool>,
+    _exporter: Option<credproxy_audit::temporal::ExporterHandle>,
     /// `None`: anonymous mode (`identity.danger_allow_anonymous`).
     pub(crate) verifier: Option<credproxy_identity::Verifier>,
     /// Listener name → the only agent allowed on it.
@@ -344,6 +350,30 @@ impl Proxy {
             .iter()
             .filter_map(|l| l.agent.clone().map(|a| (l.name.clone(), a)))
             .collect();
+        let audit = match &config.audit {
+            Some(a) => {
+                let mut cfg = credproxy_audit::spool::AuditConfig::new(a.path.clone());
+                cfg.retention = a.retention;
+                cfg.max_size_bytes = a.max_size_bytes;
+                Some(credproxy_audit::spool::AuditSpool::open(cfg).map_err(ProxyError::Audit)?)
+            }
+            None => {
+                if creds.set.is_some() {
+                    warn!("audit is not configured: credential uses are not recorded");
+                }
+                None
+            }
+        };
+        let exporter = match (&audit, config.audit.as_ref().and_then(|a| a.temporal.as_ref())) {
+            (Some(spool), Some(t)) => {
+                let mut cfg = credproxy_audit::temporal::TemporalConfig::new(temporal_address(&t.address));
+                cfg.namespace = t.namespace.clone();
+                cfg.task_queue = t.task_queue.clone();
+                cfg.signal_timeout = t.signal_timeout;
+                Some(credproxy_audit::temporal::Exporter::spawn(spool.clone(), cfg))
+            }
+            _ => None,
+        };
         let startup = Startup {
             listeners: config.listeners.clone(),
             ca: config.ca.clone(),
@@ -356,6 +386,8 @@ impl Proxy {
         Ok(Proxy {
             shared: Arc::new(Shared {
                 startup,
+                audit,
+                _exporter: exporter,
                 verifier,
                 listener_agents,
                 gen: arc_swap::ArcSwap::from_pointee(Generation {
@@ -427,6 +459,11 @@ impl Proxy {
                 "connections still open after the shutdown grace period; closing them"
             );
         }
+        if let Some(spool) = &self.shared.audit {
+            if let Err(e) = spool.close().await {
+                error!(error = %e, "audit spool did not close cleanly");
+            }
+        }
     }
 
     /// Run on a background task; the handle stops it.
@@ -476,6 +513,13 @@ impl RunningProxy {
 
     pub fn reload_handle(&self) -> &ReloadHandle {
         &self.reload
+    }
+
+    /// Wait until every audit record queued so far is written (tests, shutdown).
+    pub async fn flush_audit(&self) {
+        if let Some(spool) = &self.reload.shared.audit {
+            let _ = spool.flush().await;
+        }
     }
 
     pub async fn shutdown(mut self) {
@@ -596,8 +640,16 @@ fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/readyz" => readiness(shared),
         "/metrics" => (
             200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
+            "text/plain; version=0.0.4; charset=utf-8",
+            {
+                let mut m = shared.metrics.encode();
+                // The registry ends with "# EOF"; the audit spool's figures go before it.
+                if let Some(spool) = &shared.audit {
+                    let eof = m.rfind("# EOF").unwrap_or(m.len());
+                    m.insert_str(eof, &spool.stats().render_prometheus());
+                }
+                m
+            },
         ),
         _ => (
             404,
@@ -675,4 +727,13 @@ fn load_policy(p: &credproxy_config::PolicyConfig) -> Result<credproxy_policy::P
         None => credproxy_policy::PolicySource::builtin(),
     };
     credproxy_policy::PolicyEngine::compile(&source, p.eval_limit).map_err(ProxyError::Policy)
+}
+
+/// The Temporal SDK wants a URL; the configuration takes `host:port` as operators write it.
+fn temporal_address(a: &str) -> String {
+    if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
 }

@@ -15,11 +15,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncReadExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::body::{empty, reject_response, strip_hop_by_hop, Body, Tracked};
 use crate::clock::{ConnClock, TimedIo};
 use crate::connector::ConnectError;
+use crate::audit::Draft;
 use crate::creds;
 use crate::drain::Drain;
 use crate::prefixed::Prefixed;
@@ -119,24 +120,33 @@ async fn outer(
     let id = request_id();
     let started = Instant::now();
     let version = req.version();
+    let mut draft = Draft::new(
+        &id,
+        &ctx.listener.name,
+        ctx.peer.to_string(),
+        req.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
+        req.method().as_str(),
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+    );
     if req.method() == Method::CONNECT {
-        // A tunnel is not a request: the requests inside it are counted one by one.
+        // A tunnel is not a request: the requests inside it are counted (and audited) one
+        // by one. A refused CONNECT is a request and is recorded.
         return match connect(&shared, &ctx, watcher, req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
-                Response::from_parts(parts, Tracked::boxed(body, guard))
+                Response::from_parts(parts, Tracked::boxed(body, guard, None))
             }
-            Err(reject) => finish(&shared, Err(reject), &id, version, started, guard),
+            Err(reject) => finish(&shared, Err(reject), &id, version, started, guard, Some(draft)),
         };
     }
     let result = {
         match req.uri().scheme_str() {
-            Some("http") => plain(&shared, &ctx, &id, req).await,
+            Some("http") => plain(&shared, &ctx, &mut draft, req).await,
             Some(_) => Err(Reject::HttpsWithoutConnect),
             None => Err(Reject::NotAProxyRequest),
         }
     };
-    finish(&shared, result, &id, version, started, guard)
+    finish(&shared, result, &id, version, started, guard, Some(draft))
 }
 
 fn finish(
@@ -146,23 +156,35 @@ fn finish(
     version: Version,
     started: Instant,
     guard: crate::clock::InFlight,
+    mut draft: Option<Draft>,
 ) -> Response<Body> {
     shared
         .metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    let resp = match result {
+    let (resp, reason) = match result {
         Ok(resp) => {
             shared.count("forwarded", "ok");
-            resp
+            (resp, "ok")
         }
         Err(reject) => {
             shared.count("rejected", reject.reason());
-            reject_response(&reject, id, version)
+            if let Some(d) = draft.as_mut() {
+                d.rejected(&reject);
+            }
+            (reject_response(&reject, id, version), reject.reason())
         }
     };
+    let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, Tracked::boxed(body, guard))
+    let ticket = match (&shared.audit, draft) {
+        (Some(spool), Some(d)) => {
+            let down = d.bytes_down.clone();
+            Some((d.ticket(spool.clone(), status, reason), down))
+        }
+        _ => None,
+    };
+    Response::from_parts(parts, Tracked::boxed(body, guard, ticket))
 }
 
 fn authority_error(e: AuthorityError, raw: &str) -> Reject {
@@ -316,6 +338,15 @@ async fn inner(
     let id = request_id();
     let started = Instant::now();
     let version = req.version();
+    let mut draft = Draft::new(
+        &id,
+        &tctx.conn.listener.name,
+        tctx.conn.peer.to_string(),
+        tctx.authority.to_string(),
+        req.method().as_str(),
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+    );
+    draft.identity(tctx.identity.as_deref());
     let result = async {
         if let Some(identity) = &tctx.identity {
             if identity.expires_at <= std::time::SystemTime::now() {
@@ -328,10 +359,10 @@ async fn inner(
             }
         }
         check_inner_authority(&tctx, &req)?;
-        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, tctx.identity.clone(), &id, req).await
+        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, tctx.identity.clone(), &mut draft, req).await
     }
     .await;
-    finish(&shared, result, &id, version, started, guard)
+    finish(&shared, result, &id, version, started, guard, Some(draft))
 }
 
 /// The inner request must be for the host the agent tunnelled to: SNI, `:authority` and
@@ -377,7 +408,7 @@ fn check_inner_authority(tctx: &TunnelCtx, req: &Request<Incoming>) -> Result<()
 async fn plain(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnCtx>,
-    id: &str,
+    draft: &mut Draft,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Reject> {
     let raw = req
@@ -388,8 +419,10 @@ async fn plain(
             what: "absolute URI without a host".into(),
         })?;
     let identity = authenticate(shared, ctx, &req).await?;
+    draft.identity(identity.as_deref());
     let authority =
         Authority::parse_with_default(&raw, Scheme::Http).map_err(|e| authority_error(e, &raw))?;
+    draft.record.destination = authority.to_string();
     check_allowed(shared, ctx, &authority)?;
     for host in req.headers().get_all(http::header::HOST) {
         let h = host.to_str().unwrap_or("<non-ascii>");
@@ -404,7 +437,7 @@ async fn plain(
             }
         }
     }
-    forward(shared, ctx, &authority, Scheme::Http, identity, id, req).await
+    forward(shared, ctx, &authority, Scheme::Http, identity, draft, req).await
 }
 
 /// Verify the agent's token from `Proxy-Authorization` (Bearer, or Basic with the token as
@@ -467,10 +500,13 @@ async fn forward(
     authority: &Authority,
     scheme: Scheme,
     identity: Option<Arc<AgentIdentity>>,
-    id: &str,
+    draft: &mut Draft,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Reject> {
+    let request_id = draft.record.id.clone();
+    let id = request_id.as_str();
     let gen = shared.generation();
+    draft.record.policy_hash = Some(gen.policy.hash().to_string());
     let websocket = is_websocket_upgrade(&req)?;
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let path = req
@@ -516,6 +552,10 @@ async fn forward(
         window = Some(w);
         body = crate::body::empty();
     }
+    for u in &scan.uses {
+        let c = &gen.creds.configs[u.cred];
+        draft.credential(&c.id, &c.placeholder, u.loc.describe());
+    }
     let to_inject = match creds::check(&gen.creds, authority, scheme, &scan) {
         Ok(v) => v,
         Err(reject) => {
@@ -542,8 +582,19 @@ async fn forward(
     }
     if let (Some(set), Some(window)) = (&gen.creds.set, window) {
         let plan = crate::inject::inject(shared, &gen.creds, &to_inject, &scan, &mut parts).await?;
+        if !to_inject.is_empty() {
+            // No credential leaves the proxy before its use is durably recorded.
+            if let Some(spool) = &shared.audit {
+                if let Err(e) = spool.begin_credentialed(draft.record.clone()).await {
+                    error!(request_id = id, error = %e, "audit spool cannot commit; refusing to send the credential");
+                    return Err(Reject::AuditUnavailable);
+                }
+                draft.begun = true;
+            }
+        }
         body = crate::inject::rebuild_body(set, window, &plan, &mut parts, late.clone());
     }
+    let body = crate::audit::count_body(body, draft.bytes_up.clone());
     if let Some(Some(up)) = ws_headers {
         parts.headers.insert(http::header::UPGRADE, up);
         parts
@@ -605,7 +656,11 @@ async fn forward(
     let body: Body = body.map_err(Into::into).boxed();
     match shared.recent.patterns_for(&gen.creds, authority) {
         None => Ok(Response::from_parts(parts, body)),
-        Some(patterns) => crate::inject::scrub_response(shared, authority, parts, body, patterns),
+        Some(patterns) => {
+            let (resp, counters) = crate::inject::scrub_response(shared, authority, parts, body, patterns)?;
+            draft.scrub = Some(counters);
+            Ok(resp)
+        }
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Setup {
     pub listener_agent: Option<String>,
     /// Replace the identity section (e.g. a real OIDC issuer).
     pub identity: Option<String>,
+    /// Replace the audit section (default: a spool in the harness's temp dir).
+    pub audit: Option<String>,
 }
 
 impl Harness {
@@ -152,6 +154,10 @@ impl Harness {
             if !setup.credentials.ends_with('\n') {
                 y.push('\n');
             }
+        }
+        match &setup.audit {
+            Some(a) => y.push_str(a),
+            None => y.push_str(&format!("audit:\n  path: {}\n", dir.path().join("audit.db").display())),
         }
         y.push_str(&setup.extra_yaml);
         if !setup.extra_yaml.is_empty() && !setup.extra_yaml.ends_with('\n') {

@@ -1,0 +1,108 @@
+//! The group-commit hand-off between request tasks and the single spool writer.
+//!
+//! Submitters push items and return at once; the writer blocks until at least one item is
+//! queued, then takes everything queued (up to a limit) as one batch, commits it with one fsync
+//! and acknowledges each item. Items that arrive while a batch is being committed form the next
+//! batch, so under load many requests share one fsync without any added delay.
+//!
+//! Written against `crate::sync` (std in the library, loom in the model-checking test), so it
+//! must use only the API the two have in common: `Mutex::lock`, `Condvar::wait`,
+//! `Condvar::notify_one`/`notify_all`.
+
+use std::collections::VecDeque;
+use std::sync::PoisonError;
+
+use crate::sync::{Condvar, Mutex};
+
+/// Why [`GroupCommitQueue::push`] refused an item; the item is handed back.
+#[derive(Debug)]
+pub(crate) enum PushError<T> {
+    /// The queue was closed (the spool is shutting down).
+    Closed(T),
+    /// The queue already holds `limit` items.
+    Full(T),
+}
+
+/// A closable multi-producer, single-consumer batch queue.
+pub(crate) struct GroupCommitQueue<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    closed: bool,
+}
+
+impl<T> GroupCommitQueue<T> {
+    pub(crate) fn new() -> GroupCommitQueue<T> {
+        GroupCommitQueue {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// Queues `item`, refusing it when closed or when `limit` items are already queued.
+    ///
+    /// The critical section is a `VecDeque::push_back`: safe to call from async code.
+    pub(crate) fn push(&self, item: T, limit: Option<usize>) -> Result<(), PushError<T>> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if st.closed {
+            return Err(PushError::Closed(item));
+        }
+        if limit.is_some_and(|l| st.items.len() >= l) {
+            return Err(PushError::Full(item));
+        }
+        st.items.push_back(item);
+        drop(st);
+        // One consumer: waking one waiter is enough, and the writer re-checks the queue
+        // before every wait, so a notification sent while it was busy is never needed.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Blocks until at least one item is queued, then takes up to `max` items in FIFO order.
+    ///
+    /// Returns `None` once the queue is closed *and* drained: items pushed before `close` are
+    /// always handed out.
+    pub(crate) fn take_batch(&self, max: usize) -> Option<Vec<T>> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if !st.items.is_empty() {
+                let n = st.items.len().min(max.max(1));
+                return Some(st.items.drain(..n).collect());
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Takes up to `max` queued items without blocking.
+    pub(crate) fn try_take(&self, max: usize) -> Vec<T> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = st.items.len().min(max);
+        st.items.drain(..n).collect()
+    }
+
+    /// Refuses further pushes and wakes the consumer so it can drain and stop.
+    pub(crate) fn close(&self) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.closed = true;
+        drop(st);
+        self.ready.notify_all();
+    }
+
+    /// Number of queued items.
+    pub(crate) fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .items
+            .len()
+    }
+}
