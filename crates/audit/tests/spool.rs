@@ -503,4 +503,3 @@ async fn canary_no_secret_token_or_claims_anywhere() {
     assert!(out.contains("\"query_keys\":[\"key\",\"beta\"]"));
     spool.close().await.unwrap();
 }
-

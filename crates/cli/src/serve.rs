@@ -130,7 +130,11 @@ pub fn reload_on_change(
                     policy_dir = config.policy.dir.clone();
                     last = fingerprint(&config_path, policy_dir.as_deref());
                     if let Err(e) = handle.reload(config) {
-                        error!(trigger, error = format!("{:#}", anyhow::Error::new(e)), "reload refused; the previous configuration keeps serving");
+                        error!(
+                            trigger,
+                            error = format!("{:#}", anyhow::Error::new(e)),
+                            "reload refused; the previous configuration keeps serving"
+                        );
                     }
                 }
                 Err(errors) => {
@@ -143,12 +147,20 @@ pub fn reload_on_change(
 }
 
 /// Modification times and sizes of the configuration file and every policy file.
-fn fingerprint(config: &Path, policy_dir: Option<&Path>) -> Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)> {
-    let stat = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+fn fingerprint(
+    config: &Path,
+    policy_dir: Option<&Path>,
+) -> Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)> {
+    let stat = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
     let mut out = vec![(config.to_path_buf(), stat(config))];
     if let Some(dir) = policy_dir {
         if let Ok(entries) = std::fs::read_dir(dir) {
-            let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             files.sort();
             for f in files {
                 let s = stat(&f);

@@ -41,7 +41,10 @@ pub(crate) fn identity(cx: &mut Ctx<'_>, raw: RawIdentity) -> Option<IdentityCon
     let issuer = match o.issuer {
         Some(i) if !i.is_empty() => i,
         _ => {
-            cx.err("identity.oidc.issuer", "required: the issuer URL (exact `iss` value)");
+            cx.err(
+                "identity.oidc.issuer",
+                "required: the issuer URL (exact `iss` value)",
+            );
             String::new()
         }
     };
@@ -55,7 +58,10 @@ pub(crate) fn identity(cx: &mut Ctx<'_>, raw: RawIdentity) -> Option<IdentityCon
         .algorithms
         .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
     if algorithms.is_empty() {
-        cx.err("identity.oidc.algorithms", "must list at least one algorithm");
+        cx.err(
+            "identity.oidc.algorithms",
+            "must list at least one algorithm",
+        );
     }
     for (i, a) in algorithms.iter().enumerate() {
         if !ALLOWED_ALGORITHMS.contains(&a.as_str()) {
@@ -68,7 +74,11 @@ pub(crate) fn identity(cx: &mut Ctx<'_>, raw: RawIdentity) -> Option<IdentityCon
             );
         }
     }
-    let leeway = cx.duration("identity.oidc.leeway", o.leeway.as_deref(), Duration::from_secs(30));
+    let leeway = cx.duration(
+        "identity.oidc.leeway",
+        o.leeway.as_deref(),
+        Duration::from_secs(30),
+    );
     if leeway > Duration::from_secs(300) {
         cx.err("identity.oidc.leeway", "must be at most 5m");
     }
@@ -79,7 +89,10 @@ pub(crate) fn identity(cx: &mut Ctx<'_>, raw: RawIdentity) -> Option<IdentityCon
     );
     let max_token_bytes = o.max_token_bytes.unwrap_or(8192);
     if !(512..=65536).contains(&max_token_bytes) {
-        cx.err("identity.oidc.max_token_bytes", "must be between 512 and 65536");
+        cx.err(
+            "identity.oidc.max_token_bytes",
+            "must be between 512 and 65536",
+        );
     }
     let ca_files = o.ca_files.iter().map(|f| cx.path(f)).collect();
     let jwks_file = o.jwks_file.map(|f| cx.path(&f));
@@ -106,7 +119,8 @@ pub(crate) fn policy(cx: &mut Ctx<'_>, raw: Option<RawPolicy>) -> PolicyConfig {
             eval_limit: default_limit,
         },
         Some(p) => {
-            let eval_limit = cx.duration("policy.eval_limit", p.eval_limit.as_deref(), default_limit);
+            let eval_limit =
+                cx.duration("policy.eval_limit", p.eval_limit.as_deref(), default_limit);
             if eval_limit.is_zero() || eval_limit > Duration::from_secs(10) {
                 cx.err("policy.eval_limit", "must be between 1ms and 10s");
             }
@@ -234,9 +248,9 @@ pub(crate) fn credentials(
         let id = match c.id {
             Some(id)
                 if !id.is_empty()
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') =>
+                    && id.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    }) =>
             {
                 if !ids.insert(id.clone()) {
                     cx.err(at("id"), format!("duplicate credential id {id:?}"));
@@ -244,11 +258,17 @@ pub(crate) fn credentials(
                 id
             }
             Some(id) => {
-                cx.err(at("id"), format!("{id:?}: use lowercase letters, digits, - and _"));
+                cx.err(
+                    at("id"),
+                    format!("{id:?}: use lowercase letters, digits, - and _"),
+                );
                 id
             }
             None => {
-                cx.err(at("id"), "required: a short name used in policy, logs and audit");
+                cx.err(
+                    at("id"),
+                    "required: a short name used in policy, logs and audit",
+                );
                 String::new()
             }
         };
@@ -280,18 +300,26 @@ pub(crate) fn credentials(
                 CredentialKind::ApiKey
             }
             None => {
-                cx.err(at("type"), "required: api_key, bearer, basic_auth or header");
+                cx.err(
+                    at("type"),
+                    "required: api_key, bearer, basic_auth or header",
+                );
                 CredentialKind::ApiKey
             }
         };
         let header_name = c.header_name.map(|h| h.to_ascii_lowercase());
         let header_name = match (kind, header_name) {
-            (CredentialKind::Bearer | CredentialKind::BasicAuth, None) => "authorization".to_string(),
+            (CredentialKind::Bearer | CredentialKind::BasicAuth, None) => {
+                "authorization".to_string()
+            }
             (CredentialKind::Bearer | CredentialKind::BasicAuth, Some(h)) => {
                 if h != "authorization" {
                     cx.err(
                         at("header_name"),
-                        format!("{} credentials always use the authorization header", kind.as_str()),
+                        format!(
+                            "{} credentials always use the authorization header",
+                            kind.as_str()
+                        ),
                     );
                 }
                 h
@@ -305,7 +333,10 @@ pub(crate) fn credentials(
         };
         if !header_name.is_empty() {
             if http_token(&header_name).is_err() {
-                cx.err(at("header_name"), format!("{header_name:?} is not a valid header name"));
+                cx.err(
+                    at("header_name"),
+                    format!("{header_name:?} is not a valid header name"),
+                );
             } else if FORBIDDEN_HEADERS.contains(&header_name.as_str()) {
                 cx.err(
                     at("header_name"),
@@ -314,17 +345,25 @@ pub(crate) fn credentials(
             }
         }
         let header_prefix = c.header_prefix.unwrap_or_default();
-        if matches!(kind, CredentialKind::Bearer | CredentialKind::BasicAuth) && !header_prefix.is_empty() {
+        if matches!(kind, CredentialKind::Bearer | CredentialKind::BasicAuth)
+            && !header_prefix.is_empty()
+        {
             cx.err(
                 at("header_prefix"),
-                format!("{} credentials have a fixed prefix; remove header_prefix", kind.as_str()),
+                format!(
+                    "{} credentials have a fixed prefix; remove header_prefix",
+                    kind.as_str()
+                ),
             );
         }
         if header_prefix.bytes().any(|b| b.is_ascii_control()) {
             cx.err(at("header_prefix"), "must not contain control characters");
         }
         if c.username.is_some() && kind != CredentialKind::BasicAuth {
-            cx.err(at("username"), "only basic_auth credentials have a username");
+            cx.err(
+                at("username"),
+                "only basic_auth credentials have a username",
+            );
         }
         if let Some(u) = &c.username {
             if u.contains(':') || u.bytes().any(|b| b.is_ascii_control()) {
@@ -333,13 +372,17 @@ pub(crate) fn credentials(
         }
         let mut bound = Vec::new();
         if c.bound_domains.is_empty() {
-            cx.err(at("bound_domains"), "required: the destinations this credential may be sent to");
+            cx.err(
+                at("bound_domains"),
+                "required: the destinations this credential may be sent to",
+            );
         }
         for (j, d) in c.bound_domains.iter().enumerate() {
             match AllowlistEntry::parse(d) {
                 Ok(e) => {
                     let covered = allowed.entries().iter().any(|a| a == &e)
-                        || (!d.starts_with("*.") && allowed.covers_host(e.to_string().split(':').next().unwrap_or("")));
+                        || (!d.starts_with("*.")
+                            && allowed.covers_host(e.to_string().split(':').next().unwrap_or("")));
                     if !covered {
                         cx.err(
                             format!("credentials[{i}].bound_domains[{j}]"),
@@ -348,11 +391,19 @@ pub(crate) fn credentials(
                     }
                     bound.push(e);
                 }
-                Err(e) => cx.err(format!("credentials[{i}].bound_domains[{j}]"), e.to_string()),
+                Err(e) => cx.err(
+                    format!("credentials[{i}].bound_domains[{j}]"),
+                    e.to_string(),
+                ),
             }
         }
         let mut inject_in = InjectIn::default();
-        for (j, loc) in c.inject_in.unwrap_or_else(|| vec!["header".into()]).iter().enumerate() {
+        for (j, loc) in c
+            .inject_in
+            .unwrap_or_else(|| vec!["header".into()])
+            .iter()
+            .enumerate()
+        {
             match loc.as_str() {
                 "header" => inject_in.header = true,
                 "query" => inject_in.query = true,
@@ -381,14 +432,19 @@ pub(crate) fn credentials(
                 }
                 (None, None, Some(o)) => {
                     if secrets.openbao.is_none() {
-                        cx.err(at("source.openbao"), "needs secrets.openbao to be configured");
+                        cx.err(
+                            at("source.openbao"),
+                            "needs secrets.openbao to be configured",
+                        );
                     }
                     match o.path {
-                        Some(p) if !p.is_empty() && !p.starts_with('/') => Some(SecretSourceConfig::OpenBao {
-                            path: p,
-                            field: o.field.unwrap_or_else(|| "key".into()),
-                            version: o.version,
-                        }),
+                        Some(p) if !p.is_empty() && !p.starts_with('/') => {
+                            Some(SecretSourceConfig::OpenBao {
+                                path: p,
+                                field: o.field.unwrap_or_else(|| "key".into()),
+                                version: o.version,
+                            })
+                        }
                         _ => {
                             cx.err(
                                 at("source.openbao.path"),
@@ -483,10 +539,11 @@ pub fn check_placeholder(p: &str) -> Result<(), String> {
 fn is_lower_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| {
+            g.len() == n
+                && g.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 pub(crate) fn audit(cx: &mut Ctx<'_>, raw: RawAudit) -> Option<AuditConfig> {
@@ -503,7 +560,10 @@ pub(crate) fn audit(cx: &mut Ctx<'_>, raw: RawAudit) -> Option<AuditConfig> {
         .map(|r| cx.duration("audit.retention", Some(r), Duration::ZERO));
     let temporal = raw.temporal.and_then(|t| {
         let Some(address) = t.address else {
-            cx.err("audit.temporal.address", "required: host:port of the Temporal frontend");
+            cx.err(
+                "audit.temporal.address",
+                "required: host:port of the Temporal frontend",
+            );
             return None;
         };
         let signal_timeout = cx.duration(

@@ -97,7 +97,10 @@ fn parses_a_full_config() {
     let id = c.identity.unwrap();
     assert_eq!(id.roles_claim, "realm_access.roles");
     assert_eq!(id.leeway, Duration::from_secs(10));
-    assert_eq!(c.policy.dir.as_deref(), Some(Path::new("/etc/credproxy/policy")));
+    assert_eq!(
+        c.policy.dir.as_deref(),
+        Some(Path::new("/etc/credproxy/policy"))
+    );
     assert_eq!(c.secrets.cache_ttl, Duration::from_secs(10));
     assert_eq!(c.credentials.len(), 2);
     assert_eq!(c.credentials[0].header_name, "x-api-key");
@@ -147,10 +150,22 @@ fn identity_is_required_unless_anonymous_is_explicit() {
     let e = Config::parse(base, Path::new("/")).unwrap_err().to_string();
     assert!(e.contains("identity: required"), "{e}");
     let ok = format!("{base}identity: {{danger_allow_anonymous: true}}\n");
-    assert!(Config::parse(&ok, Path::new("/")).unwrap().identity.is_none());
-    let bad_alg = format!("{base}identity: {{oidc: {{issuer: x, audiences: [a], algorithms: [HS256, none]}}}}\n");
-    let e = Config::parse(&bad_alg, Path::new("/")).unwrap_err().to_string();
-    assert!(e.contains("algorithms[0]") && e.contains("algorithms[1]") && e.contains("never none or HMAC"), "{e}");
+    assert!(Config::parse(&ok, Path::new("/"))
+        .unwrap()
+        .identity
+        .is_none());
+    let bad_alg = format!(
+        "{base}identity: {{oidc: {{issuer: x, audiences: [a], algorithms: [HS256, none]}}}}\n"
+    );
+    let e = Config::parse(&bad_alg, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("algorithms[0]")
+            && e.contains("algorithms[1]")
+            && e.contains("never none or HMAC"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -252,7 +252,10 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         );
     }
     if !(4096..=64 * 1024 * 1024).contains(&limits.body_scan_window) {
-        cx.err("limits.body_scan_window", "must be between 4096 and 67108864 bytes");
+        cx.err(
+            "limits.body_scan_window",
+            "must be between 4096 and 67108864 bytes",
+        );
     }
     if limits.max_connections == 0 {
         cx.err("limits.max_connections", "must be at least 1");
@@ -425,11 +428,17 @@ fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig
 fn vsock_port(cx: &mut Ctx<'_>, key: String, port: Option<u32>) -> Option<u32> {
     match port {
         None => {
-            cx.err(key, "required: the vsock port guests connect to, e.g. 18790");
+            cx.err(
+                key,
+                "required: the vsock port guests connect to, e.g. 18790",
+            );
             None
         }
         Some(u32::MAX) => {
-            cx.err(key, "4294967295 means \"any port\"; give the port guests connect to");
+            cx.err(
+                key,
+                "4294967295 means \"any port\"; give the port guests connect to",
+            );
             None
         }
         Some(p) => Some(p),

@@ -68,7 +68,10 @@ pub enum Reject {
     /// The proxy is at `limits.max_connections`.
     TooManyConnections,
     /// No usable identity in `Proxy-Authorization` (reason label from the verifier).
-    ProxyAuthRequired { reason: &'static str, message: String },
+    ProxyAuthRequired {
+        reason: &'static str,
+        message: String,
+    },
     /// The identity provider has not answered yet; nothing that needs identity can proceed.
     IdentityUnavailable,
     /// A valid identity, but not the one this listener is bound to.
@@ -81,13 +84,19 @@ pub enum Reject {
     /// The policy could not be evaluated (error or time limit): fail closed.
     PolicyUnavailable { reason: &'static str },
     /// The secret store could not provide a credential's value.
-    SecretUnavailable { credential: String, reason: &'static str },
+    SecretUnavailable {
+        credential: String,
+        reason: &'static str,
+    },
     /// A credential's value cannot be injected safely (e.g. CR/LF in a header value).
     SecretInvalid { credential: String },
     /// The audit spool could not record the use durably: no credential is sent.
     AuditUnavailable,
     /// The upstream used a content encoding the scrubber cannot decode.
-    UpstreamEncoding { authority: Authority, encoding: String },
+    UpstreamEncoding {
+        authority: Authority,
+        encoding: String,
+    },
     /// A bug or an unexpected local failure; details are logged, never sent.
     Internal,
 }
@@ -198,9 +207,7 @@ impl Reject {
             Reject::ProxyAuthRequired { .. }
             | Reject::ListenerAgentMismatch { .. }
             | Reject::PlaceholderMisuse { .. } => RejectSource::Agent,
-            Reject::SecretUnavailable { .. } | Reject::SecretInvalid { .. } => {
-                RejectSource::Vault
-            }
+            Reject::SecretUnavailable { .. } | Reject::SecretInvalid { .. } => RejectSource::Vault,
             Reject::UpstreamEncoding { .. } => RejectSource::Upstream,
             Reject::IdentityUnavailable | Reject::AuditUnavailable => RejectSource::Internal,
             Reject::DnsFailure { .. }

@@ -23,7 +23,14 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
-    pub fn new(id: &str, listener: &str, peer: String, destination: String, method: &str, target: &str) -> Draft {
+    pub fn new(
+        id: &str,
+        listener: &str,
+        peer: String,
+        destination: String,
+        method: &str,
+        target: &str,
+    ) -> Draft {
         let (path, query_keys) = credproxy_audit::record::split_path_and_query_keys(target);
         let mut record = AuditRecord::new(id, destination);
         record.listener = listener.to_string();
@@ -69,7 +76,9 @@ impl Draft {
             }
             _ => match reject.source() {
                 RejectSource::Agent | RejectSource::Policy => self.record.decision = Decision::Deny,
-                RejectSource::Vault | RejectSource::Internal => self.record.decision = Decision::Error,
+                RejectSource::Vault | RejectSource::Internal => {
+                    self.record.decision = Decision::Error
+                }
                 // The request was allowed; the upstream failed it: the outcome says how.
                 RejectSource::Upstream => {}
             },
@@ -100,7 +109,10 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let Some(d) = self.draft.take() else { return };
         let (bytes_down, scrubbed) = match &d.scrub {
-            Some(c) => (c.bytes.load(Ordering::Relaxed), c.scrubbed.load(Ordering::Relaxed)),
+            Some(c) => (
+                c.bytes.load(Ordering::Relaxed),
+                c.scrubbed.load(Ordering::Relaxed),
+            ),
             None => (d.bytes_down.load(Ordering::Relaxed), 0),
         };
         let outcome = Outcome {

@@ -61,7 +61,12 @@ pub(crate) fn input(facts: &RequestFacts<'_>, creds: &Credentials, scan: &Scan) 
                 id: c.id.clone(),
                 r#type: c.kind.as_str().to_string(),
                 location: u.loc.describe(),
-                bound_domains: c.bound_domains.entries().iter().map(|e| e.to_string()).collect(),
+                bound_domains: c
+                    .bound_domains
+                    .entries()
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect(),
                 bound: c.bound_domains.allows(facts.authority),
                 allowed_roles: c.allowed_roles.clone(),
             }

@@ -39,7 +39,10 @@ impl Tracked {
     pub fn boxed(
         inner: Body,
         guard: InFlight,
-        ticket: Option<(crate::audit::Ticket, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
+        ticket: Option<(
+            crate::audit::Ticket,
+            std::sync::Arc<std::sync::atomic::AtomicU64>,
+        )>,
     ) -> Body {
         let (ticket, down) = match ticket {
             Some((t, d)) => (Some(t), Some(d)),
@@ -159,7 +162,10 @@ pub fn reject_response(reject: &Reject, request_id: &str, version: Version) -> R
     }
     if reject.status() == 407 {
         for v in credproxy_identity::PROXY_AUTHENTICATE {
-            h.append(http::header::PROXY_AUTHENTICATE, HeaderValue::from_static(v));
+            h.append(
+                http::header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static(v),
+            );
         }
     }
     if reject.closes_connection() && version <= Version::HTTP_11 {

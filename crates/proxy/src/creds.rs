@@ -259,7 +259,11 @@ pub(crate) fn header_value(
                 return Err(invalid());
             };
             let mut v = b"Basic ".to_vec();
-            v.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(userpass).as_bytes());
+            v.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(userpass)
+                    .as_bytes(),
+            );
             v
         }
     };
@@ -292,7 +296,12 @@ credentials:
     inject_in: [header, query]
     source: {env: G}
 "#;
-        Credentials::new(Config::parse(y, std::path::Path::new("/")).unwrap().credentials).unwrap()
+        Credentials::new(
+            Config::parse(y, std::path::Path::new("/"))
+                .unwrap()
+                .credentials,
+        )
+        .unwrap()
     }
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
@@ -306,7 +315,12 @@ credentials:
     const PH1: &str = "agent-vault-00000000-0000-0000-0000-000000000001";
     const PH2: &str = "agent-vault-00000000-0000-0000-0000-000000000002";
 
-    fn run(uri: &str, headers: &[(&str, &str)], host: &str, scheme: Scheme) -> Result<Vec<usize>, Reject> {
+    fn run(
+        uri: &str,
+        headers: &[(&str, &str)],
+        host: &str,
+        scheme: Scheme,
+    ) -> Result<Vec<usize>, Reject> {
         let c = creds();
         let scan = scan_head(c.set.as_ref().unwrap(), &parts(uri, headers));
         check(&c, &Authority::parse_connect(host).unwrap(), scheme, &scan)
@@ -314,19 +328,96 @@ credentials:
 
     #[test]
     fn allowed_use_and_each_misuse() {
-        assert_eq!(run("/v1", &[("x-api-key", PH1)], "api.anthropic.com:443", Scheme::Https).unwrap(), vec![0]);
+        assert_eq!(
+            run(
+                "/v1",
+                &[("x-api-key", PH1)],
+                "api.anthropic.com:443",
+                Scheme::Https
+            )
+            .unwrap(),
+            vec![0]
+        );
         let reason = |r: Result<Vec<usize>, Reject>| r.unwrap_err().reason();
-        assert_eq!(reason(run("/v1", &[("x-api-key", PH1)], "other.example.com:443", Scheme::Https)), "credential_not_bound");
-        assert_eq!(reason(run("/v1", &[("authorization", PH1)], "api.anthropic.com:443", Scheme::Https)), "credential_wrong_location");
-        assert_eq!(reason(run(&format!("/v1?k={PH1}"), &[], "api.anthropic.com:443", Scheme::Https)), "credential_wrong_location");
-        assert_eq!(reason(run(&format!("/{PH1}"), &[], "api.anthropic.com:443", Scheme::Https)), "credential_wrong_location");
-        assert_eq!(reason(run("/v1", &[("x-api-key", PH1)], "api.anthropic.com:80", Scheme::Http)), "credential_cleartext");
+        assert_eq!(
+            reason(run(
+                "/v1",
+                &[("x-api-key", PH1)],
+                "other.example.com:443",
+                Scheme::Https
+            )),
+            "credential_not_bound"
+        );
+        assert_eq!(
+            reason(run(
+                "/v1",
+                &[("authorization", PH1)],
+                "api.anthropic.com:443",
+                Scheme::Https
+            )),
+            "credential_wrong_location"
+        );
+        assert_eq!(
+            reason(run(
+                &format!("/v1?k={PH1}"),
+                &[],
+                "api.anthropic.com:443",
+                Scheme::Https
+            )),
+            "credential_wrong_location"
+        );
+        assert_eq!(
+            reason(run(
+                &format!("/{PH1}"),
+                &[],
+                "api.anthropic.com:443",
+                Scheme::Https
+            )),
+            "credential_wrong_location"
+        );
+        assert_eq!(
+            reason(run(
+                "/v1",
+                &[("x-api-key", PH1)],
+                "api.anthropic.com:80",
+                Scheme::Http
+            )),
+            "credential_cleartext"
+        );
         let upper = PH1.to_uppercase();
-        assert_eq!(reason(run("/v1", &[("x-api-key", &upper)], "api.anthropic.com:443", Scheme::Https)), "placeholder_near_miss");
-        assert_eq!(reason(run("/v1", &[("x-api-key", &PH1[..40])], "api.anthropic.com:443", Scheme::Https)), "placeholder_near_miss");
+        assert_eq!(
+            reason(run(
+                "/v1",
+                &[("x-api-key", &upper)],
+                "api.anthropic.com:443",
+                Scheme::Https
+            )),
+            "placeholder_near_miss"
+        );
+        assert_eq!(
+            reason(run(
+                "/v1",
+                &[("x-api-key", &PH1[..40])],
+                "api.anthropic.com:443",
+                Scheme::Https
+            )),
+            "placeholder_near_miss"
+        );
         // The message says where the credential may be used.
-        let msg = run("/v1", &[("x-api-key", PH1)], "other.example.com:443", Scheme::Https).unwrap_err().agent_message();
-        assert!(msg.contains("credential `anthropic` may only be used in header x-api-key for api.anthropic.com"), "{msg}");
+        let msg = run(
+            "/v1",
+            &[("x-api-key", PH1)],
+            "other.example.com:443",
+            Scheme::Https,
+        )
+        .unwrap_err()
+        .agent_message();
+        assert!(
+            msg.contains(
+                "credential `anthropic` may only be used in header x-api-key for api.anthropic.com"
+            ),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -335,8 +426,26 @@ credentials:
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("git:{PH2}"))
         );
-        assert_eq!(run("/repos", &[("authorization", &basic)], "api.github.com:443", Scheme::Https).unwrap(), vec![1]);
-        assert_eq!(run(&format!("/r?access_token={PH2}"), &[], "api.github.com:443", Scheme::Https).unwrap(), vec![1]);
+        assert_eq!(
+            run(
+                "/repos",
+                &[("authorization", &basic)],
+                "api.github.com:443",
+                Scheme::Https
+            )
+            .unwrap(),
+            vec![1]
+        );
+        assert_eq!(
+            run(
+                &format!("/r?access_token={PH2}"),
+                &[],
+                "api.github.com:443",
+                Scheme::Https
+            )
+            .unwrap(),
+            vec![1]
+        );
     }
 
     #[test]
@@ -344,9 +453,25 @@ credentials:
         let c = creds();
         let (v, _) = header_value(&c.configs[0], &Secret::new(b"sk-real".to_vec()), None).unwrap();
         assert_eq!(v, "sk-real");
-        let (v, _) = header_value(&c.configs[1], &Secret::new(b"tok".to_vec()), Some(b"git:PH")).unwrap();
-        assert_eq!(v, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("git:tok")));
-        assert!(header_value(&c.configs[0], &Secret::new(b"a\r\nX-Evil: 1".to_vec()), None).is_err());
+        let (v, _) = header_value(
+            &c.configs[1],
+            &Secret::new(b"tok".to_vec()),
+            Some(b"git:PH"),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("git:tok")
+            )
+        );
+        assert!(header_value(
+            &c.configs[0],
+            &Secret::new(b"a\r\nX-Evil: 1".to_vec()),
+            None
+        )
+        .is_err());
         assert!(header_value(&c.configs[0], &Secret::new(b"a\0b".to_vec()), None).is_err());
     }
 }

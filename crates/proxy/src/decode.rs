@@ -43,9 +43,15 @@ pub fn for_header(values: &[&str]) -> Encoding {
     match tokens.as_slice() {
         [] => Encoding::Identity,
         [one] => match one.as_str() {
-            "gzip" | "x-gzip" => Encoding::Decode(Box::new(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())))),
-            "deflate" => Encoding::Decode(Box::new(Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())))),
-            "br" => Encoding::Decode(Box::new(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 8192))))),
+            "gzip" | "x-gzip" => Encoding::Decode(Box::new(Decoder::Gzip(
+                flate2::write::GzDecoder::new(Vec::new()),
+            ))),
+            "deflate" => Encoding::Decode(Box::new(Decoder::Deflate(
+                flate2::write::ZlibDecoder::new(Vec::new()),
+            ))),
+            "br" => Encoding::Decode(Box::new(Decoder::Brotli(Box::new(
+                brotli::DecompressorWriter::new(Vec::new(), 8192),
+            )))),
             "zstd" => match zstd::stream::write::Decoder::new(Vec::new()) {
                 Ok(d) => Encoding::Decode(Box::new(Decoder::Zstd(d))),
                 Err(_) => Encoding::Unsupported(one.clone()),
@@ -138,8 +144,14 @@ mod tests {
 
     #[test]
     fn unknown_or_stacked_encodings_are_unsupported() {
-        assert!(matches!(for_header(&["compress"]), Encoding::Unsupported(_)));
-        assert!(matches!(for_header(&["gzip, br"]), Encoding::Unsupported(_)));
+        assert!(matches!(
+            for_header(&["compress"]),
+            Encoding::Unsupported(_)
+        ));
+        assert!(matches!(
+            for_header(&["gzip, br"]),
+            Encoding::Unsupported(_)
+        ));
         assert!(matches!(for_header(&["identity"]), Encoding::Identity));
         assert!(matches!(for_header(&[]), Encoding::Identity));
     }
@@ -149,7 +161,9 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&[7u8; 10_000]).unwrap();
         let data = gz.finish().unwrap();
-        let Encoding::Decode(mut d) = for_header(&["gzip"]) else { panic!() };
+        let Encoding::Decode(mut d) = for_header(&["gzip"]) else {
+            panic!()
+        };
         let _ = d.push(&data[..data.len() / 2]).unwrap();
         assert!(d.finish().is_err());
     }

@@ -20,13 +20,22 @@ pub fn policy_input(
     identity: Option<&AgentIdentity>,
     listener: &str,
 ) -> Result<PolicyInput, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let scheme = match uri.scheme_str() {
         Some("https") => Scheme::Https,
         Some("http") => Scheme::Http,
-        _ => return Err(format!("{url:?}: the URL must start with https:// or http://")),
+        _ => {
+            return Err(format!(
+                "{url:?}: the URL must start with https:// or http://"
+            ))
+        }
     };
-    let raw = uri.authority().map(|a| a.as_str().to_string()).ok_or("the URL has no host")?;
+    let raw = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or("the URL has no host")?;
     let authority = Authority::parse_with_default(&raw, scheme).map_err(|e| e.to_string())?;
     let mut req = http::Request::builder().method(method).uri(uri.clone());
     for (k, v) in headers {

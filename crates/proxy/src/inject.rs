@@ -108,15 +108,21 @@ pub(crate) async fn inject(
     let mut any_query = false;
     for &i in to_inject {
         let cfg = &creds.configs[i];
-        let secret = shared
-            .secrets
-            .get(&creds.sources[i])
-            .await
-            .map_err(|e| Reject::SecretUnavailable {
-                credential: cfg.id.clone(),
-                reason: e.reason(),
-            })?;
-        let locs: Vec<&Location> = scan.uses.iter().filter(|u| u.cred == i).map(|u| &u.loc).collect();
+        let secret =
+            shared
+                .secrets
+                .get(&creds.sources[i])
+                .await
+                .map_err(|e| Reject::SecretUnavailable {
+                    credential: cfg.id.clone(),
+                    reason: e.reason(),
+                })?;
+        let locs: Vec<&Location> = scan
+            .uses
+            .iter()
+            .filter(|u| u.cred == i)
+            .map(|u| &u.loc)
+            .collect();
         // The agent's own Basic credentials, when the placeholder is its password.
         let agent_basic = locs.iter().find_map(|l| match l {
             Location::BasicPassword(h) => parts
@@ -156,8 +162,12 @@ pub(crate) async fn inject(
     }
     if any_query {
         if let (Some(set), Some(q)) = (&creds.set, parts.uri.query()) {
-            let values: Vec<Option<&[u8]>> = query_values.iter().map(|v| v.as_ref().map(|s| s.expose())).collect();
-            let (new_q, _) = credproxy_scrub::replace_all(set, q.as_bytes(), &values, Encoding::Percent);
+            let values: Vec<Option<&[u8]>> = query_values
+                .iter()
+                .map(|v| v.as_ref().map(|s| s.expose()))
+                .collect();
+            let (new_q, _) =
+                credproxy_scrub::replace_all(set, q.as_bytes(), &values, Encoding::Percent);
             let pq = format!("{}?{}", parts.uri.path(), String::from_utf8_lossy(&new_q));
             let mut uri_parts = parts.uri.clone().into_parts();
             uri_parts.path_and_query = pq.parse().ok();
@@ -168,9 +178,10 @@ pub(crate) async fn inject(
     }
     // Responses to credential-bearing requests are scrubbed; ask for them uncompressed, and
     // never let two Range requests reassemble a secret piecewise.
-    parts
-        .headers
-        .insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    parts.headers.insert(
+        http::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     parts.headers.remove(http::header::RANGE);
     parts.headers.remove(http::header::IF_RANGE);
     Ok(plan)
@@ -199,8 +210,11 @@ pub(crate) fn rebuild_body(
                 }
             }
             if inject_body {
-                let values: Vec<Option<&[u8]>> =
-                    plan.body_values.iter().map(|v| v.as_ref().map(|s| s.expose())).collect();
+                let values: Vec<Option<&[u8]>> = plan
+                    .body_values
+                    .iter()
+                    .map(|v| v.as_ref().map(|s| s.expose()))
+                    .collect();
                 let (out, _) = credproxy_scrub::replace_all(set, &data, &values, enc);
                 data = out;
                 if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -218,15 +232,18 @@ pub(crate) fn rebuild_body(
             frames_body(frames)
         }
         Some(rest) => {
-            let replacer = inject_body.then(|| {
-                StreamReplacer::new(set.clone(), plan.body_values.clone(), enc)
-            });
+            let replacer = inject_body
+                .then(|| StreamReplacer::new(set.clone(), plan.body_values.clone(), enc));
             if replacer.is_some() {
                 // The length changes; the body goes out chunked (or as HTTP/2 frames).
                 parts.headers.remove(http::header::CONTENT_LENGTH);
             }
             let head = frames_body(window.frames.into());
-            let chained = Chain { first: Some(head), second: rest }.boxed();
+            let chained = Chain {
+                first: Some(head),
+                second: rest,
+            }
+            .boxed();
             RequestTail::boxed(chained, set, plan.approved_body.clone(), replacer, late)
         }
     }
@@ -300,7 +317,11 @@ pub(crate) fn scrub_response(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
     let counters = Arc::new(Counters {
         metric: shared.metrics.scrubbed.clone(),
         ..Counters::default()

@@ -16,12 +16,12 @@ mod decode;
 mod drain;
 pub mod explain;
 mod inject;
-mod recent;
-mod scrub_body;
-mod sse;
 mod metrics;
 mod prefixed;
+mod recent;
+mod scrub_body;
 mod service;
+mod sse;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -177,7 +177,8 @@ impl ReloadHandle {
     }
 
     fn build(&self, config: Config) -> Result<u64, ReloadError> {
-        let creds = creds::Credentials::new(config.credentials).map_err(ReloadError::Credentials)?;
+        let creds =
+            creds::Credentials::new(config.credentials).map_err(ReloadError::Credentials)?;
         let policy = load_policy(&config.policy).map_err(|e| match e {
             ProxyError::Policy(p) => ReloadError::Policy(p),
             other => ReloadError::Credentials(other.to_string()),
@@ -364,13 +365,20 @@ impl Proxy {
                 None
             }
         };
-        let exporter = match (&audit, config.audit.as_ref().and_then(|a| a.temporal.as_ref())) {
+        let exporter = match (
+            &audit,
+            config.audit.as_ref().and_then(|a| a.temporal.as_ref()),
+        ) {
             (Some(spool), Some(t)) => {
-                let mut cfg = credproxy_audit::temporal::TemporalConfig::new(temporal_address(&t.address));
+                let mut cfg =
+                    credproxy_audit::temporal::TemporalConfig::new(temporal_address(&t.address));
                 cfg.namespace = t.namespace.clone();
                 cfg.task_queue = t.task_queue.clone();
                 cfg.signal_timeout = t.signal_timeout;
-                Some(credproxy_audit::temporal::Exporter::spawn(spool.clone(), cfg))
+                Some(credproxy_audit::temporal::Exporter::spawn(
+                    spool.clone(),
+                    cfg,
+                ))
             }
             _ => None,
         };
@@ -615,7 +623,10 @@ fn readiness(shared: &Shared) -> (u16, &'static str, String) {
     if let Some(v) = &shared.verifier {
         let ok = v.is_ready();
         ready &= ok;
-        lines.push(format!("identity: {}", if ok { "ready" } else { "keys not loaded" }));
+        lines.push(format!(
+            "identity: {}",
+            if ok { "ready" } else { "keys not loaded" }
+        ));
     } else {
         lines.push("identity: anonymous (danger_allow_anonymous)".to_string());
     }
@@ -631,26 +642,26 @@ fn readiness(shared: &Shared) -> (u16, &'static str, String) {
     lines.push(format!("generation: {} policy {}", g.id, g.policy.hash()));
     let status = if ready { 200 } else { 503 };
     let head = if ready { "ready" } else { "not ready" };
-    (status, "text/plain", format!("{head}\n{}\n", lines.join("\n")))
+    (
+        status,
+        "text/plain",
+        format!("{head}\n{}\n", lines.join("\n")),
+    )
 }
 
 fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
         "/readyz" => readiness(shared),
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            {
-                let mut m = shared.metrics.encode();
-                // The registry ends with "# EOF"; the audit spool's figures go before it.
-                if let Some(spool) = &shared.audit {
-                    let eof = m.rfind("# EOF").unwrap_or(m.len());
-                    m.insert_str(eof, &spool.stats().render_prometheus());
-                }
-                m
-            },
-        ),
+        "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", {
+            let mut m = shared.metrics.encode();
+            // The registry ends with "# EOF"; the audit spool's figures go before it.
+            if let Some(spool) = &shared.audit {
+                let eof = m.rfind("# EOF").unwrap_or(m.len());
+                m.insert_str(eof, &spool.stats().render_prometheus());
+            }
+            m
+        }),
         _ => (
             404,
             "text/plain",
@@ -669,32 +680,37 @@ fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 fn secrets_config(c: &credproxy_config::SecretsConfig) -> credproxy_secrets::SecretsConfig {
     credproxy_secrets::SecretsConfig {
         cache_ttl: c.cache_ttl,
-        openbao: c.openbao.as_ref().map(|o| credproxy_secrets::OpenBaoConfig {
-            address: o.address.clone(),
-            ca_file: o.ca_file.clone(),
-            namespace: o.namespace.clone(),
-            auth: match &o.auth {
-                credproxy_config::OpenBaoAuth::TokenFile(f) => {
-                    credproxy_secrets::OpenBaoAuth::TokenFile(f.clone())
-                }
-                credproxy_config::OpenBaoAuth::AppRole {
-                    role_id_file,
-                    secret_id_file,
-                    mount,
-                } => credproxy_secrets::OpenBaoAuth::AppRole {
-                    role_id_file: role_id_file.clone(),
-                    secret_id_file: secret_id_file.clone(),
-                    mount: mount.clone(),
+        openbao: c
+            .openbao
+            .as_ref()
+            .map(|o| credproxy_secrets::OpenBaoConfig {
+                address: o.address.clone(),
+                ca_file: o.ca_file.clone(),
+                namespace: o.namespace.clone(),
+                auth: match &o.auth {
+                    credproxy_config::OpenBaoAuth::TokenFile(f) => {
+                        credproxy_secrets::OpenBaoAuth::TokenFile(f.clone())
+                    }
+                    credproxy_config::OpenBaoAuth::AppRole {
+                        role_id_file,
+                        secret_id_file,
+                        mount,
+                    } => credproxy_secrets::OpenBaoAuth::AppRole {
+                        role_id_file: role_id_file.clone(),
+                        secret_id_file: secret_id_file.clone(),
+                        mount: mount.clone(),
+                    },
                 },
-            },
-            kv_mount: o.kv_mount.clone(),
-            request_timeout: o.request_timeout,
-        }),
+                kv_mount: o.kv_mount.clone(),
+                request_timeout: o.request_timeout,
+            }),
     }
 }
 
 /// The token verifier: discovery in the background, or a fixed JWKS file.
-fn build_verifier(id: &credproxy_config::IdentityConfig) -> Result<credproxy_identity::Verifier, ProxyError> {
+fn build_verifier(
+    id: &credproxy_config::IdentityConfig,
+) -> Result<credproxy_identity::Verifier, ProxyError> {
     let cfg = credproxy_identity::OidcConfig {
         issuer: id.issuer.clone(),
         audiences: id.audiences.clone(),
@@ -721,7 +737,9 @@ fn build_verifier(id: &credproxy_config::IdentityConfig) -> Result<credproxy_ide
 }
 
 /// Load and compile the policy of a generation: the operator's directory or the built-in one.
-fn load_policy(p: &credproxy_config::PolicyConfig) -> Result<credproxy_policy::PolicyEngine, ProxyError> {
+fn load_policy(
+    p: &credproxy_config::PolicyConfig,
+) -> Result<credproxy_policy::PolicyEngine, ProxyError> {
     let source = match &p.dir {
         Some(dir) => credproxy_policy::PolicySource::load_dir(dir).map_err(ProxyError::Policy)?,
         None => credproxy_policy::PolicySource::builtin(),

@@ -55,7 +55,11 @@ impl Recent {
 
     /// Patterns for a response from `authority`, or None when no secret bound to it has
     /// been sent.
-    pub fn patterns_for(&self, creds: &Credentials, authority: &Authority) -> Option<ScrubPatterns> {
+    pub fn patterns_for(
+        &self,
+        creds: &Credentials,
+        authority: &Authority,
+    ) -> Option<ScrubPatterns> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let version = g.version;
         if let Some((v, p)) = g.per_host.get(authority.host()) {

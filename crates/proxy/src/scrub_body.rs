@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use credproxy_scrub::{PlaceholderSet, ScrubPatterns, StreamReplacer, StreamScanner, StreamScrubber};
+use credproxy_scrub::{
+    PlaceholderSet, ScrubPatterns, StreamReplacer, StreamScanner, StreamScrubber,
+};
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
@@ -128,9 +130,12 @@ impl HttpBody for ScrubBody {
                         };
                         let before = this.scrubber.count();
                         let out = this.scrubber.push(&plain);
-                        this.counters.scrubbed((this.scrubber.count() - before) as u64);
+                        this.counters
+                            .scrubbed((this.scrubber.count() - before) as u64);
                         if !out.is_empty() {
-                            this.counters.bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+                            this.counters
+                                .bytes
+                                .fetch_add(out.len() as u64, Ordering::Relaxed);
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                         }
                     }
@@ -161,9 +166,12 @@ impl HttpBody for ScrubBody {
                     let mut tail = this.scrubber.push(&rest);
                     let before = this.scrubber.count();
                     tail.extend(this.scrubber.finish());
-                    this.counters.scrubbed((this.scrubber.count() - before) as u64);
+                    this.counters
+                        .scrubbed((this.scrubber.count() - before) as u64);
                     if !tail.is_empty() {
-                        this.counters.bytes.fetch_add(tail.len() as u64, Ordering::Relaxed);
+                        this.counters
+                            .bytes
+                            .fetch_add(tail.len() as u64, Ordering::Relaxed);
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(tail)))));
                     }
                 }
@@ -245,7 +253,13 @@ impl HttpBody for RequestTail {
                     Ok(data) => {
                         let f = this.scanner.push(&data);
                         let misuse = !f.near_misses.is_empty()
-                            || f.exact.iter().any(|u| !this.approved_body.get(u.credential).copied().unwrap_or(false));
+                            || f.exact.iter().any(|u| {
+                                !this
+                                    .approved_body
+                                    .get(u.credential)
+                                    .copied()
+                                    .unwrap_or(false)
+                            });
                         if misuse {
                             this.late.store(true, Ordering::Release);
                             return Poll::Ready(Some(Err(Box::new(LatePlaceholder))));
@@ -264,7 +278,13 @@ impl HttpBody for RequestTail {
                     *this.done = true;
                     let f = this.scanner.finish();
                     if !f.near_misses.is_empty()
-                        || f.exact.iter().any(|u| !this.approved_body.get(u.credential).copied().unwrap_or(false))
+                        || f.exact.iter().any(|u| {
+                            !this
+                                .approved_body
+                                .get(u.credential)
+                                .copied()
+                                .unwrap_or(false)
+                        })
                     {
                         this.late.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(Box::new(LatePlaceholder))));

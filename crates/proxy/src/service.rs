@@ -17,10 +17,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, error, info, warn};
 
+use crate::audit::Draft;
 use crate::body::{empty, reject_response, strip_hop_by_hop, Body, Tracked};
 use crate::clock::{ConnClock, TimedIo};
 use crate::connector::ConnectError;
-use crate::audit::Draft;
 use crate::creds;
 use crate::drain::Drain;
 use crate::prefixed::Prefixed;
@@ -124,9 +124,15 @@ async fn outer(
         &id,
         &ctx.listener.name,
         ctx.peer.to_string(),
-        req.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
+        req.uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         req.method().as_str(),
-        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
     );
     if req.method() == Method::CONNECT {
         // A tunnel is not a request: the requests inside it are counted (and audited) one
@@ -136,7 +142,15 @@ async fn outer(
                 let (parts, body) = resp.into_parts();
                 Response::from_parts(parts, Tracked::boxed(body, guard, None))
             }
-            Err(reject) => finish(&shared, Err(reject), &id, version, started, guard, Some(draft)),
+            Err(reject) => finish(
+                &shared,
+                Err(reject),
+                &id,
+                version,
+                started,
+                guard,
+                Some(draft),
+            ),
         };
     }
     let result = {
@@ -344,7 +358,10 @@ async fn inner(
         tctx.conn.peer.to_string(),
         tctx.authority.to_string(),
         req.method().as_str(),
-        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
     );
     draft.identity(tctx.identity.as_deref());
     let result = async {
@@ -597,9 +614,10 @@ async fn forward(
     let body = crate::audit::count_body(body, draft.bytes_up.clone());
     if let Some(Some(up)) = ws_headers {
         parts.headers.insert(http::header::UPGRADE, up);
-        parts
-            .headers
-            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
     }
     let upstream_req = Request::from_parts(parts, body);
 
@@ -609,29 +627,28 @@ async fn forward(
         &shared.client
     };
     let send = client.request(upstream_req);
-    let mut resp =
-        match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                if late.load(std::sync::atomic::Ordering::Acquire) {
-                    let reject = Reject::PlaceholderMisuse {
+    let mut resp = match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            if late.load(std::sync::atomic::Ordering::Acquire) {
+                let reject = Reject::PlaceholderMisuse {
                         kind: credproxy_core::MisuseKind::LateInBody,
                         message: "a placeholder appeared in the request body past the part the proxy checks before sending; the request was aborted".into(),
                     };
-                    shared.misuse(&reject);
-                    return Err(reject);
-                }
-                let reject = classify_upstream_error(&e, authority);
-                warn!(request_id = id, %authority, reason = reject.reason(), error = %ErrorChain(&e), "upstream request failed");
+                shared.misuse(&reject);
                 return Err(reject);
             }
-            Err(_) => {
-                warn!(request_id = id, %authority, "upstream response timed out");
-                return Err(Reject::UpstreamTimeout {
-                    authority: authority.clone(),
-                });
-            }
-        };
+            let reject = classify_upstream_error(&e, authority);
+            warn!(request_id = id, %authority, reason = reject.reason(), error = %ErrorChain(&e), "upstream request failed");
+            return Err(reject);
+        }
+        Err(_) => {
+            warn!(request_id = id, %authority, "upstream response timed out");
+            return Err(Reject::UpstreamTimeout {
+                authority: authority.clone(),
+            });
+        }
+    };
     debug!(request_id = id, listener = %ctx.listener.name, %method, %authority, status = resp.status().as_u16(), "forwarded");
 
     if let Some(agent_upgrade) = agent_upgrade {
@@ -643,8 +660,8 @@ async fn forward(
                 let (Ok(a), Ok(u)) = (agent_upgrade.await, upstream_upgrade.await) else {
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u))
-                    .await;
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u)).await;
             });
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, empty()));
@@ -657,7 +674,8 @@ async fn forward(
     match shared.recent.patterns_for(&gen.creds, authority) {
         None => Ok(Response::from_parts(parts, body)),
         Some(patterns) => {
-            let (resp, counters) = crate::inject::scrub_response(shared, authority, parts, body, patterns)?;
+            let (resp, counters) =
+                crate::inject::scrub_response(shared, authority, parts, body, patterns)?;
             draft.scrub = Some(counters);
             Ok(resp)
         }

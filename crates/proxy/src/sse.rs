@@ -26,7 +26,12 @@ fn is_text_path(path: &str) -> bool {
     let tail = path.rsplit_once('.').map_or(path, |(_, t)| t);
     matches!(
         path,
-        "delta.text" | "delta.partial_json" | "delta.thinking" | "delta.content" | "text" | "completion"
+        "delta.text"
+            | "delta.partial_json"
+            | "delta.thinking"
+            | "delta.content"
+            | "text"
+            | "completion"
     ) || (path.starts_with("choices.")
         && (path.ends_with(".delta.content")
             || path.ends_with(".delta.reasoning_content")
@@ -138,7 +143,10 @@ impl SseScrubber {
             return out;
         };
         let is_ping = value.get("type").and_then(Value::as_str) == Some("ping");
-        let index = value.get("index").map(|i| i.to_string()).unwrap_or_default();
+        let index = value
+            .get("index")
+            .map(|i| i.to_string())
+            .unwrap_or_default();
         let mut leaves = Vec::new();
         collect_strings(&value, &mut Vec::new(), &mut leaves);
         let keys: Vec<(String, Vec<Seg>)> = leaves
@@ -153,7 +161,10 @@ impl SseScrubber {
             let ended: Vec<String> = self
                 .order
                 .iter()
-                .filter(|k| self.channels.get(*k).is_some_and(|c| c.open) && !keys.iter().any(|(key, _)| key == *k))
+                .filter(|k| {
+                    self.channels.get(*k).is_some_and(|c| c.open)
+                        && !keys.iter().any(|(key, _)| key == *k)
+                })
                 .cloned()
                 .collect();
             for k in ended {
@@ -164,7 +175,9 @@ impl SseScrubber {
         let mut changed = false;
         // Streamed text: through the channel's scrubber.
         for (key, path) in &keys {
-            let Some(Value::String(s)) = get_mut(&mut value, path) else { continue };
+            let Some(Value::String(s)) = get_mut(&mut value, path) else {
+                continue;
+            };
             let original = std::mem::take(s);
             let channel = match self.channels.get_mut(key) {
                 Some(c) => c,
@@ -355,7 +368,9 @@ mod tests {
             let v = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}});
             s.push_str(&format!("event: content_block_delta\ndata: {v}\n\n"));
         }
-        s.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+        s.push_str(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        );
         s.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         s.into_bytes()
     }
@@ -394,12 +409,22 @@ mod tests {
                     }
                     out.extend(s.finish());
                     let (text, types) = assembled(&out);
-                    assert_eq!(text, format!("key seen: Bearer {PH} ok"), "cuts {cut1},{cut2} chunk {chunk}");
+                    assert_eq!(
+                        text,
+                        format!("key seen: Bearer {PH} ok"),
+                        "cuts {cut1},{cut2} chunk {chunk}"
+                    );
                     assert!(!String::from_utf8_lossy(&out).contains(SECRET));
                     // Every delta comes before the block stops, and the order of the
                     // other events is kept.
-                    let stop = types.iter().position(|t| t == "content_block_stop").unwrap();
-                    assert!(types[stop + 1..].iter().all(|t| t != "content_block_delta"), "{types:?}");
+                    let stop = types
+                        .iter()
+                        .position(|t| t == "content_block_stop")
+                        .unwrap();
+                    assert!(
+                        types[stop + 1..].iter().all(|t| t != "content_block_delta"),
+                        "{types:?}"
+                    );
                     assert_eq!(types.last().unwrap(), "message_stop");
                 }
             }
@@ -432,7 +457,11 @@ mod tests {
             .split("\n\n")
             .filter_map(|e| e.strip_prefix("data: "))
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect();
         assert_eq!(text, format!("Bearer {PH}"));
         assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Harness, Setup, HOST, OTHER, ROLE, AGENT};
+use common::{Harness, Setup, AGENT, HOST, OTHER, ROLE};
 use credproxy_audit::query::{self, Filter};
 
 const SECRET: &str = "sk-AUDIT-canary-0f1e2d3c4b5a69788796";
@@ -27,25 +27,62 @@ fn setup(audit: Option<String>) -> Setup {
 async fn every_request_is_recorded_and_no_secret_reaches_the_spool() {
     let h = Harness::with(setup(None)).await;
     let key = format!("x-api-key: {PH}");
-    let ok = h.curl(&["-w", "\n%{http_code}", "-H", &key, &format!("https://{HOST}/render?from=x-api-key&k=v")]).await;
+    let ok = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &key,
+            &format!("https://{HOST}/render?from=x-api-key&k=v"),
+        ])
+        .await;
     assert!(ok.text().ends_with("200"), "{}", ok.text());
-    let plain = h.curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")]).await;
+    let plain = h
+        .curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")])
+        .await;
     assert!(plain.text().ends_with("200"));
-    let misuse = h.curl(&["-w", "\n%{http_code}", "-H", &key, &format!("https://{OTHER}/echo")]).await;
+    let misuse = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &key,
+            &format!("https://{OTHER}/echo"),
+        ])
+        .await;
     assert!(misuse.text().ends_with("403"));
-    let unlisted = h.curl(&["-w", "%{http_connect}", "https://unlisted.example.test/"]).await;
+    let unlisted = h
+        .curl(&["-w", "%{http_connect}", "https://unlisted.example.test/"])
+        .await;
     assert_eq!(unlisted.text(), "403");
     h.proxy.flush_audit().await;
 
     let db = h.dir.path().join("audit.db");
     let all = query::list(&db, &Filter::default()).unwrap();
     assert_eq!(all.len(), 4, "{all:#?}");
-    let used = query::list(&db, &Filter { credential: Some("audited".into()), ..Filter::default() }).unwrap();
-    assert_eq!(used.len(), 2, "the injection and the misuse name the credential");
-    let injected = used.iter().find(|r| r.destination == format!("{HOST}:443")).unwrap();
+    let used = query::list(
+        &db,
+        &Filter {
+            credential: Some("audited".into()),
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        used.len(),
+        2,
+        "the injection and the misuse name the credential"
+    );
+    let injected = used
+        .iter()
+        .find(|r| r.destination == format!("{HOST}:443"))
+        .unwrap();
     assert_eq!(injected.agent_id.as_deref(), Some(AGENT));
     assert_eq!(injected.path, "/render");
-    assert_eq!(injected.query_keys, vec!["from".to_string(), "k".to_string()]);
+    assert_eq!(
+        injected.query_keys,
+        vec!["from".to_string(), "k".to_string()]
+    );
     assert_eq!(injected.credentials[0].placeholder, PH);
     assert_eq!(injected.credentials[0].location, "header:x-api-key");
     let outcome = injected.outcome.as_ref().expect("completed");
@@ -53,10 +90,18 @@ async fn every_request_is_recorded_and_no_secret_reaches_the_spool() {
     assert!(outcome.scrub_count > 0, "{outcome:?}");
     assert!(outcome.bytes_down > 0);
     assert_eq!(injected.status_label(), "success");
-    let denied = used.iter().find(|r| r.destination == format!("{OTHER}:443")).unwrap();
-    assert_eq!(denied.misuse_alarms, vec!["credential_not_bound".to_string()]);
+    let denied = used
+        .iter()
+        .find(|r| r.destination == format!("{OTHER}:443"))
+        .unwrap();
+    assert_eq!(
+        denied.misuse_alarms,
+        vec!["credential_not_bound".to_string()]
+    );
     assert_eq!(denied.status_label(), "denied");
-    assert!(all.iter().any(|r| r.method == "CONNECT" && r.status_label() == "denied"));
+    assert!(all
+        .iter()
+        .any(|r| r.method == "CONNECT" && r.status_label() == "denied"));
 
     // Nothing secret in the export, the database or its WAL.
     let mut export = Vec::new();
@@ -64,10 +109,19 @@ async fn every_request_is_recorded_and_no_secret_reaches_the_spool() {
     for (what, bytes) in [
         ("export", export),
         ("db", std::fs::read(&db).unwrap()),
-        ("wal", std::fs::read(db.with_extension("db-wal")).unwrap_or_default()),
+        (
+            "wal",
+            std::fs::read(db.with_extension("db-wal")).unwrap_or_default(),
+        ),
     ] {
-        assert!(credproxy_testkit::contains_any_rendering(&bytes, SECRET.as_bytes()).is_none(), "{what}");
-        assert!(!String::from_utf8_lossy(&bytes).contains(&h.token), "{what} holds the agent's token");
+        assert!(
+            credproxy_testkit::contains_any_rendering(&bytes, SECRET.as_bytes()).is_none(),
+            "{what}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&h.token),
+            "{what} holds the agent's token"
+        );
     }
     let report = query::verify(&db).unwrap();
     assert!(report.first_break.is_none(), "{report:?}");
@@ -79,7 +133,11 @@ async fn a_spool_that_cannot_commit_refuses_credential_use_only() {
     // filled to the brim through a second handle after the proxy opened it.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("full.db");
-    let h = Harness::with(setup(Some(format!("audit:\n  path: {}\n  max_size_bytes: 65536\n", db.display())))).await;
+    let h = Harness::with(setup(Some(format!(
+        "audit:\n  path: {}\n  max_size_bytes: 65536\n",
+        db.display()
+    ))))
+    .await;
     {
         let mut cfg = credproxy_audit::AuditConfig::new(&db);
         cfg.max_size_bytes = Some(65_536);
@@ -101,11 +159,25 @@ async fn a_spool_that_cannot_commit_refuses_credential_use_only() {
         let _ = spool.close().await;
     }
     let c = h
-        .curl(&["-w", "\n%{http_code}", "-D", "-", "-H", &format!("x-api-key: {PH}"), &format!("https://{HOST}/echo")])
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-D",
+            "-",
+            "-H",
+            &format!("x-api-key: {PH}"),
+            &format!("https://{HOST}/echo"),
+        ])
         .await;
     assert!(c.text().ends_with("503"), "{}", c.text());
     assert!(c.text().contains("audit_unavailable"), "{}", c.text());
-    assert_eq!(h.upstream.request_count(), 0, "nothing may be sent when the use cannot be recorded");
-    let ok = h.curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")]).await;
+    assert_eq!(
+        h.upstream.request_count(),
+        0,
+        "nothing may be sent when the use cannot be recorded"
+    );
+    let ok = h
+        .curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")])
+        .await;
     assert!(ok.text().ends_with("200"), "{}", ok.text());
 }

@@ -32,7 +32,9 @@ async fn no_rendering_of_the_secret_reaches_logs_metrics_or_the_agent() {
     let logs = Buf::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("debug,credproxy_proxy=trace,credproxy_secrets=trace,credproxy_identity=trace"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "debug,credproxy_proxy=trace,credproxy_secrets=trace,credproxy_identity=trace",
+        ))
         .with_writer(move || writer.clone())
         .json()
         .init();
@@ -50,35 +52,89 @@ async fn no_rendering_of_the_secret_reaches_logs_metrics_or_the_agent() {
     let mut agent_saw: Vec<u8> = Vec::new();
     for args in [
         vec!["-D", "-", "-H", &key, &format!("https://{HOST}/echo")],
-        vec!["-D", "-", "-H", &key, "-H", "te: trailers", &format!("https://{HOST}/render?from=x-api-key&where=body,header,location,trailer")],
-        vec!["-D", "-", "-H", &key, &format!("https://{HOST}/render?from=x-api-key&where=sse")],
-        vec!["-D", "-", "-H", &key, &format!("https://{HOST}/render?from=x-api-key&encoding=gzip")],
-        vec!["-D", "-", "-H", &key, &format!("https://{HOST}/render?from=x-api-key&encoding=bogus")],
+        vec![
+            "-D",
+            "-",
+            "-H",
+            &key,
+            "-H",
+            "te: trailers",
+            &format!("https://{HOST}/render?from=x-api-key&where=body,header,location,trailer"),
+        ],
+        vec![
+            "-D",
+            "-",
+            "-H",
+            &key,
+            &format!("https://{HOST}/render?from=x-api-key&where=sse"),
+        ],
+        vec![
+            "-D",
+            "-",
+            "-H",
+            &key,
+            &format!("https://{HOST}/render?from=x-api-key&encoding=gzip"),
+        ],
+        vec![
+            "-D",
+            "-",
+            "-H",
+            &key,
+            &format!("https://{HOST}/render?from=x-api-key&encoding=bogus"),
+        ],
         // Misuse: another host, a near miss.
         vec!["-D", "-", "-H", &key, &format!("https://{OTHER}/echo")],
-        vec!["-D", "-", "-H", &format!("x-api-key: {}", PH.to_uppercase()), &format!("https://{HOST}/echo")],
+        vec![
+            "-D",
+            "-",
+            "-H",
+            &format!("x-api-key: {}", PH.to_uppercase()),
+            &format!("https://{HOST}/echo"),
+        ],
     ] {
         let c = h.curl(&args).await;
         agent_saw.extend_from_slice(&c.stdout);
         agent_saw.extend_from_slice(c.stderr.as_bytes());
     }
     // The upstream really received it (so the canary was live).
-    assert!(h.upstream.received().iter().any(|r| r.header("x-api-key").as_deref() == Some(CANARY)));
+    assert!(h
+        .upstream
+        .received()
+        .iter()
+        .any(|r| r.header("x-api-key").as_deref() == Some(CANARY)));
 
     let admin = h.proxy.admin_addr().unwrap();
-    let metrics = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("credproxy_scrubbed_total"), "{metrics}");
-    assert!(metrics.contains("credproxy_misuse_alarms_total"), "{metrics}");
+    assert!(
+        metrics.contains("credproxy_misuse_alarms_total"),
+        "{metrics}"
+    );
 
     let logs = logs.0.lock().unwrap().clone();
     assert!(!logs.is_empty(), "no logs were captured");
-    for (what, bytes) in [("logs", &logs), ("metrics", &metrics.into_bytes()), ("agent", &agent_saw)] {
+    for (what, bytes) in [
+        ("logs", &logs),
+        ("metrics", &metrics.into_bytes()),
+        ("agent", &agent_saw),
+    ] {
         if let Some(form) = credproxy_testkit::contains_any_rendering(bytes, CANARY.as_bytes()) {
             let text = String::from_utf8_lossy(bytes);
             let at = text.find(CANARY).unwrap_or(0);
-            panic!("{what} contain the secret as {form}: …{}…", &text[at.saturating_sub(200)..(at + 100).min(text.len())]);
+            panic!(
+                "{what} contain the secret as {form}: …{}…",
+                &text[at.saturating_sub(200)..(at + 100).min(text.len())]
+            );
         }
     }
     // The agent's token never appears in the logs either.
-    assert!(!String::from_utf8_lossy(&logs).contains(&h.token), "the agent's token was logged");
+    assert!(
+        !String::from_utf8_lossy(&logs).contains(&h.token),
+        "the agent's token was logged"
+    );
 }

@@ -40,8 +40,18 @@ pub fn setup() -> Setup {
             cred("key", PH_KEY, "api_key", ""),
             cred("bearer", PH_BEARER, "bearer", ""),
             cred("basic", PH_BASIC, "basic_auth", ""),
-            cred("query", PH_QUERY, "header", "    header_name: x-query-key\n    inject_in: [query]\n"),
-            cred("body", PH_BODY, "header", "    header_name: x-body-key\n    inject_in: [body]\n"),
+            cred(
+                "query",
+                PH_QUERY,
+                "header",
+                "    header_name: x-query-key\n    inject_in: [query]\n",
+            ),
+            cred(
+                "body",
+                PH_BODY,
+                "header",
+                "    header_name: x-body-key\n    inject_in: [body]\n",
+            ),
         ]
         .concat(),
         env: ["key", "bearer", "basic", "query", "body"]
@@ -65,7 +75,11 @@ fn last_header(h: &Harness, name: &str) -> Vec<String> {
 async fn api_key_is_injected_and_the_echo_comes_back_scrubbed() {
     let h = Harness::with(setup()).await;
     let c = h
-        .curl(&["-H", &format!("x-api-key: {PH_KEY}"), &format!("https://{HOST}/echo")])
+        .curl(&[
+            "-H",
+            &format!("x-api-key: {PH_KEY}"),
+            &format!("https://{HOST}/echo"),
+        ])
         .await;
     assert_eq!(c.code, 0, "{}", c.stderr);
     assert_eq!(last_header(&h, "x-api-key"), vec![SECRET.to_string()]);
@@ -73,7 +87,10 @@ async fn api_key_is_injected_and_the_echo_comes_back_scrubbed() {
     assert!(!body.contains(SECRET), "secret echoed to the agent: {body}");
     assert!(body.contains(&format!("x-api-key: {PH_KEY}")), "{body}");
     // The request went out asking for an uncompressed response.
-    assert_eq!(last_header(&h, "accept-encoding"), vec!["identity".to_string()]);
+    assert_eq!(
+        last_header(&h, "accept-encoding"),
+        vec!["identity".to_string()]
+    );
 }
 
 #[tokio::test]
@@ -81,10 +98,17 @@ async fn bearer_never_doubles_its_prefix() {
     let h = Harness::with(setup()).await;
     for written in [format!("Bearer {PH_BEARER}"), PH_BEARER.to_string()] {
         let c = h
-            .curl(&["-H", &format!("Authorization: {written}"), &format!("https://{HOST}/echo")])
+            .curl(&[
+                "-H",
+                &format!("Authorization: {written}"),
+                &format!("https://{HOST}/echo"),
+            ])
             .await;
         assert_eq!(c.code, 0, "{}", c.stderr);
-        assert_eq!(last_header(&h, "authorization"), vec![format!("Bearer {}", secret("bearer"))]);
+        assert_eq!(
+            last_header(&h, "authorization"),
+            vec![format!("Bearer {}", secret("bearer"))]
+        );
         assert!(!c.text().contains(&secret("bearer")));
     }
 }
@@ -94,15 +118,25 @@ async fn basic_auth_replaces_the_password_of_the_agents_own_basic_header() {
     let h = Harness::with(setup()).await;
     // git over HTTPS: user name, placeholder as password.
     let c = h
-        .curl(&["-u", &format!("git:{PH_BASIC}"), &format!("https://{HOST}/echo")])
+        .curl(&[
+            "-u",
+            &format!("git:{PH_BASIC}"),
+            &format!("https://{HOST}/echo"),
+        ])
         .await;
     assert_eq!(c.code, 0, "{}", c.stderr);
     assert_eq!(
         last_header(&h, "authorization"),
-        vec![format!("Basic {}", b64(&format!("git:{}", secret("basic"))))]
+        vec![format!(
+            "Basic {}",
+            b64(&format!("git:{}", secret("basic")))
+        )]
     );
     let body = c.text();
-    assert!(!body.contains(&b64(&format!("git:{}", secret("basic")))), "{body}");
+    assert!(
+        !body.contains(&b64(&format!("git:{}", secret("basic")))),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -144,7 +178,13 @@ async fn query_and_body_injection_are_opt_in_and_leave_everything_else_untouched
 
     let json = format!(r#"{{"model":"m","key":"{PH_BODY}","other":"keep \"me\""}}"#);
     let c = h
-        .curl(&["-H", "content-type: application/json", "--data-binary", &json, &format!("https://{HOST}/echo")])
+        .curl(&[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &json,
+            &format!("https://{HOST}/echo"),
+        ])
         .await;
     assert_eq!(c.code, 0, "{}", c.stderr);
     let r = h.upstream.received().last().unwrap().clone();
@@ -152,7 +192,11 @@ async fn query_and_body_injection_are_opt_in_and_leave_everything_else_untouched
     assert_eq!(r.body_len, expected.len() as u64);
     assert_eq!(r.header("content-length"), Some(expected.len().to_string()));
     assert!(!c.text().contains(&secret("body")), "{}", c.text());
-    assert!(c.text().contains(&format!(r#""key":"{PH_BODY}""#)), "{}", c.text());
+    assert!(
+        c.text().contains(&format!(r#""key":"{PH_BODY}""#)),
+        "{}",
+        c.text()
+    );
 }
 
 /// Each misuse: 403 with an agent-readable reason, and the upstream receives nothing.
@@ -165,21 +209,85 @@ async fn every_misuse_is_refused_before_anything_is_sent() {
     .await;
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         // Placeholder for another (allowed) host.
-        ("credential_not_bound", vec!["-H".into(), format!("x-api-key: {PH_KEY}"), format!("https://{OTHER}/echo")], "may only be used in header x-api-key for api.example.test"),
+        (
+            "credential_not_bound",
+            vec![
+                "-H".into(),
+                format!("x-api-key: {PH_KEY}"),
+                format!("https://{OTHER}/echo"),
+            ],
+            "may only be used in header x-api-key for api.example.test",
+        ),
         // Another header than the declared one.
-        ("credential_wrong_location", vec!["-H".into(), format!("x-other: {PH_KEY}"), format!("https://{HOST}/echo")], "it was found in header:x-other"),
+        (
+            "credential_wrong_location",
+            vec![
+                "-H".into(),
+                format!("x-other: {PH_KEY}"),
+                format!("https://{HOST}/echo"),
+            ],
+            "it was found in header:x-other",
+        ),
         // In the path.
-        ("credential_wrong_location", vec![format!("https://{HOST}/echo/{PH_KEY}")], "found in path"),
+        (
+            "credential_wrong_location",
+            vec![format!("https://{HOST}/echo/{PH_KEY}")],
+            "found in path",
+        ),
         // In the query without query injection.
-        ("credential_wrong_location", vec![format!("https://{HOST}/echo?k={PH_KEY}")], "found in query"),
+        (
+            "credential_wrong_location",
+            vec![format!("https://{HOST}/echo?k={PH_KEY}")],
+            "found in query",
+        ),
         // In the body without body injection.
-        ("credential_wrong_location", vec!["--data-binary".into(), format!("{{\"k\":\"{PH_KEY}\"}}"), format!("https://{HOST}/echo")], "found in body"),
+        (
+            "credential_wrong_location",
+            vec![
+                "--data-binary".into(),
+                format!("{{\"k\":\"{PH_KEY}\"}}"),
+                format!("https://{HOST}/echo"),
+            ],
+            "found in body",
+        ),
         // Cleartext.
-        ("credential_not_bound", vec!["-H".into(), format!("x-api-key: {PH_KEY}"), format!("http://{PLAIN}/echo")], "may only be used"),
+        (
+            "credential_not_bound",
+            vec![
+                "-H".into(),
+                format!("x-api-key: {PH_KEY}"),
+                format!("http://{PLAIN}/echo"),
+            ],
+            "may only be used",
+        ),
         // Near misses: altered case, truncated, padded.
-        ("placeholder_near_miss", vec!["-H".into(), format!("x-api-key: {}", PH_KEY.to_uppercase()), format!("https://{HOST}/echo")], "looks like a placeholder"),
-        ("placeholder_near_miss", vec!["-H".into(), format!("x-api-key: {}", &PH_KEY[..30]), format!("https://{HOST}/echo")], "looks like a placeholder"),
-        ("placeholder_near_miss", vec!["-H".into(), format!("x-api-key: {PH_KEY}x"), format!("https://{HOST}/echo")], "looks like a placeholder"),
+        (
+            "placeholder_near_miss",
+            vec![
+                "-H".into(),
+                format!("x-api-key: {}", PH_KEY.to_uppercase()),
+                format!("https://{HOST}/echo"),
+            ],
+            "looks like a placeholder",
+        ),
+        (
+            "placeholder_near_miss",
+            vec![
+                "-H".into(),
+                format!("x-api-key: {}", &PH_KEY[..30]),
+                format!("https://{HOST}/echo"),
+            ],
+            "looks like a placeholder",
+        ),
+        (
+            "placeholder_near_miss",
+            vec![
+                "-H".into(),
+                format!("x-api-key: {PH_KEY}x"),
+                format!("https://{HOST}/echo"),
+            ],
+            "looks like a placeholder",
+        ),
     ];
     for (reason, args, says) in cases {
         let mut a: Vec<&str> = vec!["-w", "\n%{http_code}", "-D", "-"];
@@ -187,11 +295,18 @@ async fn every_misuse_is_refused_before_anything_is_sent() {
         let c = h.curl(&a).await;
         let t = c.text();
         assert!(t.ends_with("403"), "{args:?}: {t}");
-        assert!(t.contains(&format!("x-credproxy-reason: {reason}")), "{args:?}: {t}");
+        assert!(
+            t.contains(&format!("x-credproxy-reason: {reason}")),
+            "{args:?}: {t}"
+        );
         assert!(t.contains(says), "{args:?}: {t}");
         assert!(!t.contains(SECRET));
     }
-    assert_eq!(h.upstream.request_count(), 0, "the upstream received a request");
+    assert_eq!(
+        h.upstream.request_count(),
+        0,
+        "the upstream received a request"
+    );
     assert_eq!(h.plain.request_count(), 0);
 }
 
@@ -204,7 +319,15 @@ async fn cleartext_to_a_bound_host_is_refused() {
     ));
     let h = Harness::with(s).await;
     let c = h
-        .curl(&["-w", "\n%{http_code}", "-D", "-", "-H", "x-api-key: agent-vault-66666666-2222-3333-4444-555555555555", &format!("http://{PLAIN}/echo")])
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-D",
+            "-",
+            "-H",
+            "x-api-key: agent-vault-66666666-2222-3333-4444-555555555555",
+            &format!("http://{PLAIN}/echo"),
+        ])
         .await;
     assert!(c.text().ends_with("403"), "{}", c.text());
     assert!(c.text().contains("credential_cleartext"), "{}", c.text());
@@ -219,7 +342,15 @@ async fn a_secret_with_crlf_is_never_put_in_a_header() {
     })
     .await;
     let c = h
-        .curl(&["-w", "\n%{http_code}", "-D", "-", "-H", &format!("x-api-key: {PH_KEY}"), &format!("https://{HOST}/echo")])
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-D",
+            "-",
+            "-H",
+            &format!("x-api-key: {PH_KEY}"),
+            &format!("https://{HOST}/echo"),
+        ])
         .await;
     assert!(c.text().ends_with("502"), "{}", c.text());
     assert!(c.text().contains("secret_invalid"), "{}", c.text());
@@ -234,7 +365,15 @@ async fn a_missing_secret_fails_closed_with_502() {
     })
     .await;
     let c = h
-        .curl(&["-w", "\n%{http_code}", "-D", "-", "-H", &format!("x-api-key: {PH_KEY}"), &format!("https://{HOST}/echo")])
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-D",
+            "-",
+            "-H",
+            &format!("x-api-key: {PH_KEY}"),
+            &format!("https://{HOST}/echo"),
+        ])
         .await;
     assert!(c.text().ends_with("502"), "{}", c.text());
     assert_eq!(h.upstream.request_count(), 0);
@@ -245,7 +384,18 @@ async fn credential_needs_one_of_its_roles() {
     let h = Harness::with(setup()).await;
     let stranger = h.token_for("agent-b", &["other-role"], Duration::from_secs(600));
     let c = h
-        .curl_with_token(&stranger, &["-w", "\n%{http_code}", "-D", "-", "-H", &format!("x-api-key: {PH_KEY}"), &format!("https://{HOST}/echo")])
+        .curl_with_token(
+            &stranger,
+            &[
+                "-w",
+                "\n%{http_code}",
+                "-D",
+                "-",
+                "-H",
+                &format!("x-api-key: {PH_KEY}"),
+                &format!("https://{HOST}/echo"),
+            ],
+        )
         .await;
     let t = c.text();
     assert!(t.ends_with("403"), "{t}");
@@ -253,7 +403,12 @@ async fn credential_needs_one_of_its_roles() {
     assert!(t.contains("none of the roles"), "{t}");
     assert_eq!(h.upstream.request_count(), 0);
     // Without a placeholder the same agent may use the proxy.
-    let c = h.curl_with_token(&stranger, &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")]).await;
+    let c = h
+        .curl_with_token(
+            &stranger,
+            &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
+        )
+        .await;
     assert!(c.text().ends_with("200"), "{}", c.text());
 }
 
@@ -269,7 +424,17 @@ async fn large_body_with_the_placeholder_past_the_window_is_aborted() {
     let file = h.dir.path().join("late.txt");
     std::fs::write(&file, &body).unwrap();
     let c = h
-        .curl(&["-w", "\n%{http_code}", "-D", "-", "-H", "transfer-encoding: chunked", "--data-binary", &format!("@{}", file.display()), &format!("https://{HOST}/sha256")])
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-D",
+            "-",
+            "-H",
+            "transfer-encoding: chunked",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("https://{HOST}/sha256"),
+        ])
         .await;
     let t = c.text();
     assert!(!t.ends_with("200"), "{t}");
@@ -281,11 +446,16 @@ async fn large_body_with_the_placeholder_past_the_window_is_aborted() {
 
 /// Fetch through the proxy over HTTP/2 in a fresh tunnel, collecting status, headers, body
 /// and trailers exactly as the agent receives them.
-async fn fetch(h: &Harness, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>, String) {
+async fn fetch(
+    h: &Harness,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>, String) {
     use http_body_util::BodyExt;
-    let (tcp, status, _) = credproxy_testkit::connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
-        .await
-        .unwrap();
+    let (tcp, status, _) =
+        credproxy_testkit::connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
+            .await
+            .unwrap();
     assert_eq!(status, 200);
     let tls = credproxy_testkit::tls_over(tcp, HOST, h.proxy_client_config(&["h2"])).await;
     let mut send = credproxy_testkit::http2_handshake::<_, http_body_util::Full<bytes::Bytes>>(tls)
@@ -296,7 +466,10 @@ async fn fetch(h: &Harness, path: &str, headers: &[(&str, &str)]) -> (u16, Strin
         req = req.header(*k, *v);
     }
     let resp = send
-        .send_request(req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap())
+        .send_request(
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = resp.status().as_u16();
@@ -308,7 +481,10 @@ async fn fetch(h: &Harness, path: &str, headers: &[(&str, &str)]) -> (u16, Strin
     let mut body = resp.into_body();
     let mut data = Vec::new();
     let mut trailers = String::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(60), body.frame()).await.unwrap() {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(60), body.frame())
+        .await
+        .unwrap()
+    {
         let frame = frame.unwrap();
         if let Some(d) = frame.data_ref() {
             data.extend_from_slice(d);
@@ -344,13 +520,27 @@ async fn every_rendering_in_body_headers_trailers_and_location_is_scrubbed() {
     .await;
     assert_eq!(status, 302);
     // The upstream really did receive (and render) the secret.
-    assert_eq!(h.upstream.received().last().unwrap().header("x-api-key").as_deref(), Some(SECRET));
+    assert_eq!(
+        h.upstream
+            .received()
+            .last()
+            .unwrap()
+            .header("x-api-key")
+            .as_deref(),
+        Some(SECRET)
+    );
     assert!(!body.is_empty());
     assert_clean("body", &body);
     assert_clean("headers", head.as_bytes());
     assert_clean("trailers", trailers.as_bytes());
-    assert!(head.contains("location: https://elsewhere.example/cb?key="), "{head}");
-    assert!(trailers.contains("x-rendered-trailer"), "trailer missing: {trailers:?}");
+    assert!(
+        head.contains("location: https://elsewhere.example/cb?key="),
+        "{head}"
+    );
+    assert!(
+        trailers.contains("x-rendered-trailer"),
+        "trailer missing: {trailers:?}"
+    );
     // Raw, JSON and percent forms come back as the placeholder.
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains(&format!("raw: {PH_KEY}")), "{text}");
@@ -365,7 +555,12 @@ async fn every_rendering_in_body_headers_trailers_and_location_is_scrubbed() {
     assert_clean("bearer body", &body);
     assert_clean("bearer headers", head.as_bytes());
     let basic = format!("Basic {}", b64(&format!("git:{PH_BASIC}")));
-    let (_, head, body, _) = fetch(&h, "/render?from=authorization&where=body,header", &[("authorization", &basic)]).await;
+    let (_, head, body, _) = fetch(
+        &h,
+        "/render?from=authorization&where=body,header",
+        &[("authorization", &basic)],
+    )
+    .await;
     assert_clean("basic body", &body);
     assert_clean("basic headers", head.as_bytes());
 }
@@ -374,7 +569,11 @@ async fn every_rendering_in_body_headers_trailers_and_location_is_scrubbed() {
 async fn a_secret_split_across_sse_events_is_scrubbed_and_events_still_stream() {
     let h = Harness::with(setup()).await;
     let h2 = &h;
-    let fetch_task = fetch(h2, "/render?from=x-api-key&where=sse&gate=second", &[("x-api-key", PH_KEY)]);
+    let fetch_task = fetch(
+        h2,
+        "/render?from=x-api-key&where=sse&gate=second",
+        &[("x-api-key", PH_KEY)],
+    );
     // Release the second half only once the first event has been forwarded: the first frame
     // carries half the secret, which the scrubber must hold back (it may be a prefix) —
     // everything before it goes out. Release unconditionally after the request arrived.
@@ -403,9 +602,17 @@ async fn compressed_echoes_are_decoded_and_scrubbed_and_unknown_encodings_fail_c
         assert_eq!(status, 200, "{enc}");
         assert!(!head.contains("content-encoding"), "{enc}: {head}");
         assert_clean(enc, &body);
-        assert!(String::from_utf8_lossy(&body).contains(&format!("raw: {PH_KEY}")), "{enc}");
+        assert!(
+            String::from_utf8_lossy(&body).contains(&format!("raw: {PH_KEY}")),
+            "{enc}"
+        );
     }
-    let (status, head, body, _) = fetch(&h, "/render?from=x-api-key&encoding=bogus", &[("x-api-key", PH_KEY)]).await;
+    let (status, head, body, _) = fetch(
+        &h,
+        "/render?from=x-api-key&encoding=bogus",
+        &[("x-api-key", PH_KEY)],
+    )
+    .await;
     assert_eq!(status, 502, "{head}");
     assert!(head.contains("upstream_encoding"), "{head}");
     assert_clean("bogus", &body);

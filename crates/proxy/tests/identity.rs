@@ -39,16 +39,37 @@ async fn real_provider_tokens_work_as_bearer_and_as_proxy_url_password() {
     .await;
     let token = provider.token("agent-a").await;
     // Basic, with the token as password: what HTTPS_PROXY=http://agent:<jwt>@host:port sends.
-    let c = h.curl_with_token(&token, &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")]).await;
+    let c = h
+        .curl_with_token(
+            &token,
+            &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
+        )
+        .await;
     assert!(c.text().ends_with("200"), "{} {}", c.text(), c.stderr);
     // Bearer on the CONNECT.
     let c = h
-        .curl_with_token("", &["--proxy-header", &format!("Proxy-Authorization: Bearer {token}"), "-w", "\n%{http_code}", &format!("https://{HOST}/echo")])
+        .curl_with_token(
+            "",
+            &[
+                "--proxy-header",
+                &format!("Proxy-Authorization: Bearer {token}"),
+                "-w",
+                "\n%{http_code}",
+                &format!("https://{HOST}/echo"),
+            ],
+        )
         .await;
     assert!(c.text().ends_with("200"), "{} {}", c.text(), c.stderr);
     // A token from the same provider for another audience is refused.
-    let other = provider.token_for_resource("agent-a", Some("urn:other")).await;
-    let c = h.curl_with_token(&other, &["-w", "%{http_connect}", &format!("https://{HOST}/echo")]).await;
+    let other = provider
+        .token_for_resource("agent-a", Some("urn:other"))
+        .await;
+    let c = h
+        .curl_with_token(
+            &other,
+            &["-w", "%{http_connect}", &format!("https://{HOST}/echo")],
+        )
+        .await;
     assert_eq!(c.text(), "407", "{}", c.stderr);
 }
 
@@ -60,12 +81,20 @@ async fn missing_or_bad_token_gets_407_with_challenges_and_no_internals() {
         ("garbage", vec![("Proxy-Authorization", "Bearer not.a.jwt")]),
         ("wrong scheme", vec![("Proxy-Authorization", "Digest abc")]),
     ] {
-        let (_, status, head) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &extra).await.unwrap();
+        let (_, status, head) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &extra)
+            .await
+            .unwrap();
         let head = String::from_utf8_lossy(&head).to_string();
         assert_eq!(status, 407, "{label}: {head}");
         let lower = head.to_ascii_lowercase();
-        assert!(lower.contains("proxy-authenticate: bearer realm=\"credproxy\""), "{label}: {head}");
-        assert!(lower.contains("proxy-authenticate: basic realm=\"credproxy\""), "{label}: {head}");
+        assert!(
+            lower.contains("proxy-authenticate: bearer realm=\"credproxy\""),
+            "{label}: {head}"
+        );
+        assert!(
+            lower.contains("proxy-authenticate: basic realm=\"credproxy\""),
+            "{label}: {head}"
+        );
         let body = head.split("\r\n\r\n").nth(1).unwrap_or("");
         let body = body.split(" (request id").next().unwrap();
         insta::assert_snapshot!(format!("407_{}", label.replace(' ', "_")), body);
@@ -76,7 +105,9 @@ async fn missing_or_bad_token_gets_407_with_challenges_and_no_internals() {
 #[tokio::test]
 async fn ten_requests_in_one_tunnel_share_one_connect() {
     let h = Harness::start().await;
-    let urls: Vec<String> = (0..10).map(|i| format!("https://{HOST}/fixed/{i}")).collect();
+    let urls: Vec<String> = (0..10)
+        .map(|i| format!("https://{HOST}/fixed/{i}"))
+        .collect();
     let mut args: Vec<&str> = vec!["--http1.1", "-w", "%{num_connects} "];
     args.extend(urls.iter().map(String::as_str));
     let c = h.curl(&args).await;
@@ -85,7 +116,11 @@ async fn ten_requests_in_one_tunnel_share_one_connect() {
     // curl reports one new connection for the first transfer and reuse after.
     let text = c.text();
     let connects: Vec<&str> = text.split_whitespace().collect();
-    assert_eq!(connects.iter().filter(|c| **c == "1").count(), 1, "{connects:?}");
+    assert_eq!(
+        connects.iter().filter(|c| **c == "1").count(),
+        1,
+        "{connects:?}"
+    );
 }
 
 #[tokio::test]
@@ -93,9 +128,13 @@ async fn a_token_expiring_mid_tunnel_gets_407_and_the_connection_closes() {
     let h = Harness::start().await;
     let token = h.token_for(AGENT, &[ROLE], Duration::from_secs(3));
     let exp = SystemTime::now() + Duration::from_secs(3);
-    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &[("Proxy-Authorization", &format!("Bearer {token}"))])
-        .await
-        .unwrap();
+    let (tcp, status, _) = connect_tunnel(
+        h.addr(),
+        &format!("{HOST}:443"),
+        &[("Proxy-Authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
     let mut tls = tls_over(tcp, HOST, h.proxy_client_config(&["http/1.1"])).await;
     let req = format!("GET /fixed/5 HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
@@ -104,10 +143,8 @@ async fn a_token_expiring_mid_tunnel_gets_407_and_the_connection_closes() {
     let n = within(tls.read(&mut buf)).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // Reach the token's expiry (a known instant, not a wait for another party).
-    let wait = exp
-        .duration_since(SystemTime::now())
-        .unwrap_or_default()
-        + Duration::from_millis(1100);
+    let wait =
+        exp.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(1100);
     tokio::time::sleep(wait).await;
     let _ = UNIX_EPOCH;
     tls.write_all(req.as_bytes()).await.unwrap();
@@ -132,19 +169,41 @@ async fn a_listener_bound_to_one_agent_refuses_another_agents_token() {
         ..Setup::default()
     })
     .await;
-    let c = h.curl(&["-w", "%{http_connect}", &format!("https://{HOST}/echo")]).await;
+    let c = h
+        .curl(&["-w", "%{http_connect}", &format!("https://{HOST}/echo")])
+        .await;
     assert_eq!(c.text(), "403", "{}", c.stderr);
     let b = h.token_for("agent-b", &[ROLE], Duration::from_secs(600));
-    let c = h.curl_with_token(&b, &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")]).await;
+    let c = h
+        .curl_with_token(
+            &b,
+            &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
+        )
+        .await;
     assert!(c.text().ends_with("200"), "{}", c.text());
 }
 
 #[tokio::test]
 async fn plain_http_authenticates_every_request() {
     let h = Harness::start().await;
-    let c = h.curl_with_token("", &["-w", "\n%{http_code}", &format!("http://{}/echo", common::PLAIN)]).await;
+    let c = h
+        .curl_with_token(
+            "",
+            &[
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{}/echo", common::PLAIN),
+            ],
+        )
+        .await;
     assert!(c.text().ends_with("407"), "{}", c.text());
-    let c = h.curl(&["-w", "\n%{http_code}", &format!("http://{}/echo", common::PLAIN)]).await;
+    let c = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}/echo", common::PLAIN),
+        ])
+        .await;
     assert!(c.text().ends_with("200"), "{}", c.text());
     assert_eq!(h.plain.request_count(), 1);
 }
@@ -159,7 +218,12 @@ async fn provider_down_means_503_then_recovery_without_restart() {
         ..Setup::default()
     })
     .await;
-    let c = h.curl_with_token("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IngifQ.eyJzdWIiOiJ4In0.c2ln", &["-w", "%{http_connect}", &format!("https://{HOST}/echo")]).await;
+    let c = h
+        .curl_with_token(
+            "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IngifQ.eyJzdWIiOiJ4In0.c2ln",
+            &["-w", "%{http_connect}", &format!("https://{HOST}/echo")],
+        )
+        .await;
     assert_eq!(c.text(), "503", "{}", c.stderr);
     let provider = OidcProvider::start(OidcProviderOptions {
         clients: vec![TestClient::new("agent-a", &[ROLE])],
@@ -171,7 +235,12 @@ async fn provider_down_means_503_then_recovery_without_restart() {
     // The verifier retries discovery in the background; poll the real endpoint until ready.
     let mut last = String::new();
     for _ in 0..100 {
-        let c = h.curl_with_token(&token, &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")]).await;
+        let c = h
+            .curl_with_token(
+                &token,
+                &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
+            )
+            .await;
         last = c.text();
         if last.ends_with("200") {
             return;

@@ -35,7 +35,10 @@ async fn github_credential_only_for_get_on_repos_by_agent_a() {
     let policy_dir = tmp.path().join("policy");
     write_policy(
         &policy_dir,
-        &[("github.rego", include_str!("../../policy/examples/github-repos-get.rego"))],
+        &[(
+            "github.rego",
+            include_str!("../../policy/examples/github-repos-get.rego"),
+        )],
     );
     let pki = credproxy_testkit::TestPki::new();
     let github = Upstream::start(UpstreamOptions::tls(pki.issue(&[GITHUB], Validity::Valid))).await;
@@ -53,25 +56,86 @@ async fn github_credential_only_for_get_on_repos_by_agent_a() {
     .await;
     let auth = format!("Authorization: Bearer {PH_GH}");
     // Allowed: it reaches the upstream (which has no such repository: 404 is its answer).
-    let ok = h.curl(&["-w", "\n%{http_code}", "-H", &auth, &format!("https://{GITHUB}/repos/o/r")]).await;
+    let ok = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &auth,
+            &format!("https://{GITHUB}/repos/o/r"),
+        ])
+        .await;
     assert!(ok.text().ends_with("404"), "{}", ok.text());
-    assert_eq!(github.received()[0].header("authorization").as_deref(), Some(&*format!("Bearer {GH_SECRET}")));
+    assert_eq!(
+        github.received()[0].header("authorization").as_deref(),
+        Some(&*format!("Bearer {GH_SECRET}"))
+    );
 
-    let post = h.curl(&["-w", "\n%{http_code}", "-X", "POST", "-H", &auth, &format!("https://{GITHUB}/repos/o/r")]).await;
+    let post = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            &format!("https://{GITHUB}/repos/o/r"),
+        ])
+        .await;
     assert!(post.text().ends_with("403"), "{}", post.text());
-    assert!(post.text().contains("may only be used for GET, not POST"), "{}", post.text());
+    assert!(
+        post.text().contains("may only be used for GET, not POST"),
+        "{}",
+        post.text()
+    );
 
-    let user = h.curl(&["-w", "\n%{http_code}", "-H", &auth, &format!("https://{GITHUB}/user")]).await;
+    let user = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &auth,
+            &format!("https://{GITHUB}/user"),
+        ])
+        .await;
     assert!(user.text().ends_with("403"), "{}", user.text());
-    let escape = h.curl(&["-w", "\n%{http_code}", "--path-as-is", "-H", &auth, &format!("https://{GITHUB}/repos/../user")]).await;
+    let escape = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "--path-as-is",
+            "-H",
+            &auth,
+            &format!("https://{GITHUB}/repos/../user"),
+        ])
+        .await;
     assert!(escape.text().ends_with("403"), "{}", escape.text());
 
     let b = h.token_for("agent-b", &[ROLE], Duration::from_secs(600));
-    let other = h.curl_with_token(&b, &["-w", "\n%{http_code}", "-H", &auth, &format!("https://{GITHUB}/repos/o/r")]).await;
+    let other = h
+        .curl_with_token(
+            &b,
+            &[
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                &auth,
+                &format!("https://{GITHUB}/repos/o/r"),
+            ],
+        )
+        .await;
     assert!(other.text().ends_with("403"), "{}", other.text());
-    assert!(other.text().contains("agent agent-b may not use credential github"), "{}", other.text());
+    assert!(
+        other
+            .text()
+            .contains("agent agent-b may not use credential github"),
+        "{}",
+        other.text()
+    );
     // Requests without the credential follow the default rules.
-    let plain = h.curl(&["-w", "\n%{http_code}", &format!("https://{GITHUB}/user")]).await;
+    let plain = h
+        .curl(&["-w", "\n%{http_code}", &format!("https://{GITHUB}/user")])
+        .await;
     assert!(plain.text().ends_with("404"), "{}", plain.text());
     assert_eq!(github.request_count(), 2);
     let _ = AGENT;
@@ -84,7 +148,10 @@ async fn a_runaway_policy_fails_closed_while_other_requests_are_served() {
     let runaway = "package credproxy.authz\n\ndefault allow := false\n\nallow if {\n\tinput.identity\n\tcount(deny_reasons) == 0\n}\n\ndeny_reasons contains \"too big\" if {\n\tinput.request.path == \"/runaway\"\n\tcount([x | some x in numbers.range(1, 100000000)]) > 0\n}\n";
     write_policy(&policy_dir, &[("authz.rego", runaway)]);
     let h = Harness::with(Setup {
-        extra_yaml: format!("policy:\n  dir: {}\n  eval_limit: 100ms\n", policy_dir.display()),
+        extra_yaml: format!(
+            "policy:\n  dir: {}\n  eval_limit: 100ms\n",
+            policy_dir.display()
+        ),
         ..Setup::default()
     })
     .await;
@@ -94,7 +161,15 @@ async fn a_runaway_policy_fails_closed_while_other_requests_are_served() {
     let fast = async {
         let mut codes = Vec::new();
         for _ in 0..5 {
-            let c = h.curl(&["-w", "%{http_code}", "-o", "/dev/null", &format!("https://{HOST}/fixed/10")]).await;
+            let c = h
+                .curl(&[
+                    "-w",
+                    "%{http_code}",
+                    "-o",
+                    "/dev/null",
+                    &format!("https://{HOST}/fixed/10"),
+                ])
+                .await;
             codes.push(c.text());
         }
         codes
@@ -102,17 +177,34 @@ async fn a_runaway_policy_fails_closed_while_other_requests_are_served() {
     let (slow, codes) = tokio::join!(slow, fast);
     assert!(slow.text().ends_with("503"), "{}", slow.text());
     // The limit surfaces as policy_timeout (time) or policy_error (regorus' own limits).
-    assert!(slow.text().contains("x-credproxy-reason: policy_"), "{}", slow.text());
+    assert!(
+        slow.text().contains("x-credproxy-reason: policy_"),
+        "{}",
+        slow.text()
+    );
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
-    assert_eq!(h.upstream.received().iter().filter(|r| r.path() == "/runaway").count(), 0);
+    assert_eq!(
+        h.upstream
+            .received()
+            .iter()
+            .filter(|r| r.path() == "/runaway")
+            .count(),
+        0
+    );
 }
 
 /// Send one request on an open HTTP/2 tunnel; return the status.
-async fn get(send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>, path: &str) -> u16 {
+async fn get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    path: &str,
+) -> u16 {
     let req = http::Request::get(format!("https://{HOST}{path}"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req)).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await;
     status
@@ -126,16 +218,23 @@ async fn policy_reloads_apply_inside_open_tunnels_and_broken_policies_are_refuse
     let broken_dir = tmp.path().join("broken");
     write_policy(&allow_dir, &[("authz.rego", ALLOW_ALL)]);
     write_policy(&deny_dir, &[("authz.rego", DENY_ALL)]);
-    write_policy(&broken_dir, &[("authz.rego", "package credproxy.authz\nallow if {{{ nope\n")]);
+    write_policy(
+        &broken_dir,
+        &[("authz.rego", "package credproxy.authz\nallow if {{{ nope\n")],
+    );
     let h = Harness::with(Setup {
         extra_yaml: format!("policy:\n  dir: {}\n", allow_dir.display()),
         ..Setup::default()
     })
     .await;
-    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs()).await.unwrap();
+    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let tls = tls_over(tcp, HOST, h.proxy_client_config(&["h2"])).await;
-    let mut send = credproxy_testkit::http2_handshake::<_, http_body_util::Full<bytes::Bytes>>(tls).await.unwrap();
+    let mut send = credproxy_testkit::http2_handshake::<_, http_body_util::Full<bytes::Bytes>>(tls)
+        .await
+        .unwrap();
     assert_eq!(get(&mut send, "/fixed/1").await, 200);
 
     let to = |dir: &Path| {
@@ -153,7 +252,15 @@ async fn policy_reloads_apply_inside_open_tunnels_and_broken_policies_are_refuse
         async move {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let c = h.curl(&["-w", "%{http_code}", "-o", "/dev/null", &format!("https://{HOST}/fixed/3")]).await;
+                let c = h
+                    .curl(&[
+                        "-w",
+                        "%{http_code}",
+                        "-o",
+                        "/dev/null",
+                        &format!("https://{HOST}/fixed/3"),
+                    ])
+                    .await;
                 seen.push(c.text());
             }
             seen

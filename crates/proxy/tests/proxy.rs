@@ -73,7 +73,9 @@ async fn unlisted_names_and_ip_literals_get_403_with_a_reason() {
         "[::ffff:127.0.0.1]:443",
         "169.254.169.254:80",
     ] {
-        let (_, status, body) = connect_tunnel(h.addr(), target, &h.auth_pairs()).await.unwrap();
+        let (_, status, body) = connect_tunnel(h.addr(), target, &h.auth_pairs())
+            .await
+            .unwrap();
         let body = String::from_utf8_lossy(&body);
         assert_eq!(status, 403, "{target}: {body}");
         assert!(body.contains("ip_literal"), "{target}: {body}");
@@ -226,8 +228,15 @@ async fn hop_by_hop_and_proxy_authorization_never_reach_the_upstream() {
     all.extend(h.plain.received());
     assert_eq!(all.len(), 2);
     for r in &all {
-        for v in r.headers.iter().map(|(_, v)| String::from_utf8_lossy(v).into_owned()) {
-            assert!(!v.contains(&h.token), "the agent's token reached the upstream");
+        for v in r
+            .headers
+            .iter()
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        {
+            assert!(
+                !v.contains(&h.token),
+                "the agent's token reached the upstream"
+            );
         }
     }
     for r in all {

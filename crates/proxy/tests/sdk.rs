@@ -38,24 +38,43 @@ struct Sdks {
 
 async fn start() -> Sdks {
     let pki = TestPki::new();
-    let anthropic = Upstream::start(UpstreamOptions::tls(pki.issue(&[ANTHROPIC], Validity::Valid))).await;
+    let anthropic = Upstream::start(UpstreamOptions::tls(
+        pki.issue(&[ANTHROPIC], Validity::Valid),
+    ))
+    .await;
     let openai = Upstream::start(UpstreamOptions::tls(pki.issue(&[OPENAI], Validity::Valid))).await;
     let cred = |id: &str, ph: &str, host: &str, env: &str| {
         format!("  - id: {id}\n    placeholder: {ph}\n    type: bearer\n    bound_domains: [{host}]\n    allowed_roles: [{ROLE}]\n    source: {{env: {env}}}\n")
     };
     let h = Harness::with(Setup {
         allow: vec![ANTHROPIC.into(), OPENAI.into()],
-        resolve: vec![(ANTHROPIC.into(), anthropic.addr()), (OPENAI.into(), openai.addr())],
+        resolve: vec![
+            (ANTHROPIC.into(), anthropic.addr()),
+            (OPENAI.into(), openai.addr()),
+        ],
         extra_ca: vec![pki.ca_cert_path().to_path_buf()],
-        credentials: [cred("anthropic", PH_ANT, ANTHROPIC, "ANT"), cred("openai", PH_OAI, OPENAI, "OAI")].concat(),
-        env: vec![("ANT".into(), ANT_SECRET.into()), ("OAI".into(), OAI_SECRET.into())],
+        credentials: [
+            cred("anthropic", PH_ANT, ANTHROPIC, "ANT"),
+            cred("openai", PH_OAI, OPENAI, "OAI"),
+        ]
+        .concat(),
+        env: vec![
+            ("ANT".into(), ANT_SECRET.into()),
+            ("OAI".into(), OAI_SECRET.into()),
+        ],
         ..Setup::default()
     })
     .await;
     // SSL_CERT_FILE replaces the system store in these clients: give them the proxy CA only.
     let bundle = h.dir.path().join("bundle.pem");
     std::fs::copy(&h.proxy_ca, &bundle).unwrap();
-    Sdks { h, anthropic, openai, bundle, _pki: pki }
+    Sdks {
+        h,
+        anthropic,
+        openai,
+        bundle,
+        _pki: pki,
+    }
 }
 
 async fn run_python(s: &Sdks, script: &str, key: &str) -> (bool, String, String) {
@@ -101,12 +120,23 @@ print("CREATE:" + m.content[0].text)
     let recv = s.anthropic.received();
     assert_eq!(recv.len(), 2, "{recv:?}");
     for r in &recv {
-        let auth = r.header("authorization").or_else(|| r.header("x-api-key")).unwrap();
+        let auth = r
+            .header("authorization")
+            .or_else(|| r.header("x-api-key"))
+            .unwrap();
         assert!(auth.ends_with(ANT_SECRET), "{auth}");
     }
     // The SDK saw the echo of its key only as the placeholder, in both modes.
-    assert!(out.contains(&format!("STREAM:key seen: Bearer {PH_ANT}")) || out.contains(&format!("STREAM:key seen: {PH_ANT}")), "{out}");
-    assert!(out.contains(&format!("CREATE:key seen: Bearer {PH_ANT}")) || out.contains(&format!("CREATE:key seen: {PH_ANT}")), "{out}");
+    assert!(
+        out.contains(&format!("STREAM:key seen: Bearer {PH_ANT}"))
+            || out.contains(&format!("STREAM:key seen: {PH_ANT}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("CREATE:key seen: Bearer {PH_ANT}"))
+            || out.contains(&format!("CREATE:key seen: {PH_ANT}")),
+        "{out}"
+    );
     assert!(!out.contains(ANT_SECRET) && !err.contains(ANT_SECRET));
 }
 
@@ -126,9 +156,18 @@ print("STREAM:" + "".join((ch.choices[0].delta.content or "") for ch in chunks i
     let recv = s.openai.received();
     assert_eq!(recv.len(), 2);
     for r in &recv {
-        assert_eq!(r.header("authorization").as_deref(), Some(&*format!("Bearer {OAI_SECRET}")));
+        assert_eq!(
+            r.header("authorization").as_deref(),
+            Some(&*format!("Bearer {OAI_SECRET}"))
+        );
     }
-    assert!(out.contains(&format!("CREATE:key seen: Bearer {PH_OAI}")), "{out}");
-    assert!(out.contains(&format!("STREAM:key seen: Bearer {PH_OAI}")), "{out}");
+    assert!(
+        out.contains(&format!("CREATE:key seen: Bearer {PH_OAI}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("STREAM:key seen: Bearer {PH_OAI}")),
+        "{out}"
+    );
     assert!(!out.contains(OAI_SECRET) && !err.contains(OAI_SECRET));
 }

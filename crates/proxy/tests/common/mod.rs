@@ -100,7 +100,8 @@ impl Harness {
         let token = if setup.anonymous {
             String::new()
         } else {
-            dev.issue(AGENT, &[ROLE.to_string()], Duration::from_secs(3600)).unwrap()
+            dev.issue(AGENT, &[ROLE.to_string()], Duration::from_secs(3600))
+                .unwrap()
         };
         let mut y = String::new();
         y.push_str("listeners:\n  - name: agents\n    tcp: 127.0.0.1:0\n");
@@ -157,7 +158,10 @@ impl Harness {
         }
         match &setup.audit {
             Some(a) => y.push_str(a),
-            None => y.push_str(&format!("audit:\n  path: {}\n", dir.path().join("audit.db").display())),
+            None => y.push_str(&format!(
+                "audit:\n  path: {}\n",
+                dir.path().join("audit.db").display()
+            )),
         }
         y.push_str(&setup.extra_yaml);
         if !setup.extra_yaml.is_empty() && !setup.extra_yaml.ends_with('\n') {
@@ -198,7 +202,10 @@ impl Harness {
     pub fn reload(&self, edit: impl FnOnce(&str) -> String) -> Result<u64, String> {
         let text = edit(&self.yaml);
         let config = Config::parse(&text, self.dir.path()).map_err(|e| e.to_string())?;
-        self.proxy.reload_handle().reload(config).map_err(|e| format!("{e:#}"))
+        self.proxy
+            .reload_handle()
+            .reload(config)
+            .map_err(|e| format!("{e:#}"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -242,7 +249,8 @@ impl Harness {
     /// Run curl through the proxy with `token` as the proxy password (empty: no credentials).
     pub async fn curl_with_token(&self, token: &str, args: &[&str]) -> Curl {
         let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-sS", "--max-time", "60", "--proxy"]).arg(self.proxy_url());
+        cmd.args(["-sS", "--max-time", "60", "--proxy"])
+            .arg(self.proxy_url());
         if !token.is_empty() {
             cmd.arg("--proxy-user").arg(format!("agent:{token}"));
         }
