@@ -81,7 +81,10 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     // listeners
     let mut listeners = Vec::new();
     match raw.listeners {
-        None => cx.err("listeners", "required: at least one listener (tcp or unix)"),
+        None => cx.err(
+            "listeners",
+            "required: at least one listener (tcp, unix, vsock or vsock_uds)",
+        ),
         Some(list) if list.is_empty() => cx.err("listeners", "at least one listener is required"),
         Some(list) => {
             let mut names = HashSet::new();

@@ -1,0 +1,228 @@
+//! The proxy's hybrid-vsock listener (`vsock_uds`), as the host sees a guest: a Unix
+//! connection on `<path>_<port>`. It is proxied like any other listener, its bound agent is
+//! enforced, and the guest-side bridge path (token added by the bridge) works against it.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use credproxy_bridge::{Bridge, BridgeArgs, BridgeConfig};
+use credproxy_config::Config;
+use credproxy_core::ListenAddr;
+use credproxy_identity::DevIssuer;
+use credproxy_proxy::{Proxy, ProxyOptions, RunningProxy};
+use credproxy_testkit::{tls_over, TestPki, Upstream, UpstreamOptions, Validity};
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+const HOST: &str = "api.anthropic.com";
+const PH: &str = "agent-vault-00000000-0000-0000-0000-0000000000b2";
+const SECRET: &str = "sk-ant-CANARY-uds-1f2e3d4c5b6a";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    dev: DevIssuer,
+    upstream: Upstream,
+    _proxy: RunningProxy,
+    proxy_ca: PathBuf,
+    socket: PathBuf,
+}
+
+#[derive(Debug)]
+struct Env;
+impl credproxy_secrets::EnvSource for Env {
+    fn var(&self, name: &str) -> Option<String> {
+        (name == "KEY").then(|| SECRET.to_string())
+    }
+}
+
+async fn setup() -> Setup {
+    let pki = TestPki::new();
+    let upstream = Upstream::start(UpstreamOptions::tls(pki.issue(&[HOST], Validity::Valid))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = credproxy_tls::init_ca(&d.join("ca"), false).unwrap();
+    let dev = DevIssuer::load_or_create(&d.join("dev")).unwrap();
+    std::fs::write(d.join("jwks.json"), dev.jwks_json()).unwrap();
+    let yaml = format!(
+        "listeners:\n  - name: vm-a\n    vsock_uds: {{path: {uds}, port: 18790}}\n    unix_mode: \"0600\"\n    agent: vm-a\n\
+         ca: {{cert_file: {cert}, key_file: {key}}}\nallowed_domains: [{HOST}]\n\
+         upstream:\n  extra_ca_files: [{pki_ca}]\n  resolve: {{{HOST}: \"{up}\"}}\n\
+         identity:\n  oidc: {{issuer: \"{iss}\", audiences: [{aud}], jwks_file: {jwks}}}\n\
+         credentials:\n  - id: anthropic\n    placeholder: {PH}\n    type: api_key\n    bound_domains: [{HOST}]\n    allowed_roles: [proxy-user]\n    source: {{env: KEY}}\n\
+         audit: {{path: {audit}}}\nlimits:\n  shutdown_grace: 1s\n",
+        uds = d.join("vm-a.vsock").display(),
+        cert = ca.cert_file.display(),
+        key = ca.key_file.display(),
+        pki_ca = pki.ca_cert_path().display(),
+        up = upstream.addr(),
+        iss = credproxy_identity::DEV_ISSUER,
+        aud = credproxy_identity::DEV_AUDIENCE,
+        jwks = d.join("jwks.json").display(),
+        audit = d.join("audit.db").display(),
+    );
+    let config = Config::parse(&yaml, d).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let proxy = Proxy::bind(
+        config,
+        ProxyOptions {
+            resolver: None,
+            env: Some(Arc::new(Env)),
+        },
+    )
+    .await
+    .unwrap()
+    .spawn();
+    Setup {
+        socket: d.join("vm-a.vsock_18790"),
+        dev,
+        upstream,
+        _proxy: proxy,
+        proxy_ca: ca.cert_file,
+        dir,
+    }
+}
+
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let pem = std::fs::read(ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(credproxy_testkit::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// CONNECT (with `auth`, if any) over `s`; on 200, GET /echo with the placeholder over TLS.
+/// Returns the CONNECT status line and, on 200, the echo response.
+async fn agent_request<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    auth: Option<&str>,
+    ca: &Path,
+) -> (String, String) {
+    let mut req = format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n");
+    if let Some(a) = auth {
+        req.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.lines().next().unwrap().to_string();
+    if !status.starts_with("HTTP/1.1 200") {
+        // The refusal keeps the connection open (keep-alive): return the head only.
+        return (status, head);
+    }
+    let mut tls = tls_over(s, HOST, client_config(ca)).await;
+    tls.write_all(
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: {HOST}\r\nx-api-key: {PH}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp).await;
+    (status, String::from_utf8_lossy(&resp).into_owned())
+}
+
+#[tokio::test]
+async fn a_guest_on_path_underscore_port_is_proxied_as_its_bound_agent() {
+    let s = setup().await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&s.socket).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let token = s
+        .dev
+        .issue("vm-a", &["proxy-user".into()], Duration::from_secs(600))
+        .unwrap();
+    let conn = UnixStream::connect(&s.socket).await.unwrap();
+    let (status, resp) = agent_request(conn, Some(&format!("Bearer {token}")), &s.proxy_ca).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {resp}");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(&format!("x-api-key: {PH}")), "{resp}");
+    assert!(!resp.contains(SECRET));
+    assert_eq!(
+        s.upstream.received()[0].header_all("x-api-key"),
+        vec![SECRET.to_string()]
+    );
+}
+
+#[tokio::test]
+async fn another_agents_token_is_refused_on_the_bound_listener() {
+    let s = setup().await;
+    let other = s
+        .dev
+        .issue("vm-b", &["proxy-user".into()], Duration::from_secs(600))
+        .unwrap();
+    let conn = UnixStream::connect(&s.socket).await.unwrap();
+    let (status, body) = agent_request(conn, Some(&format!("Bearer {other}")), &s.proxy_ca).await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status} {body}");
+    let conn = UnixStream::connect(&s.socket).await.unwrap();
+    let (status, _) = agent_request(conn, None, &s.proxy_ca).await;
+    assert!(status.starts_with("HTTP/1.1 407"), "{status}");
+    assert_eq!(s.upstream.request_count(), 0);
+}
+
+/// The guest's half without a VM: an agent with no token talks to the bridge, which adds
+/// the token and forwards to the hybrid-vsock socket as the hypervisor would.
+#[tokio::test]
+async fn the_bridge_adds_the_token_for_an_agent_that_has_none() {
+    let s = setup().await;
+    let token = s
+        .dev
+        .issue("vm-a", &["proxy-user".into()], Duration::from_secs(600))
+        .unwrap();
+    let token_file = s.dir.path().join("agent-token");
+    std::fs::write(&token_file, token).unwrap();
+    let args = BridgeArgs {
+        from: "tcp:127.0.0.1:0".into(),
+        to: format!("unix:{}", s.socket.display()),
+        max_connections: 16,
+        buffer_size: 64 * 1024,
+        shutdown_grace: Duration::from_secs(1),
+        token_file: Some(token_file),
+        oidc_token_url: None,
+        oidc_issuer: None,
+        client_id: None,
+        client_secret_file: None,
+        audience: None,
+        scope: None,
+        oidc_ca_files: vec![],
+        log: "info".into(),
+    };
+    let bridge = Bridge::bind(BridgeConfig::from_args(&args).unwrap())
+        .await
+        .unwrap();
+    let ListenAddr::Tcp(addr) = bridge.local_addr().clone() else {
+        panic!()
+    };
+    let task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (status, resp) = agent_request(conn, None, &s.proxy_ca).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {resp}");
+    assert!(resp.contains(&format!("x-api-key: {PH}")), "{resp}");
+    assert_eq!(
+        s.upstream.received()[0].header_all("x-api-key"),
+        vec![SECRET.to_string()]
+    );
+    task.abort();
+}
