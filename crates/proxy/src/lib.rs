@@ -523,6 +523,17 @@ impl RunningProxy {
         &self.reload
     }
 
+    /// Wait (at most `timeout`) until the identity provider's keys are loaded and OpenBao, when
+    /// configured, is authenticated; true when both are.
+    pub async fn wait_ready(&self, timeout: std::time::Duration) -> bool {
+        let shared = &self.reload.shared;
+        let identity = match &shared.verifier {
+            Some(v) => v.wait_ready(timeout).await,
+            None => true,
+        };
+        identity && shared.secrets.wait_openbao_ready(timeout).await
+    }
+
     /// Wait until every audit record queued so far is written (tests, shutdown).
     pub async fn flush_audit(&self) {
         if let Some(spool) = &self.reload.shared.audit {

@@ -38,6 +38,11 @@ async fn real_provider_tokens_work_as_bearer_and_as_proxy_url_password() {
     })
     .await;
     let token = provider.token("agent-a").await;
+    // The proxy loads the provider's keys in the background; wait for that, not a fixed time.
+    assert!(
+        h.proxy.wait_ready(Duration::from_secs(30)).await,
+        "JWKS never loaded"
+    );
     // Basic, with the token as password: what HTTPS_PROXY=http://agent:<jwt>@host:port sends.
     let c = h
         .curl_with_token(
