@@ -586,6 +586,9 @@ async fn keep_alive_tunnel_carries_many_requests_and_metrics_count_them() {
     let c = h.curl(&args).await;
     assert_eq!(c.code, 0, "{}", c.stderr);
     assert_eq!(h.upstream.request_count(), 10);
+    // The upstream leg is pooled: ten requests, one upstream connection and handshake.
+    assert_eq!(h.upstream.connections(), 1);
+    assert_eq!(h.upstream.tls_handshakes(), 1);
     let _ = h.curl(&["https://unlisted.example.test/"]).await;
 
     let admin = h.proxy.admin_addr().unwrap();
