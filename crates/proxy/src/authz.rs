@@ -30,6 +30,9 @@ pub(crate) struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     pub listener: &'a str,
     pub peer: &'a PeerAddr,
+    /// The destination is in the allowlist of the request's generation (re-checked per
+    /// request, so a reload that removes a name applies inside open tunnels too).
+    pub allowlisted: bool,
 }
 
 pub(crate) fn input(facts: &RequestFacts<'_>, creds: &Credentials, scan: &Scan) -> PolicyInput {
@@ -83,7 +86,7 @@ pub(crate) fn input(facts: &RequestFacts<'_>, creds: &Credentials, scan: &Scan) 
             scheme: facts.scheme.as_str().to_string(),
             path: facts.path.to_string(),
             query_keys,
-            allowlisted: true,
+            allowlisted: facts.allowlisted,
         },
         credentials,
         listener: ListenerInput {

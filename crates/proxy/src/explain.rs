@@ -58,8 +58,7 @@ pub fn policy_input(
         query: parts.uri.query(),
         listener,
         peer: &peer,
+        allowlisted: config.allowed_domains.allows(&authority),
     };
-    let mut doc = input(&facts, &creds, &scan);
-    doc.request.allowlisted = config.allowed_domains.allows(&authority);
-    Ok(doc)
+    Ok(input(&facts, &creds, &scan))
 }

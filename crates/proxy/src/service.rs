@@ -591,6 +591,7 @@ async fn forward(
         query: parts.uri.query(),
         listener: &ctx.listener.name,
         peer: &ctx.peer,
+        allowlisted: gen.allowlist.allows(authority),
     };
     let input = crate::authz::input(&facts, &gen.creds, &scan);
     if let Err(reject) = crate::authz::decide(&gen.policy, &input) {

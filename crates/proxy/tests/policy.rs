@@ -285,3 +285,22 @@ async fn policy_reloads_apply_inside_open_tunnels_and_broken_policies_are_refuse
     assert!(seen.iter().all(|c| c == "200" || c == "403"), "{seen:?}");
     assert_eq!(h.proxy.reload_handle().active().0, 7);
 }
+
+#[tokio::test]
+async fn removing_a_name_from_the_allowlist_applies_inside_an_open_tunnel() {
+    let h = Harness::start().await;
+    let (tcp, status, _) = connect_tunnel(h.addr(), &format!("{HOST}:443"), &h.auth_pairs())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let tls = tls_over(tcp, HOST, h.proxy_client_config(&["h2"])).await;
+    let mut send = credproxy_testkit::http2_handshake::<_, http_body_util::Full<bytes::Bytes>>(tls)
+        .await
+        .unwrap();
+    assert_eq!(get(&mut send, "/fixed/1").await, 200);
+    h.reload(|y| y.replace(&format!("  - {HOST}\n"), ""))
+        .unwrap();
+    // The tunnel was opened under the old allowlist; its next request is refused.
+    assert_eq!(get(&mut send, "/fixed/1").await, 403);
+    assert_eq!(h.upstream.request_count(), 1);
+}
