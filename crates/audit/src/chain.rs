@@ -7,7 +7,7 @@
 //! retention anchor live in separate tables because they change after the fact; chaining them
 //! would make every export acknowledgement look like tampering.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -80,13 +80,12 @@ pub(crate) fn event_hash(
 
 /// The last event's `(seq, hash)`, or the retention anchor, or the genesis.
 pub(crate) fn head(conn: &Connection) -> rusqlite::Result<(i64, String)> {
+    // Cached: the writer reads the head once per batch. A real error propagates (only "no
+    // rows" falls through to the anchor), so a failing read can never restart the chain.
     let last = conn
-        .query_row(
-            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-        )
-        .ok();
+        .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .optional()?;
     if let Some(h) = last {
         return Ok(h);
     }

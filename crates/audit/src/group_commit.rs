@@ -7,10 +7,13 @@
 //!
 //! Written against `crate::sync` (std in the library, loom in the model-checking test), so it
 //! must use only the API the two have in common: `Mutex::lock`, `Condvar::wait`,
-//! `Condvar::notify_one`/`notify_all`.
+//! `Condvar::wait_timeout`, `Condvar::notify_one`/`notify_all`. (loom's `wait_timeout` never
+//! times out, so the model covers [`GroupCommitQueue::take_batch`]; the linger of
+//! [`GroupCommitQueue::take_batch_lingering`] is covered by `group_commit_tests.rs`.)
 
 use std::collections::VecDeque;
 use std::sync::PoisonError;
+use std::time::{Duration, Instant};
 
 use crate::sync::{Condvar, Mutex};
 
@@ -67,19 +70,49 @@ impl<T> GroupCommitQueue<T> {
     /// Blocks until at least one item is queued, then takes up to `max` items in FIFO order.
     ///
     /// Returns `None` once the queue is closed *and* drained: items pushed before `close` are
-    /// always handed out.
+    /// always handed out. The spool's writer uses the lingering form; this one (no linger) is
+    /// what the loom model drives, through the same code.
+    #[allow(dead_code)]
     pub(crate) fn take_batch(&self, max: usize) -> Option<Vec<T>> {
+        self.take_batch_lingering(max, Duration::ZERO, |_| false)
+    }
+
+    /// Like [`GroupCommitQueue::take_batch`], but a batch made only of items nobody waits for
+    /// (`urgent` false for all of them) lingers up to `linger` from the moment the writer
+    /// sees it, so that a trickle of asynchronous items shares one commit instead of paying
+    /// one each. The wait ends early as soon as an urgent item arrives, `max` items are queued
+    /// or the queue is closed; a zero `linger` is exactly `take_batch`.
+    pub(crate) fn take_batch_lingering(
+        &self,
+        max: usize,
+        linger: Duration,
+        urgent: impl Fn(&T) -> bool,
+    ) -> Option<Vec<T>> {
+        let max = max.max(1);
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if !st.items.is_empty() {
-                let n = st.items.len().min(max.max(1));
-                return Some(st.items.drain(..n).collect());
-            }
+        while st.items.is_empty() {
             if st.closed {
                 return None;
             }
             st = self.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
+        let deadline = Instant::now() + linger;
+        loop {
+            if st.closed || st.items.len() >= max || st.items.iter().take(max).any(&urgent) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self
+                .ready
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let n = st.items.len().min(max);
+        Some(st.items.drain(..n).collect())
     }
 
     /// Takes up to `max` queued items without blocking.

@@ -16,6 +16,8 @@
 mod chain;
 mod error;
 mod group_commit;
+#[cfg(test)]
+mod group_commit_tests;
 pub mod query;
 pub mod record;
 pub mod spool;

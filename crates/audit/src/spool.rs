@@ -31,6 +31,11 @@ pub struct AuditConfig {
     pub group_commit_max_delay: Duration,
     /// Maximum items per transaction.
     pub batch_max: usize,
+    /// How long a batch of asynchronous items only (records without credentials,
+    /// completions, export acknowledgements) may wait for more before it is committed. Nobody
+    /// waits on these items, and without it a steady trickle pays one commit (several WAL
+    /// pages) each; a credentialed begin, a flush or `batch_max` items end the wait at once.
+    pub async_linger: Duration,
     /// Maximum queued asynchronous items (records without credentials, completions, export
     /// acknowledgements). Beyond it they are refused, counted (`rejected_records`) and logged.
     /// Credentialed begins are never refused for this reason: their callers wait anyway.
@@ -48,6 +53,7 @@ impl AuditConfig {
             retention: None,
             group_commit_max_delay: Duration::ZERO,
             batch_max: 1024,
+            async_linger: Duration::from_millis(2),
             queue_max: 65_536,
             max_size_bytes: None,
         }
@@ -189,6 +195,20 @@ enum Item {
     Prune(Option<Reply<u64>>),
 }
 
+impl Item {
+    /// Whether someone waits on this item, so its batch must not linger.
+    fn is_urgent(&self) -> bool {
+        matches!(
+            self,
+            Item::Begin {
+                durable: Some(_),
+                ..
+            } | Item::Flush(_)
+                | Item::Prune(_)
+        )
+    }
+}
+
 impl AuditSpool {
     /// Opens (creating if needed) the spool and starts its writer thread.
     ///
@@ -213,6 +233,7 @@ impl AuditSpool {
             .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
         let mut writer = Writer {
             conn,
+            synchronous_full: None,
             counters: counters.clone(),
             retention: cfg.retention,
             last_prune: Instant::now(),
@@ -224,10 +245,11 @@ impl AuditSpool {
         let queue = Arc::new(GroupCommitQueue::new());
         let wq = queue.clone();
         let delay = cfg.group_commit_max_delay;
+        let linger = cfg.async_linger;
         let batch_max = cfg.batch_max.max(1);
         let handle = std::thread::Builder::new()
             .name("audit-spool-writer".into())
-            .spawn(move || writer.run(&wq, batch_max, delay))
+            .spawn(move || writer.run(&wq, batch_max, delay, linger))
             .map_err(|source| AuditError::Open {
                 path: cfg.path.clone(),
                 source,
@@ -493,6 +515,9 @@ fn open_writer_connection(cfg: &AuditConfig) -> Result<Connection, AuditError> {
 
 struct Writer {
     conn: Connection,
+    /// The `synchronous` setting in force on `conn` (`None` until first set by a batch), so a
+    /// batch re-issues the pragma only when durability changes.
+    synchronous_full: Option<bool>,
     counters: Arc<Counters>,
     retention: Option<Duration>,
     last_prune: Instant,
@@ -513,8 +538,14 @@ struct BatchEffects {
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Writer {
-    fn run(mut self, queue: &GroupCommitQueue<Item>, batch_max: usize, delay: Duration) {
-        while let Some(mut batch) = queue.take_batch(batch_max) {
+    fn run(
+        mut self,
+        queue: &GroupCommitQueue<Item>,
+        batch_max: usize,
+        delay: Duration,
+        linger: Duration,
+    ) {
+        while let Some(mut batch) = queue.take_batch_lingering(batch_max, linger, Item::is_urgent) {
             let wants_durable = batch.iter().any(|i| {
                 matches!(
                     i,
@@ -616,8 +647,14 @@ impl Writer {
         let mut fx = BatchEffects::default();
         // WAL + NORMAL skips the fsync at commit; frames become durable with the next FULL
         // commit (the WAL is sequential) or checkpoint. Only credentialed work pays an fsync.
-        self.conn
-            .pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        if self.synchronous_full != Some(durable) {
+            self.conn.pragma_update(
+                None,
+                "synchronous",
+                if durable { "FULL" } else { "NORMAL" },
+            )?;
+            self.synchronous_full = Some(durable);
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -665,10 +702,10 @@ impl Writer {
                     }
                     fx.records += 1;
                     if credentialed {
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR IGNORE INTO export_state(record_id, seq) VALUES (?1, ?2)",
-                            params![id, seq],
-                        )?;
+                        )?
+                        .execute(params![id, seq])?;
                         fx.new_pending += 1;
                     }
                     if let Some(o) = outcome {
@@ -713,17 +750,17 @@ impl Writer {
                              WHERE record_id = ?1 AND signaled = 0"
                         }
                     };
-                    let n = tx.execute(sql, [&id])?;
+                    let n = tx.prepare_cached(sql)?.execute([&id])?;
                     if stage == ExportStage::Signaled && n > 0 {
                         fx.exported += 1;
                     }
                 }
                 Item::ExportFailed { id, error } => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE export_state SET attempts = attempts + 1, last_error = ?2 \
                          WHERE record_id = ?1",
-                        params![id, error],
-                    )?;
+                    )?
+                    .execute(params![id, error])?;
                 }
                 Item::Flush(_) | Item::Prune(_) => {}
             }

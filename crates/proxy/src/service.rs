@@ -69,8 +69,12 @@ struct TunnelCtx {
     sni: Option<String>,
 }
 
+/// A request id, also the audit record id and the Temporal workflow id. UUIDv7: time-ordered,
+/// so the audit spool's indexes on it append at their right edge instead of dirtying a random
+/// B-tree page per record (measured: this was most of the spool's per-commit write volume),
+/// and still 74 random bits per millisecond, so ids stay unguessable and unique.
 fn request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// Serve one accepted agent connection until it closes.
