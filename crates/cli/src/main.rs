@@ -14,6 +14,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: the request path allocates many small, short-lived
+/// buffers across worker threads, where glibc's arenas showed up as ~14% of the proxy's CPU
+/// in `perf` (BENCHMARKS.md, S1).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for bad usage or configuration (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
