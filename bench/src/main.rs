@@ -529,7 +529,10 @@ async fn inproc_loop(a: &Args) {
     let up = Upstream::start(UpstreamOptions::tls(pki.issue(&[HOST], Validity::Valid))).await;
     let dir = tempfile::tempdir().unwrap();
     let files = cp_config(dir.path(), up.addr(), up.addr().port(), pki.ca_cert_path(), 4096);
-    let yaml = files.yaml.split("log:\n").next().unwrap().to_string();
+    let mut yaml = files.yaml.split("log:\n").next().unwrap().to_string();
+    // Under valgrind everything runs ~50x slower: give the policy evaluation limit room, so
+    // the loop measures instructions rather than tripping 503 policy_timeout.
+    yaml.push_str("policy:\n  eval_limit: 10s\n");
     let config = credproxy_config::Config::parse(&yaml, dir.path()).unwrap();
     let env: HashMap<String, String> = [("BENCH_SECRET".to_string(), SECRET.to_string())].into();
     let proxy = credproxy_proxy::Proxy::bind(
