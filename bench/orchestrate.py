@@ -837,6 +837,16 @@ KNOWN_TARGETS = [
 ]
 
 
+PUBLISHED_JSON = ROOT / "bench" / "BENCHMARKS.json"
+
+
+def publish_json(path, meta):
+    """bench/results/ is not tracked; the run behind BENCHMARKS.md is kept beside it."""
+    if path.resolve() != PUBLISHED_JSON.resolve():
+        shutil.copyfile(path, PUBLISHED_JSON)
+    meta["json_rel"] = str(PUBLISHED_JSON.relative_to(ROOT))
+
+
 def report_from(path, publish):
     """Rebuilds the report of a finished run from its JSON: the same tables, no measuring."""
     from types import SimpleNamespace
@@ -853,6 +863,8 @@ def report_from(path, publish):
                         notes=j.get("notes", []), results=runs)
     partial = bool(args.scenarios or args.targets or args.no_mitm or args.no_squid)
     out = path.with_suffix(".md") if partial and not publish else ROOT / "BENCHMARKS.md"
+    if out.name == "BENCHMARKS.md":
+        publish_json(path, meta)
     out.write_text(report(b, summarize(runs), meta))
     log(f"wrote {out} from {path}")
 
@@ -922,6 +934,8 @@ def main():
         # subset writes its report next to its JSON so the published tables stay whole.
         partial = bool(a.scenarios or a.targets or a.no_mitm or a.no_squid)
         out = resdir / f"{stamp}.md" if partial and not a.publish else ROOT / "BENCHMARKS.md"
+        if out.name == "BENCHMARKS.md":
+            publish_json(jpath, meta)
         out.write_text(report(b, summ, meta))
         log(f"wrote {out}")
     shutil.rmtree(b.state, ignore_errors=True)
