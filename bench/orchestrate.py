@@ -353,7 +353,8 @@ class Bench:
         cmd = self.oha_cmd(t, path, extra, url)
         self.commands.setdefault(scen, " ".join(
             str(c) if not str(c).startswith("Proxy-Authorization") else "Proxy-Authorization: Bearer $TOKEN"
-            for c in self.oha_cmd(Target("credproxy", "credproxy", "127.0.0.1:PROXY", token="$TOKEN"),
+            for c in self.oha_cmd(Target("credproxy", "credproxy", "127.0.0.1:PROXY", token="$TOKEN",
+                                         header=scen != "S4"),
                                   path, extra, url)))
         c0 = t.cpu()
         r = subprocess.run(pinned(LOAD_CORE, cmd), capture_output=True, text=True, timeout=600)
@@ -855,6 +856,9 @@ def report_from(path, publish):
     # Runs made before S4 skipped the credential row recorded its (correct) 403s as errors.
     if "credproxy" in runs.get("S4", {}):
         runs["S4"]["credproxy"] = [{"skip": S4_CRED_SKIP}]
+        cmd = j.get("commands", {}).get("S4")
+        if cmd:
+            j["commands"]["S4"] = cmd.replace(f"-H x-api-key: {PLACEHOLDER} ", "")
     present = {t for per in runs.values() for t in per}
     targets = [SimpleNamespace(**t) for t in meta.get("targets", [])] or [
         SimpleNamespace(name=n, kind=k, note=note) for n, k, note in KNOWN_TARGETS if n in present]
