@@ -7,259 +7,16 @@
 //! is bounded by [`WAIT`] so that a hang fails the test instead of blocking CI. Every child
 //! process is owned by a [`Proc`] guard that kills it when dropped.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use credproxy_testkit::{TestPki, Upstream, UpstreamOptions, Validity};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use credproxy_testkit::{TestPki, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Upper bound for any single wait (process start, output line, exit, curl).
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Exit status for bad usage or configuration.
-const EXIT_USAGE: i32 = 64;
-
-const ALLOWED: &str = "api.example.test";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_credproxy")
-}
-
-/// A `credproxy` command with output captured and nothing inherited that changes behaviour.
-fn credproxy<I, S>(args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env_remove("CREDPROXY_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// Run a command to completion (bounded by [`WAIT`]; the child is killed on timeout).
-async fn output(mut cmd: Command, what: &str) -> Output {
-    tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {WAIT:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
-}
-
-/// Run `credproxy ARGS` to completion.
-async fn run<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    output(credproxy(args), "credproxy").await
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "unexpected exit status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-/// A YAML (JSON) string literal.
-fn q(s: impl AsRef<str>) -> String {
-    serde_json::to_string(s.as_ref()).unwrap()
-}
-
-/// Lines of a child's output, read on a background task so the pipe never fills up.
-struct Lines {
-    name: &'static str,
-    rx: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-    eof: bool,
-}
-
-impl Lines {
-    fn spawn(name: &'static str, r: impl AsyncRead + Unpin + Send + 'static) -> Lines {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines {
-            name,
-            rx,
-            seen: Vec::new(),
-            eof: false,
-        }
-    }
-
-    /// Wait for the first line (from now on) matching `pred`; panic with everything seen
-    /// so far if the stream ends or [`WAIT`] passes first.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(line)) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Ok(None) => {
-                    self.eof = true;
-                    panic!(
-                        "{} ended before {what}; it said:\n{}",
-                        self.name,
-                        self.seen.join("\n")
-                    )
-                }
-                Err(_) => panic!(
-                    "no {what} on {} within {WAIT:?}; it said:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Read to end of stream (the process has exited or is exiting) and return every line.
-    async fn all(&mut self) -> &[String] {
-        if !self.eof {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(line)) => self.seen.push(line),
-                    Ok(None) => break,
-                    Err(_) => panic!("{} did not reach end of stream within {WAIT:?}", self.name),
-                }
-            }
-            self.eof = true;
-        }
-        &self.seen
-    }
-
-    fn text(&self) -> String {
-        self.seen.join("\n")
-    }
-}
-
-/// A running `credproxy` process; killed when dropped.
-struct Proc {
-    child: Child,
-    stdout: Lines,
-    stderr: Lines,
-}
-
-impl Proc {
-    fn spawn<I, S>(args: I) -> Proc
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        Proc::spawn_cmd(credproxy(args))
-    }
-
-    fn spawn_cmd(mut cmd: Command) -> Proc {
-        let mut child = cmd.spawn().expect("spawn credproxy");
-        let stdout = Lines::spawn("stdout", child.stdout.take().unwrap());
-        let stderr = Lines::spawn("stderr", child.stderr.take().unwrap());
-        Proc {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Send SIGTERM (through kill(1), to stay free of unsafe code and extra crates).
-    fn terminate(&self) {
-        let pid = self.child.id().expect("process still running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}: {status}");
-    }
-
-    /// Wait for the process to exit (bounded by `limit`); returns the status and how long
-    /// it took.
-    async fn wait(&mut self, limit: Duration) -> (ExitStatus, Duration) {
-        let start = Instant::now();
-        let status = match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(s) => s.expect("wait for credproxy"),
-            Err(_) => panic!(
-                "credproxy did not exit within {limit:?}\n--- stderr\n{}",
-                self.stderr.text()
-            ),
-        };
-        (status, start.elapsed())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Harmless if it already exited; kill_on_drop is a second line of defence.
-        let _ = self.child.start_kill();
-    }
-}
-
-/// `curl` with no proxy or CA settings inherited from the test environment.
-fn curl() -> Command {
-    let mut cmd = Command::new("curl");
-    cmd.arg("-q") // ignore ~/.curlrc
-        .args(["--max-time", "30"]);
-    for v in [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "CURL_CA_BUNDLE",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
+use support::*;
 
 /// `GET http://{addr}{path}` over a fresh connection; returns the raw response.
 async fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -277,14 +34,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
         .await
         .unwrap_or_else(|_| panic!("GET {path} on {addr} timed out"))
         .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
-}
-
-/// A TLS upstream serving `api.example.test` with a certificate from its own test PKI.
-async fn tls_upstream() -> (TestPki, Upstream) {
-    let pki = TestPki::new();
-    let upstream =
-        Upstream::start(UpstreamOptions::tls(pki.issue(&[ALLOWED], Validity::Valid))).await;
-    (pki, upstream)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -358,7 +107,7 @@ async fn check_config_accepts_a_valid_config() {
         ),
     )
     .unwrap();
-    let o = run([OsStrArg::from("check-config"), file.as_path().into()]).await;
+    let o = run(args(&[&"check-config", &file])).await;
     assert_code(&o, 0);
     let out = stdout(&o);
     assert!(out.contains("valid"), "{out}");
@@ -390,7 +139,7 @@ telemetry:
 "#,
     )
     .unwrap();
-    let o = run([OsStrArg::from("check-config"), file.as_path().into()]).await;
+    let o = run(args(&[&"check-config", &file])).await;
     assert_code(&o, EXIT_USAGE);
     assert!(o.stdout.is_empty(), "{}", stdout(&o));
     let err = stderr(&o);
@@ -410,7 +159,7 @@ telemetry:
 async fn check_config_names_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("no-such-config.yaml");
-    let o = run([OsStrArg::from("check-config"), file.as_path().into()]).await;
+    let o = run(args(&[&"check-config", &file])).await;
     assert_code(&o, EXIT_USAGE);
     let err = stderr(&o);
     assert!(err.contains(&file.display().to_string()), "{err}");
@@ -427,12 +176,11 @@ async fn ca_init_creates_refuses_to_overwrite_and_forces() {
     let dir = tmp.path().join("ca");
     let (key, crt) = (dir.join("ca.key"), dir.join("ca.crt"));
     let init = |force: bool| {
-        let mut args = vec![OsStrArg::from("ca"), "init".into(), "--dir".into()];
-        args.push(dir.as_path().into());
+        let mut a = args(&[&"ca", &"init", &"--dir", &dir]);
         if force {
-            args.push("--force".into());
+            a.push("--force".into());
         }
-        run(args)
+        run(a)
     };
 
     let o = init(false).await;
@@ -486,12 +234,7 @@ async fn serve_without_a_ca_exits_1_naming_the_missing_file() {
         ),
     )
     .unwrap();
-    let o = run([
-        OsStrArg::from("serve"),
-        "--config".into(),
-        file.as_path().into(),
-    ])
-    .await;
+    let o = run(args(&[&"serve", &"--config", &file])).await;
     assert_code(&o, 1);
     let err = stderr(&o);
     assert!(err.contains("CA"), "stderr does not mention the CA:\n{err}");
@@ -511,19 +254,14 @@ async fn serve_with_an_invalid_config_exits_64() {
         "listeners:\n  - name: a\n    tcp: \"127.0.0.1:0\"\nallowed_domains: [api.example.test]\n",
     )
     .unwrap();
-    let o = run([OsStrArg::from("serve"), "-c".into(), file.as_path().into()]).await;
+    let o = run(args(&[&"serve", &"-c", &file])).await;
     assert_code(&o, EXIT_USAGE);
     let err = stderr(&o);
     assert!(err.contains("ca"), "{err}");
     assert!(err.contains(&file.display().to_string()), "{err}");
 
     let missing = dir.path().join("nope.yaml");
-    let o = run([
-        OsStrArg::from("serve"),
-        "-c".into(),
-        missing.as_path().into(),
-    ])
-    .await;
+    let o = run(args(&[&"serve", &"-c", &missing])).await;
     assert_code(&o, EXIT_USAGE);
     assert!(
         stderr(&o).contains(&missing.display().to_string()),
@@ -536,54 +274,16 @@ async fn serve_with_an_invalid_config_exits_64() {
 // 5. serve, end to end
 // ---------------------------------------------------------------------------------------
 
-/// Parse a JSON log line; `None` for anything else.
-fn json_line(line: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    match serde_json::from_str(line) {
-        Ok(serde_json::Value::Object(m)) => Some(m),
-        _ => None,
-    }
-}
-
-fn is_message(line: &str, msg: &str) -> bool {
-    json_line(line).is_some_and(|m| m.get("message").and_then(|v| v.as_str()) == Some(msg))
-}
-
-/// The socket address logged in a JSON line (any string field, `tcp:` prefix allowed).
-fn logged_addr(line: &str) -> Option<SocketAddr> {
-    json_line(line)?.values().find_map(|v| {
-        let s = v.as_str()?;
-        s.strip_prefix("tcp:").unwrap_or(s).parse().ok()
-    })
-}
-
-/// `ca init` into `dir/ca` and a serve config `dir/config.yaml` (JSON logs, 2s shutdown
-/// grace, listener and admin on `127.0.0.1:0`) pinning `api.example.test` to `upstream`.
+/// `ca init` into `dir/ca` and a serve config `dir/config.yaml` ([`serve_config_base`]: JSON
+/// logs, 2s shutdown grace, listener and admin on `127.0.0.1:0`, [`ALLOWED`] pinned to
+/// `upstream`) for anonymous agents.
 async fn serve_setup(dir: &Path, pki: &TestPki, upstream: &Upstream) -> PathBuf {
-    let ca_dir = dir.join("ca");
-    let o = run([
-        OsStrArg::from("ca"),
-        "init".into(),
-        "--dir".into(),
-        ca_dir.as_path().into(),
-    ])
-    .await;
-    assert_code(&o, 0);
+    ca_init(dir).await;
     let config = dir.join("config.yaml");
     // CA paths are relative: they resolve against the directory of the config file.
     std::fs::write(
         &config,
-        format!(
-            "listeners:\n  - name: agents\n    tcp: \"127.0.0.1:0\"\n\
-             admin:\n  tcp: \"127.0.0.1:0\"\n\
-             ca:\n  cert_file: ca/ca.crt\n  key_file: ca/ca.key\n\
-             allowed_domains:\n  - {ALLOWED}\n\
-             upstream:\n  extra_ca_files: [{}]\n  resolve:\n    {ALLOWED}: {}\n\
-             identity:\n  danger_allow_anonymous: true\n\
-             limits:\n  shutdown_grace: 2s\n\
-             log:\n  format: json\n  level: info\n",
-            q(pki.ca_cert_path().to_string_lossy()),
-            q(upstream.addr().to_string()),
-        ),
+        serve_config_base(pki, upstream) + "identity:\n  danger_allow_anonymous: true\n",
     )
     .unwrap();
     config
@@ -596,11 +296,7 @@ async fn serve_proxies_allowed_refuses_unlisted_and_stops_on_sigterm() {
     let config = serve_setup(dir.path(), &pki, &upstream).await;
     let ca_dir = dir.path().join("ca");
 
-    let mut proxy = Proc::spawn([
-        OsStrArg::from("serve"),
-        "--config".into(),
-        config.as_path().into(),
-    ]);
+    let mut proxy = Proc::spawn(args(&[&"serve", &"--config", &config]));
     proxy
         .stderr
         .wait_for("\"credproxy ready\" log line", |l| {
@@ -680,7 +376,7 @@ async fn serve_proxies_allowed_refuses_unlisted_and_stops_on_sigterm() {
 
     // SIGTERM: a clean exit within the shutdown grace (2s; generous slack for slow CI).
     proxy.terminate();
-    let (status, took) = proxy.wait(WAIT).await;
+    let (status, took) = proxy.wait_timed().await;
     let log = proxy.stderr.all().await.to_vec();
     assert_eq!(status.code(), Some(0), "{status}\n{}", log.join("\n"));
     assert!(
@@ -715,7 +411,7 @@ async fn recv_notify(sock: &tokio::net::UnixDatagram) -> String {
 fn serve_with_notify(dir: &Path, config: &Path) -> (Proc, tokio::net::UnixDatagram) {
     let sock_path = dir.join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
-    let mut cmd = credproxy([OsStrArg::from("serve"), "--config".into(), config.into()]);
+    let mut cmd = credproxy(args(&[&"serve", &"--config", &config]));
     cmd.env("NOTIFY_SOCKET", &sock_path);
     (Proc::spawn_cmd(cmd), sock)
 }
@@ -749,7 +445,7 @@ async fn serve_notifies_systemd_ready_and_stopping() {
     proxy.terminate();
     let msg = recv_notify(&sock).await;
     assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
-    let (status, _) = proxy.wait(WAIT).await;
+    let status = proxy.wait().await;
     assert_eq!(
         status.code(),
         Some(0),
@@ -773,7 +469,7 @@ async fn serve_sigterm_right_after_ready_exits_cleanly() {
         let msg = recv_notify(&sock).await;
         assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
         proxy.terminate();
-        let (status, _) = proxy.wait(WAIT).await;
+        let status = proxy.wait().await;
         assert_eq!(
             status.code(),
             Some(0),
@@ -788,9 +484,9 @@ async fn dev_sigterm_right_after_the_exports_exits_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     for _ in 0..5 {
-        let (mut dev, _) = start_dev(&state, &upstream, &pki).await;
+        let (mut dev, _) = start_dev(&state, &dev_upstream_args(&pki, &upstream), &[]).await;
         dev.terminate();
-        let (status, _) = dev.wait(WAIT).await;
+        let status = dev.wait().await;
         assert_eq!(
             status.code(),
             Some(0),
@@ -803,53 +499,13 @@ async fn dev_sigterm_right_after_the_exports_exits_cleanly() {
 // 6. dev, end to end
 // ---------------------------------------------------------------------------------------
 
-/// Start `credproxy dev` and read its exports (everything up to `NODE_USE_ENV_PROXY`).
-async fn start_dev(
-    state: &Path,
-    upstream: &Upstream,
-    pki: &TestPki,
-) -> (Proc, BTreeMap<String, String>) {
-    let mut args: Vec<OsStrArg> = vec!["dev".into(), "--state-dir".into(), state.into()];
-    for a in [
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--allow",
-        ALLOWED,
-    ] {
-        args.push(a.into());
-    }
-    args.push("--resolve".into());
-    args.push(format!("{ALLOWED}={}", upstream.addr()).into());
-    args.push("--upstream-ca".into());
-    args.push(pki.ca_cert_path().into());
-    let mut dev = Proc::spawn(args);
-    dev.stdout
-        .wait_for("export NODE_USE_ENV_PROXY", |l| {
-            l.starts_with("export NODE_USE_ENV_PROXY")
-        })
-        .await;
-    let env: BTreeMap<String, String> = dev
-        .stdout
-        .seen
-        .iter()
-        .filter_map(|l| l.strip_prefix("export "))
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_string(), v.to_string())
-        })
-        .collect();
-    (dev, env)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     let (pki, upstream) = tls_upstream().await;
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
 
-    let (mut dev, env) = start_dev(&state, &upstream, &pki).await;
+    let (mut dev, env) = start_dev(&state, &dev_upstream_args(&pki, &upstream), &[]).await;
     let keys: Vec<&str> = env.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
@@ -917,7 +573,7 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     assert_eq!(stdout(&o), "403", "CONNECT status; stderr: {}", stderr(&o));
 
     dev.terminate();
-    let (status, _) = dev.wait(WAIT).await;
+    let status = dev.wait().await;
     assert_eq!(
         status.code(),
         Some(0),
@@ -927,7 +583,7 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     drop(dev);
 
     // A second run with the same state directory reuses the CA.
-    let (mut dev, env2) = start_dev(&state, &upstream, &pki).await;
+    let (mut dev, env2) = start_dev(&state, &dev_upstream_args(&pki, &upstream), &[]).await;
     assert_eq!(
         std::fs::read_to_string(&ca_crt).unwrap(),
         ca_pem,
@@ -950,38 +606,11 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     assert_code(&o, 0);
     assert_eq!(stdout(&o), "200");
     dev.terminate();
-    let (status, _) = dev.wait(WAIT).await;
+    let status = dev.wait().await;
     assert_eq!(
         status.code(),
         Some(0),
         "{status}\n{}",
         dev.stderr.all().await.join("\n")
     );
-}
-
-/// Command-line argument that may be a path; keeps the argument lists above readable.
-struct OsStrArg(std::ffi::OsString);
-
-impl AsRef<std::ffi::OsStr> for OsStrArg {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        &self.0
-    }
-}
-
-impl From<&str> for OsStrArg {
-    fn from(s: &str) -> Self {
-        OsStrArg(s.into())
-    }
-}
-
-impl From<String> for OsStrArg {
-    fn from(s: String) -> Self {
-        OsStrArg(s.into())
-    }
-}
-
-impl From<&Path> for OsStrArg {
-    fn from(p: &Path) -> Self {
-        OsStrArg(p.as_os_str().to_owned())
-    }
 }

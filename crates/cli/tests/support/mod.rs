@@ -1,6 +1,6 @@
 //! Shared harness of the end-to-end CLI tests (`policy`, `token`, `dev_mode`, `openbao`):
 //! real processes, ports from the OS, every wait bounded by [`WAIT`], every child owned by a
-//! guard that kills it when dropped. Same patterns as `cli.rs`.
+//! guard that kills it when dropped. `cli.rs` uses it too.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{ExitStatus, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use credproxy_testkit::{TestPki, Upstream, UpstreamOptions, Validity};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -217,13 +217,20 @@ impl Proc {
 
     /// Wait for the process to exit (bounded by [`WAIT`]).
     pub async fn wait(&mut self) -> ExitStatus {
-        match tokio::time::timeout(WAIT, self.child.wait()).await {
+        self.wait_timed().await.0
+    }
+
+    /// [`Proc::wait`], also returning how long the exit took.
+    pub async fn wait_timed(&mut self) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        let status = match tokio::time::timeout(WAIT, self.child.wait()).await {
             Ok(s) => s.expect("wait for credproxy"),
             Err(_) => panic!(
                 "credproxy did not exit within {WAIT:?}\n--- stderr\n{}",
                 self.stderr.text()
             ),
-        }
+        };
+        (status, start.elapsed())
     }
 
     /// SIGTERM, then assert a clean exit.
