@@ -306,31 +306,20 @@ in {
 
     systemd.services.credproxy-token-endpoint-bridge = lib.mkIf (cfg.oidc.tokenEndpointBridge != null) {
       description = "credproxy: loopback bridge to the host's token endpoint (development)";
-      serviceConfig = {
-        ExecStart = lib.escapeShellArgs [
-          (lib.getExe' cfg.package "credproxy")
-          "bridge"
-          (cplib.endpoint.tcp "127.0.0.1" cfg.oidc.tokenEndpointBridge.localPort)
-          (cplib.endpoint.vsock 2 cfg.oidc.tokenEndpointBridge.hostVsockPort)
-        ];
-        DynamicUser = true;
-        Restart = "always";
-        RestartSec = 2;
-        CapabilityBoundingSet = "";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectProc = "invisible";
-        MemoryDenyWriteExecute = true;
-        RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6" "AF_VSOCK"];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
-        LimitCORE = 0;
-        MemorySwapMax = 0;
-        UMask = "0077";
-      };
+      serviceConfig =
+        cplib.hardening.bridge
+        // {
+          ExecStart = lib.escapeShellArgs [
+            (lib.getExe' cfg.package "credproxy")
+            "bridge"
+            (cplib.endpoint.tcp "127.0.0.1" cfg.oidc.tokenEndpointBridge.localPort)
+            (cplib.endpoint.vsock 2 cfg.oidc.tokenEndpointBridge.hostVsockPort)
+          ];
+          DynamicUser = true;
+          Restart = "always";
+          RestartSec = 2;
+          RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6" "AF_VSOCK"];
+        };
     };
   };
 }

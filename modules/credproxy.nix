@@ -478,33 +478,11 @@
   temporal = lib.getExe' cfg.temporal.dev.package "temporal";
 
   # The hardening every unit of this module shares (house-style §7, nixpkgs openbao.nix).
-  hardening = {
-    CapabilityBoundingSet = "";
-    AmbientCapabilities = "";
-    NoNewPrivileges = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    PrivateTmp = true;
-    PrivateDevices = true;
-    ProtectProc = "invisible";
-    ProcSubset = "pid";
-    ProtectHostname = true;
-    ProtectClock = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    RemoveIPC = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
-    LimitCORE = 0;
-    MemorySwapMax = 0;
-    UMask = "0077";
-  };
+  hardening =
+    cplib.hardening.service
+    // {
+      SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
+    };
 in {
   options.services.credproxy = {
     enable = lib.mkEnableOption "credproxy, the credential-injecting egress proxy for AI agents";

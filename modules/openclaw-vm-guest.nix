@@ -16,33 +16,11 @@
   workspace = "${stateDir}/workspace";
 
   # Hardening shared by the agent services. MemoryDenyWriteExecute stays off: V8 and Bun JIT.
-  agentHardening = {
-    CapabilityBoundingSet = "";
-    AmbientCapabilities = "";
-    NoNewPrivileges = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    PrivateTmp = true;
-    PrivateDevices = true;
-    ProtectProc = "invisible";
-    ProcSubset = "pid";
-    ProtectHostname = true;
-    ProtectClock = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    RemoveIPC = true;
-    RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"];
-    SystemCallArchitectures = "native";
-    LimitCORE = 0;
-    MemorySwapMax = 0;
-    UMask = "0077";
-  };
+  agentHardening =
+    cplib.hardening.service
+    // {
+      RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"];
+    };
 in {
   options.services.openclaw-guest = {
     enable = lib.mkEnableOption "the OpenClaw gateway (and OpenCode) inside an agent VM";
@@ -254,31 +232,20 @@ in {
       description = "VSOCK listener for host access to the OpenClaw gateway";
       wantedBy = ["multi-user.target"];
       after = ["openclaw-gateway.service"];
-      serviceConfig = {
-        ExecStart = lib.escapeShellArgs [
-          (lib.getExe' proxy.package "credproxy")
-          "bridge"
-          (cplib.endpoint.vsock "any" cfg.gatewayVsockPort)
-          (cplib.endpoint.tcp "127.0.0.1" cfg.gatewayPort)
-        ];
-        DynamicUser = true;
-        Restart = "always";
-        RestartSec = 2;
-        CapabilityBoundingSet = "";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectProc = "invisible";
-        MemoryDenyWriteExecute = true;
-        RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6" "AF_VSOCK"];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
-        LimitCORE = 0;
-        MemorySwapMax = 0;
-        UMask = "0077";
-      };
+      serviceConfig =
+        cplib.hardening.bridge
+        // {
+          ExecStart = lib.escapeShellArgs [
+            (lib.getExe' proxy.package "credproxy")
+            "bridge"
+            (cplib.endpoint.vsock "any" cfg.gatewayVsockPort)
+            (cplib.endpoint.tcp "127.0.0.1" cfg.gatewayPort)
+          ];
+          DynamicUser = true;
+          Restart = "always";
+          RestartSec = 2;
+          RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6" "AF_VSOCK"];
+        };
     };
 
     # Agents and their users may not drive systemd or read the journal.

@@ -612,32 +612,21 @@ in {
               wantedBy = ["multi-user.target"];
               after = ["microvm@${vm.name}.service"];
               partOf = ["microvm@${vm.name}.service"];
-              serviceConfig = {
-                ExecStart = lib.escapeShellArgs [
-                  (lib.getExe' cp.package "credproxy")
-                  "bridge"
-                  (cplib.endpoint.tcp "127.0.0.1" vm.gateway.hostPort)
-                  (guestEndpoint vm vm.gateway.guestVsockPort)
-                ];
-                DynamicUser = true;
-                SupplementaryGroups = lib.optional (vm.proxy.transport == "vsock_uds") "kvm";
-                Restart = "always";
-                RestartSec = 2;
-                CapabilityBoundingSet = "";
-                NoNewPrivileges = true;
-                ProtectSystem = "strict";
-                ProtectHome = true;
-                PrivateTmp = true;
-                PrivateDevices = true;
-                ProtectProc = "invisible";
-                MemoryDenyWriteExecute = true;
-                RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"] ++ lib.optional (vm.proxy.transport == "vsock") "AF_VSOCK";
-                SystemCallArchitectures = "native";
-                SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
-                LimitCORE = 0;
-                MemorySwapMax = 0;
-                UMask = "0077";
-              };
+              serviceConfig =
+                cplib.hardening.bridge
+                // {
+                  ExecStart = lib.escapeShellArgs [
+                    (lib.getExe' cp.package "credproxy")
+                    "bridge"
+                    (cplib.endpoint.tcp "127.0.0.1" vm.gateway.hostPort)
+                    (guestEndpoint vm vm.gateway.guestVsockPort)
+                  ];
+                  DynamicUser = true;
+                  SupplementaryGroups = lib.optional (vm.proxy.transport == "vsock_uds") "kvm";
+                  Restart = "always";
+                  RestartSec = 2;
+                  RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"] ++ lib.optional (vm.proxy.transport == "vsock") "AF_VSOCK";
+                };
             };
           })
         ])

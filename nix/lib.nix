@@ -140,4 +140,53 @@
           ''counter drop comment "openclaw-vm: host to VM"''
         ])
       ];
+
+  # systemd sandboxes the modules' units start from (house-style §7); a unit adds what it
+  # needs with `//` (address families, syscall filter, capabilities).
+  hardening = {
+    # Long-running services: credproxy and its helpers on the host, the agents in the guest.
+    service = {
+      CapabilityBoundingSet = "";
+      AmbientCapabilities = "";
+      NoNewPrivileges = true;
+      ProtectSystem = "strict";
+      ProtectHome = true;
+      PrivateTmp = true;
+      PrivateDevices = true;
+      ProtectProc = "invisible";
+      ProcSubset = "pid";
+      ProtectHostname = true;
+      ProtectClock = true;
+      ProtectKernelTunables = true;
+      ProtectKernelModules = true;
+      ProtectKernelLogs = true;
+      ProtectControlGroups = true;
+      RestrictNamespaces = true;
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      LockPersonality = true;
+      RemoveIPC = true;
+      SystemCallArchitectures = "native";
+      LimitCORE = 0;
+      MemorySwapMax = 0;
+      UMask = "0077";
+    };
+    # `credproxy bridge` units: a stateless byte relay (W^X, no capabilities, the default
+    # syscall filter); the unit names its address families.
+    bridge = {
+      CapabilityBoundingSet = "";
+      NoNewPrivileges = true;
+      ProtectSystem = "strict";
+      ProtectHome = true;
+      PrivateTmp = true;
+      PrivateDevices = true;
+      ProtectProc = "invisible";
+      MemoryDenyWriteExecute = true;
+      SystemCallArchitectures = "native";
+      SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
+      LimitCORE = 0;
+      MemorySwapMax = 0;
+      UMask = "0077";
+    };
+  };
 }
