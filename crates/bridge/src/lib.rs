@@ -30,7 +30,7 @@ pub mod head;
 pub mod token;
 
 pub use endpoint::{Endpoint, EndpointError};
-pub use token::{OidcToken, TokenSource, TokenUnavailable};
+pub use token::{TokenSource, TokenUnavailable};
 
 /// Exit code for bad usage or configuration.
 pub const EXIT_USAGE: u8 = 64;
@@ -97,7 +97,7 @@ pub struct BridgeArgs {
 pub enum TokenConfig {
     None,
     File(PathBuf),
-    Oidc(credproxy_identity::ClientCredentials),
+    Oidc(credproxy_identity::ClientCredentialsGrant),
 }
 
 /// A validated bridge configuration.
@@ -116,12 +116,9 @@ pub enum BridgeError {
     Endpoint(#[from] EndpointError),
     #[error("{0}")]
     Usage(String),
-    #[error("cannot read the client secret file {path}")]
-    SecretFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The client secret file is missing, unreadable or empty.
+    #[error(transparent)]
+    SecretFile(credproxy_identity::TokenError),
     #[error("cannot listen")]
     Listen(#[from] credproxy_listen::ListenError),
 }
@@ -160,16 +157,14 @@ impl BridgeConfig {
                         .into(),
                 ));
             };
-            let secret =
-                std::fs::read_to_string(secret_file).map_err(|source| BridgeError::SecretFile {
-                    path: secret_file.clone(),
-                    source,
-                })?;
-            TokenConfig::Oidc(credproxy_identity::ClientCredentials {
+            // Read now so that a missing or empty file is a usage error at start; the
+            // refresher reads it again for every request (a rotated secret is picked up).
+            credproxy_identity::read_client_secret(secret_file).map_err(BridgeError::SecretFile)?;
+            TokenConfig::Oidc(credproxy_identity::ClientCredentialsGrant {
                 issuer: args.oidc_issuer.clone(),
                 token_url: args.oidc_token_url.clone(),
                 client_id: client_id.clone(),
-                client_secret: secret.trim().to_string(),
+                client_secret_file: secret_file.clone(),
                 audience: args.audience.clone(),
                 scope: args.scope.clone(),
                 ca_files: args.oidc_ca_files.clone(),
@@ -198,7 +193,8 @@ pub struct Bridge {
     listener: Listener,
     config: BridgeConfig,
     token: Option<TokenSource>,
-    refresher: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the token refresher running; dropping it stops it.
+    refresher: Option<credproxy_identity::RefreshTask>,
 }
 
 impl Bridge {
@@ -211,8 +207,11 @@ impl Bridge {
         let (token, refresher) = match &config.token {
             TokenConfig::None => (None, None),
             TokenConfig::File(p) => (Some(TokenSource::File(p.clone())), None),
-            TokenConfig::Oidc(creds) => {
-                let (t, task) = OidcToken::spawn(creds.clone());
+            TokenConfig::Oidc(grant) => {
+                let (t, task) = credproxy_identity::RefreshingToken::spawn(
+                    "bridge",
+                    credproxy_identity::TokenGrant::ClientCredentials(grant.clone()),
+                );
                 t.first_attempt().await;
                 (Some(TokenSource::Oidc(t)), Some(task))
             }
@@ -290,9 +289,7 @@ impl Bridge {
             );
             conns.shutdown().await;
         }
-        if let Some(r) = refresher {
-            r.abort();
-        }
+        drop(refresher);
     }
 }
 

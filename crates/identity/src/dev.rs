@@ -52,10 +52,20 @@ impl DevIssuer {
     /// if missing, so that tokens stay valid across restarts. A key file readable by other
     /// users is refused rather than used.
     pub fn load_or_create(dir: &Path) -> Result<DevIssuer, IdentityError> {
-        let path = dir.join(DEV_KEY_FILE);
+        DevIssuer::load_or_create_file(&dir.join(DEV_KEY_FILE))
+    }
+
+    /// Like [`DevIssuer::load_or_create`], with the key at `path` (its directory is created,
+    /// mode 0700, when missing). A key file readable by other users is refused.
+    pub fn load_or_create_file(path: &Path) -> Result<DevIssuer, IdentityError> {
+        let path = path.to_owned();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
         let pkcs8 = match read_key(&path)? {
             Some(der) => der,
-            None => create_key(dir, &path)?,
+            None => create_key(&dir, &path)?,
         };
         let rng = SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)

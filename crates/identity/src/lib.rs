@@ -11,6 +11,9 @@
 //! * [`AuthError`]: a closed set of stable, agent-safe rejection reasons.
 //! * [`DevIssuer`]: a local ES256 issuer for `credproxy dev`, verified by the same code path.
 //! * [`client_credentials`]: the OAuth 2.0 client-credentials grant for `credproxy token`.
+//! * [`RefreshingToken`]: a token obtained by a [`TokenGrant`] (client credentials or the dev
+//!   issuer) and refreshed before it expires, for listener-bound identity in the proxy and
+//!   for `credproxy bridge`.
 //!
 //! Invariant: a token is accepted only after its signature verified with a key from the
 //! issuer's JWKS and its `iss`/`aud`/`exp`/`nbf` were checked; the raw token is never
@@ -24,6 +27,7 @@ mod error;
 mod extract;
 mod http;
 mod jwks;
+mod refresh;
 mod token;
 mod verifier;
 
@@ -36,5 +40,9 @@ pub use config::{
 pub use dev::{DevIssuer, DEV_AUDIENCE, DEV_ISSUER, DEV_KEY_FILE};
 pub use error::{AuthError, IdentityError};
 pub use extract::{token_from_proxy_authorization, PROXY_AUTHENTICATE};
+pub use refresh::{
+    read_client_secret, refresh_after, ClientCredentialsGrant, DevGrant, RefreshTask,
+    RefreshingToken, TokenGrant, TokenStatus, TokenUnavailable,
+};
 pub use token::{client_credentials, ClientCredentials, FetchErrorBox, TokenError, TokenResponse};
 pub use verifier::Verifier;

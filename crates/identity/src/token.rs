@@ -1,4 +1,5 @@
-//! The OAuth 2.0 client-credentials grant (RFC 6749 §4.4), for `credproxy token`.
+//! The OAuth 2.0 client-credentials grant (RFC 6749 §4.4), for `credproxy token` and the
+//! token refresher ([`crate::RefreshingToken`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,6 +103,24 @@ pub enum TokenError {
         /// The `error_description`, if any.
         description: Option<String>,
     },
+    /// The client secret file cannot be read.
+    #[error("cannot read the client secret file {path}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client secret file is empty.
+    #[error("the client secret file {path} is empty")]
+    EmptySecret {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The dev issuer could not sign a token.
+    #[error(transparent)]
+    Dev(crate::IdentityError),
     /// The provider answered with something that is not a usable token response.
     #[error("unusable token response ({status}): {reason}")]
     BadResponse {
