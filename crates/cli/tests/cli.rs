@@ -155,6 +155,47 @@ telemetry:
     insta::assert_snapshot!(err.replace(&tmp, "[TMP]"));
 }
 
+/// `agent_token` (listener-bound identity) where the peer is not identified, or without the
+/// agent it is for, is refused with the key path; where it is allowed, the config is valid.
+#[tokio::test]
+async fn check_config_refuses_listener_tokens_where_the_peer_is_not_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "    agent_token:\n      client_credentials: {token_url: \"https://id.example/token\", client_id: vm-a, client_secret_file: /run/credentials/credproxy.service/vm-a}\n";
+    let tail = "ca: {cert_file: /c, key_file: /k}\nidentity: {oidc: {issuer: \"https://id.example\", audiences: [credproxy]}}\n";
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "listeners:\n  - name: a\n    tcp: \"127.0.0.1:18790\"\n    agent: vm-a\n{token}\
+             \x20 - name: b\n    vsock: {{cid: any, port: 18791}}\n    agent: vm-b\n{token}\
+             \x20 - name: c\n    vsock: {{cid: any, port: 18792, peer_cid: 5}}\n{token}{tail}"
+        ),
+    )
+    .unwrap();
+    let o = run(args(&[&"check-config", &bad])).await;
+    assert_code(&o, EXIT_USAGE);
+    let err = stderr(&o);
+    for says in [
+        "listeners[0].agent_token: not allowed on a tcp listener",
+        "listeners[1].vsock.peer_cid: required with agent_token",
+        "listeners[2].agent: required with agent_token",
+    ] {
+        assert!(err.contains(says), "stderr does not say {says:?}:\n{err}");
+    }
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "listeners:\n  - name: a\n    vsock: {{cid: any, port: 18791, peer_cid: 3}}\n    agent: vm-a\n{token}\
+             \x20 - name: b\n    vsock_uds: {{path: /run/credproxy/vm-b.vsock, port: 18790}}\n    agent: vm-a\n{token}{tail}"
+        ),
+    )
+    .unwrap();
+    let o = run(args(&[&"check-config", &good])).await;
+    assert_code(&o, 0);
+}
+
 #[tokio::test]
 async fn check_config_names_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,7 +51,62 @@ pub struct ListenerConfig {
     pub unix_mode: u32,
     /// Only this agent identity may use the listener.
     pub agent: Option<String>,
+    /// The proxy obtains `agent`'s token itself and authenticates this listener's requests
+    /// that carry no `Proxy-Authorization` with it (listener-bound identity).
+    pub agent_token: Option<AgentTokenConfig>,
 }
+
+/// `listeners[].agent_token`: where the listener agent's token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentTokenConfig {
+    /// The OAuth 2.0 client-credentials grant against the OIDC provider; the client secret
+    /// stays on the host.
+    ClientCredentials(ClientCredentialsConfig),
+    /// credproxy's own dev issuer (dev mode only); its tokens are verified like any other,
+    /// with the key's public JWKS.
+    DevIssuer(DevIssuerTokenConfig),
+}
+
+/// `listeners[].agent_token.client_credentials`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCredentialsConfig {
+    pub endpoint: TokenEndpoint,
+    pub client_id: String,
+    /// Read for every token request, never logged.
+    pub client_secret_file: PathBuf,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
+    pub ca_files: Vec<PathBuf>,
+}
+
+/// Where the token endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    /// `token_url`: used as is.
+    TokenUrl(String),
+    /// `issuer`: the token endpoint is found by OIDC discovery.
+    Issuer(String),
+}
+
+/// `listeners[].agent_token.dev_issuer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevIssuerTokenConfig {
+    /// The dev issuer's private key (PKCS#8 PEM, mode 0600); created when missing.
+    pub key_file: PathBuf,
+    /// `realm_access.roles` of the tokens.
+    pub roles: Vec<String>,
+    /// Lifetime of each token (refreshed at 80%).
+    pub ttl: Duration,
+}
+
+/// The `iss` of credproxy's dev issuer (`credproxy_identity::DEV_ISSUER`; the proxy's tests
+/// check that the two agree).
+pub const DEV_ISSUER: &str = "credproxy-dev";
+/// The `aud` of the dev issuer's tokens (`credproxy_identity::DEV_AUDIENCE`).
+pub const DEV_AUDIENCE: &str = "credproxy";
+
+/// Default lifetime of dev-issuer listener tokens.
+pub const DEFAULT_DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// `identity.oidc`.
 #[derive(Debug, Clone, PartialEq, Eq)]

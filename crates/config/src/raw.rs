@@ -37,6 +37,39 @@ pub struct RawListener {
     pub vsock_uds: Option<RawVsockUds>,
     pub unix_mode: Option<String>,
     pub agent: Option<String>,
+    pub agent_token: Option<RawAgentToken>,
+}
+
+/// `listeners[].agent_token`: how the proxy obtains the listener agent's token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentToken {
+    pub client_credentials: Option<RawClientCredentials>,
+    pub dev_issuer: Option<RawDevIssuerToken>,
+}
+
+/// `listeners[].agent_token.client_credentials`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCredentials {
+    pub token_url: Option<String>,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub ca_files: Vec<String>,
+}
+
+/// `listeners[].agent_token.dev_issuer`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevIssuerToken {
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub ttl: Option<String>,
 }
 
 /// `listeners[].vsock`: `{cid: any | N, port: P, peer_cid: N}`.

@@ -3,7 +3,10 @@ use std::time::Duration;
 
 use credproxy_core::{Authority, ListenAddr};
 
-use crate::{Config, LogFormat};
+use crate::{
+    AgentTokenConfig, ClientCredentialsConfig, Config, DevIssuerTokenConfig, LogFormat,
+    TokenEndpoint,
+};
 
 const GOOD: &str = r#"
 listeners:
@@ -299,4 +302,204 @@ identity: {danger_allow_anonymous: true}
     ] {
         assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
     }
+}
+
+#[test]
+fn agent_token_parses_both_sources() {
+    let ok = r#"
+listeners:
+  - name: vm-a
+    vsock: {cid: any, port: 18791, peer_cid: 3}
+    agent: vm-a
+    agent_token:
+      client_credentials:
+        token_url: https://id.example/realms/openclaw/protocol/openid-connect/token
+        client_id: vm-a
+        client_secret_file: secrets/vm-a
+        audience: credproxy
+        scope: proxy
+        ca_files: [id-ca.pem]
+  - name: vm-b
+    vsock_uds: {path: /run/credproxy/vm-b.vsock, port: 18790}
+    agent: vm-b
+    agent_token:
+      client_credentials:
+        issuer: https://id.example/realms/openclaw
+        client_id: vm-b
+        client_secret_file: /run/credentials/credproxy.service/vm-b
+  - name: local
+    unix: /run/credproxy/agent.sock
+    agent: local-agent
+    agent_token:
+      client_credentials: {token_url: "http://127.0.0.1:8080/token", client_id: l, client_secret_file: /s}
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com]
+identity: {oidc: {issuer: "https://id.example/realms/openclaw", audiences: [credproxy]}}
+"#;
+    let c = Config::parse(ok, Path::new("/etc/credproxy")).unwrap();
+    assert_eq!(
+        c.listeners[0].agent_token,
+        Some(AgentTokenConfig::ClientCredentials(
+            ClientCredentialsConfig {
+                endpoint: TokenEndpoint::TokenUrl(
+                    "https://id.example/realms/openclaw/protocol/openid-connect/token".into()
+                ),
+                client_id: "vm-a".into(),
+                client_secret_file: "/etc/credproxy/secrets/vm-a".into(),
+                audience: Some("credproxy".into()),
+                scope: Some("proxy".into()),
+                ca_files: vec!["/etc/credproxy/id-ca.pem".into()],
+            }
+        ))
+    );
+    let Some(AgentTokenConfig::ClientCredentials(b)) = &c.listeners[1].agent_token else {
+        panic!("{:?}", c.listeners[1])
+    };
+    assert_eq!(
+        b.endpoint,
+        TokenEndpoint::Issuer("https://id.example/realms/openclaw".into())
+    );
+    assert!(c.listeners[2].agent_token.is_some());
+
+    let dev = r#"
+listeners:
+  - name: vm-a
+    vsock: {cid: any, port: 18791, peer_cid: 3}
+    agent: vm-a
+    agent_token:
+      dev_issuer: {key_file: /var/lib/credproxy/dev-issuer-key.pem, roles: [proxy-user]}
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com]
+identity: {oidc: {issuer: credproxy-dev, audiences: [credproxy], algorithms: [ES256]}}
+"#;
+    let c = Config::parse(dev, Path::new("/")).unwrap();
+    assert_eq!(
+        c.listeners[0].agent_token,
+        Some(AgentTokenConfig::DevIssuer(DevIssuerTokenConfig {
+            key_file: "/var/lib/credproxy/dev-issuer-key.pem".into(),
+            roles: vec!["proxy-user".into()],
+            ttl: crate::DEFAULT_DEV_TOKEN_TTL,
+        }))
+    );
+}
+
+#[test]
+fn agent_token_is_refused_where_the_peer_is_not_identified() {
+    let bad = r#"
+listeners:
+  - name: t
+    tcp: 127.0.0.1:18790
+    agent: a
+    agent_token: {dev_issuer: {key_file: /k.pem}}
+  - name: v
+    vsock: {cid: any, port: 18791}
+    agent: b
+    agent_token: {dev_issuer: {key_file: /k.pem}}
+  - name: n
+    vsock_uds: {path: /run/x.vsock, port: 1}
+    agent_token: {dev_issuer: {key_file: /k.pem}}
+  - name: both
+    unix: /run/a.sock
+    agent: c
+    agent_token:
+      dev_issuer: {key_file: /k.pem}
+      client_credentials: {token_url: "https://id.example/t", client_id: c, client_secret_file: /s}
+  - name: none
+    unix: /run/b.sock
+    agent: d
+    agent_token: {}
+  - name: cc
+    unix: /run/c.sock
+    agent: e
+    agent_token:
+      client_credentials: {token_url: "http://id.example/t", issuer: "https://id.example", client_secret: x}
+  - name: cc2
+    unix: /run/d.sock
+    agent: f
+    agent_token:
+      client_credentials: {token_url: "http://id.example/t", client_id: "", audience: ""}
+  - name: dev
+    unix: /run/e.sock
+    agent: g
+    agent_token: {dev_issuer: {roles: [""], ttl: 1s}}
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com]
+identity: {oidc: {issuer: "https://id.example", audiences: [credproxy]}}
+"#;
+    let errs = Config::parse(bad, Path::new("/")).unwrap_err().to_string();
+    for expected in [
+        "listeners[0].agent_token: not allowed on a tcp listener: every process that can connect to it would act as agent \"a\"",
+        "listeners[1].vsock.peer_cid: required with agent_token: without it every VM that can reach vsock port 18791 would act as agent \"b\"",
+        "listeners[2].agent: required with agent_token",
+        "listeners[3].agent_token: has both client_credentials and dev_issuer",
+        "listeners[4].agent_token: needs exactly one of client_credentials (the OIDC provider) or dev_issuer (dev mode)",
+        "listeners[5].agent_token.client_credentials.client_secret: unknown field \"client_secret\"",
+        "listeners[6].agent_token.client_credentials.token_url: \"http://id.example/t\" uses plain http to a non-loopback host",
+        "listeners[6].agent_token.client_credentials.client_id: required",
+        "listeners[6].agent_token.client_credentials.client_secret_file: required",
+        "listeners[6].agent_token.client_credentials.audience: must not be empty",
+        "listeners[7].agent_token.dev_issuer.key_file: required",
+        "listeners[7].agent_token.dev_issuer.roles[0]: must not be empty",
+        "listeners[7].agent_token.dev_issuer.ttl: must be between 10s and 24h",
+    ] {
+        assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+    }
+}
+
+#[test]
+fn agent_token_must_be_verifiable_by_the_identity_config() {
+    let listener = |token: &str| {
+        format!(
+            "listeners:\n  - name: vm-a\n    unix: /run/a.sock\n    agent: vm-a\n    agent_token: {token}\n\
+             ca: {{cert_file: /c, key_file: /k}}\nallowed_domains: [api.anthropic.com]\n"
+        )
+    };
+    let dev = "{dev_issuer: {key_file: /k.pem}}";
+    let cases = [
+        (
+            format!("{}identity: {{oidc: {{issuer: \"https://id.example\", audiences: [credproxy]}}}}\n", listener(dev)),
+            "listeners[0].agent_token.dev_issuer: dev issuer tokens are issued by \"credproxy-dev\", but identity.oidc.issuer is \"https://id.example\"",
+        ),
+        (
+            format!("{}identity: {{oidc: {{issuer: credproxy-dev, audiences: [other]}}}}\n", listener(dev)),
+            "listeners[0].agent_token.dev_issuer: dev issuer tokens have audience \"credproxy\"",
+        ),
+        (
+            format!("{}identity: {{danger_allow_anonymous: true}}\n", listener(dev)),
+            "listeners[0].agent_token: needs identity.oidc",
+        ),
+        (
+            format!(
+                "{}identity: {{oidc: {{issuer: \"https://id.example\", audiences: [credproxy]}}}}\n",
+                listener("{client_credentials: {issuer: \"https://other.example\", client_id: a, client_secret_file: /s}}")
+            ),
+            "listeners[0].agent_token.client_credentials.issuer: tokens from \"https://other.example\" would not verify against identity.oidc.issuer \"https://id.example\"",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let errs = Config::parse(&yaml, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errs.contains(expected),
+            "missing {expected:?} in:\n{errs}\n{yaml}"
+        );
+    }
+    // The dev issuer has no discovery: without a dev_issuer listener it needs a JWKS file.
+    let no_jwks =
+        "listeners:\n  - {name: a, tcp: \"127.0.0.1:1\"}\nca: {cert_file: /c, key_file: /k}\n\
+                   identity: {oidc: {issuer: credproxy-dev, audiences: [credproxy]}}\n";
+    let errs = Config::parse(no_jwks, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errs.contains("identity.oidc.jwks_file: required for issuer \"credproxy-dev\""),
+        "{errs}"
+    );
+    // With one, it is fine.
+    let dev_ok = format!(
+        "{}identity: {{oidc: {{issuer: credproxy-dev, audiences: [credproxy]}}}}\n",
+        listener(dev)
+    );
+    Config::parse(&dev_ok, Path::new("/")).unwrap();
 }

@@ -9,10 +9,15 @@ use credproxy_core::{Allowlist, AllowlistEntry, Authority, ListenAddr};
 use ipnet::IpNet;
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::raw::{RawCid, RawConfig, RawListener, RawVsock, RawVsockUds};
+use crate::raw::{
+    RawAgentToken, RawCid, RawClientCredentials, RawConfig, RawDevIssuerToken, RawListener,
+    RawVsock, RawVsockUds,
+};
 use crate::{
-    AdminConfig, CaConfig, Config, Limits, ListenerConfig, LogConfig, LogFormat, UpstreamConfig,
-    DEFAULT_LEAF_CACHE_SIZE, DEFAULT_LEAF_VALIDITY,
+    AdminConfig, AgentTokenConfig, CaConfig, ClientCredentialsConfig, Config, DevIssuerTokenConfig,
+    Limits, ListenerConfig, LogConfig, LogFormat, TokenEndpoint, UpstreamConfig,
+    DEFAULT_DEV_TOKEN_TTL, DEFAULT_LEAF_CACHE_SIZE, DEFAULT_LEAF_VALIDITY, DEV_AUDIENCE,
+    DEV_ISSUER,
 };
 
 pub(crate) struct Ctx<'a> {
@@ -316,6 +321,20 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
                 "binding a listener to an agent needs identity.oidc (agents must authenticate)",
             );
         }
+        if let Some(t) = &l.agent_token {
+            agent_token_against_identity(&mut cx, i, t, identity.as_ref());
+        }
+    }
+    if let Some(id) = &identity {
+        let dev_listener = listeners
+            .iter()
+            .any(|l| matches!(l.agent_token, Some(AgentTokenConfig::DevIssuer(_))));
+        if id.issuer == DEV_ISSUER && id.jwks_file.is_none() && !dev_listener {
+            cx.err(
+                "identity.oidc.jwks_file",
+                format!("required for issuer {DEV_ISSUER:?}, which has no discovery: the dev issuer's public JWKS (or give a listener agent_token.dev_issuer, whose key is then trusted)"),
+            );
+        }
     }
 
     if !cx.errors.is_empty() {
@@ -419,12 +438,238 @@ fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig
         }
         other => other,
     };
+    let agent_token = l.agent_token.and_then(|t| {
+        let t = agent_token(cx, i, t);
+        match (&agent, &addr) {
+            (None, _) => cx.err(
+                at("agent"),
+                "required with agent_token: the agent whose token the proxy obtains for this listener",
+            ),
+            (Some(a), Some(ListenAddr::Tcp(_))) => cx.err(
+                at("agent_token"),
+                format!("not allowed on a tcp listener: every process that can connect to it would act as agent {a:?}; use vsock with peer_cid, vsock_uds (one socket per VM) or unix"),
+            ),
+            (Some(a), Some(ListenAddr::Vsock { peer_cid: None, port, .. })) => cx.err(
+                at("vsock.peer_cid"),
+                format!("required with agent_token: without it every VM that can reach vsock port {port} would act as agent {a:?}; give the VM's CID"),
+            ),
+            _ => {}
+        }
+        t
+    });
     Some(ListenerConfig {
         name: name?,
         addr: addr?,
         unix_mode,
         agent,
+        agent_token,
     })
+}
+
+fn agent_token(cx: &mut Ctx<'_>, i: usize, t: RawAgentToken) -> Option<AgentTokenConfig> {
+    let at = format!("listeners[{i}].agent_token");
+    match (t.client_credentials, t.dev_issuer) {
+        (Some(c), None) => client_credentials(cx, &format!("{at}.client_credentials"), c)
+            .map(AgentTokenConfig::ClientCredentials),
+        (None, Some(d)) => {
+            dev_issuer_token(cx, &format!("{at}.dev_issuer"), d).map(AgentTokenConfig::DevIssuer)
+        }
+        (Some(_), Some(_)) => {
+            cx.err(
+                at,
+                "has both client_credentials and dev_issuer; give exactly one",
+            );
+            None
+        }
+        (None, None) => {
+            cx.err(
+                at,
+                "needs exactly one of client_credentials (the OIDC provider) or dev_issuer (dev mode)",
+            );
+            None
+        }
+    }
+}
+
+fn client_credentials(
+    cx: &mut Ctx<'_>,
+    at: &str,
+    c: RawClientCredentials,
+) -> Option<ClientCredentialsConfig> {
+    let key = |k: &str| format!("{at}.{k}");
+    let endpoint = match (c.token_url, c.issuer) {
+        (Some(u), None) => match token_endpoint_url(&u) {
+            Ok(()) => Some(TokenEndpoint::TokenUrl(u)),
+            Err(e) => {
+                cx.err(key("token_url"), e);
+                None
+            }
+        },
+        (None, Some(u)) => match token_endpoint_url(&u) {
+            Ok(()) => Some(TokenEndpoint::Issuer(u)),
+            Err(e) => {
+                cx.err(key("issuer"), e);
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            cx.err(
+                at,
+                "has both token_url and issuer; give the token endpoint (token_url) or the issuer to discover it from, not both",
+            );
+            None
+        }
+        (None, None) => {
+            cx.err(
+                at,
+                "needs token_url (the token endpoint) or issuer (found by discovery)",
+            );
+            None
+        }
+    };
+    let client_id = match c.client_id {
+        Some(id) if !id.is_empty() => Some(id),
+        _ => {
+            cx.err(key("client_id"), "required: the agent's OAuth2 client id");
+            None
+        }
+    };
+    let client_secret_file = match c.client_secret_file {
+        Some(f) if !f.is_empty() => Some(cx.path(&f)),
+        _ => {
+            cx.err(
+                key("client_secret_file"),
+                "required: the file holding the client secret (e.g. a systemd credential)",
+            );
+            None
+        }
+    };
+    for (k, v) in [("audience", &c.audience), ("scope", &c.scope)] {
+        if v.as_deref() == Some("") {
+            cx.err(key(k), "must not be empty (leave it out instead)");
+        }
+    }
+    let ca_files = c.ca_files.iter().map(|f| cx.path(f)).collect();
+    Some(ClientCredentialsConfig {
+        endpoint: endpoint?,
+        client_id: client_id?,
+        client_secret_file: client_secret_file?,
+        audience: c.audience.filter(|a| !a.is_empty()),
+        scope: c.scope.filter(|s| !s.is_empty()),
+        ca_files,
+    })
+}
+
+/// The client secret travels to the token endpoint: `https://`, or `http://` to a loopback
+/// host only (a local test provider), as the identity crate enforces when it sends.
+fn token_endpoint_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("expected an https:// URL, got {url:?}"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{url:?} uses plain http to a non-loopback host; the client secret would travel in clear: use https"
+                ))
+            }
+        }
+        other => Err(format!(
+            "{url:?} has unsupported scheme {other:?}; use https"
+        )),
+    }
+}
+
+fn dev_issuer_token(
+    cx: &mut Ctx<'_>,
+    at: &str,
+    d: RawDevIssuerToken,
+) -> Option<DevIssuerTokenConfig> {
+    let key = |k: &str| format!("{at}.{k}");
+    let key_file = match d.key_file {
+        Some(f) if !f.is_empty() => Some(cx.path(&f)),
+        _ => {
+            cx.err(
+                key("key_file"),
+                "required: the dev issuer's private key file (created when missing)",
+            );
+            None
+        }
+    };
+    for (j, r) in d.roles.iter().enumerate() {
+        if r.is_empty() {
+            cx.err(format!("{at}.roles[{j}]"), "must not be empty");
+        }
+    }
+    let ttl = cx.duration(&key("ttl"), d.ttl.as_deref(), DEFAULT_DEV_TOKEN_TTL);
+    if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(24 * 3600) {
+        cx.err(key("ttl"), "must be between 10s and 24h");
+    }
+    Some(DevIssuerTokenConfig {
+        key_file: key_file?,
+        roles: d.roles,
+        ttl,
+    })
+}
+
+/// Rules between a listener's agent_token and `identity`: its tokens must be verifiable.
+fn agent_token_against_identity(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    t: &AgentTokenConfig,
+    identity: Option<&crate::IdentityConfig>,
+) {
+    let at = format!("listeners[{i}].agent_token");
+    let Some(id) = identity else {
+        cx.err(
+            at,
+            "needs identity.oidc: the listener's token is verified like any other",
+        );
+        return;
+    };
+    match t {
+        AgentTokenConfig::DevIssuer(_) => {
+            if id.issuer != DEV_ISSUER {
+                cx.err(
+                    format!("{at}.dev_issuer"),
+                    format!("dev issuer tokens are issued by {DEV_ISSUER:?}, but identity.oidc.issuer is {:?}, so they would never verify; use client_credentials, or set identity.oidc.issuer: {DEV_ISSUER}", id.issuer),
+                );
+            }
+            if !id.audiences.iter().any(|a| a == DEV_AUDIENCE) {
+                cx.err(
+                    format!("{at}.dev_issuer"),
+                    format!("dev issuer tokens have audience {DEV_AUDIENCE:?}, which identity.oidc.audiences does not list"),
+                );
+            }
+        }
+        AgentTokenConfig::ClientCredentials(c) => {
+            if let TokenEndpoint::Issuer(iss) = &c.endpoint {
+                if iss != &id.issuer {
+                    cx.err(
+                        format!("{at}.client_credentials.issuer"),
+                        format!("tokens from {iss:?} would not verify against identity.oidc.issuer {:?}; use the same issuer (or token_url)", id.issuer),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The port of a vsock listener: required, and not `VMADDR_PORT_ANY` (u32::MAX).

@@ -76,6 +76,13 @@ pub enum Reject {
     IdentityUnavailable,
     /// A valid identity, but not the one this listener is bound to.
     ListenerAgentMismatch { listener: String },
+    /// The listener authenticates its agent with a token the proxy obtains
+    /// (`agent_token`), and it has no valid one right now: fail closed.
+    ListenerTokenUnavailable {
+        listener: String,
+        /// Why, in agent-safe words (no provider error text).
+        why: &'static str,
+    },
     /// A placeholder was used where its credential may not be used (another host, another
     /// location, cleartext) or a placeholder-like string that is not one (near miss).
     PlaceholderMisuse { kind: MisuseKind, message: String },
@@ -141,6 +148,7 @@ impl Reject {
             | Reject::UpstreamProtocol { .. } => 502,
             Reject::TooManyConnections
             | Reject::IdentityUnavailable
+            | Reject::ListenerTokenUnavailable { .. }
             | Reject::PolicyUnavailable { .. }
             | Reject::AuditUnavailable => 503,
             Reject::ProxyAuthRequired { .. } => 407,
@@ -180,6 +188,7 @@ impl Reject {
             },
             Reject::IdentityUnavailable => "identity_unavailable",
             Reject::ListenerAgentMismatch { .. } => "listener_agent_mismatch",
+            Reject::ListenerTokenUnavailable { .. } => "listener_token_unavailable",
             Reject::PlaceholderMisuse { kind, .. } => kind.reason(),
             Reject::PolicyDenied { .. } => "policy_denied",
             Reject::PolicyUnavailable { reason } => reason,
@@ -209,7 +218,9 @@ impl Reject {
             | Reject::PlaceholderMisuse { .. } => RejectSource::Agent,
             Reject::SecretUnavailable { .. } | Reject::SecretInvalid { .. } => RejectSource::Vault,
             Reject::UpstreamEncoding { .. } => RejectSource::Upstream,
-            Reject::IdentityUnavailable | Reject::AuditUnavailable => RejectSource::Internal,
+            Reject::IdentityUnavailable
+            | Reject::ListenerTokenUnavailable { .. }
+            | Reject::AuditUnavailable => RejectSource::Internal,
             Reject::DnsFailure { .. }
             | Reject::UpstreamUnreachable { .. }
             | Reject::UpstreamTls { .. }
@@ -254,6 +265,7 @@ impl Reject {
             Reject::ProxyAuthRequired { message, .. } => format!("proxy authentication required: {message}"),
             Reject::IdentityUnavailable => "the identity provider is not reachable yet; retry shortly".into(),
             Reject::ListenerAgentMismatch { listener } => format!("this listener ({listener}) is bound to another agent; use your own channel"),
+            Reject::ListenerTokenUnavailable { listener, why } => format!("this listener ({listener}) authenticates its agent with a token the proxy obtains, and it has no valid one ({why}); retry shortly"),
             Reject::PlaceholderMisuse { message, .. } => message.clone(),
             Reject::PolicyDenied { reasons } => format!("denied by policy: {}", reasons.join("; ")),
             Reject::PolicyUnavailable { .. } => "the authorization policy could not be evaluated; nothing was sent".into(),
@@ -300,6 +312,14 @@ mod tests {
                 "upstream_tls",
             ),
             (Reject::TooManyConnections, 503, "too_many_connections"),
+            (
+                Reject::ListenerTokenUnavailable {
+                    listener: "vm-a".into(),
+                    why: "no token obtained yet",
+                },
+                503,
+                "listener_token_unavailable",
+            ),
             (
                 Reject::UpstreamTimeout { authority: a },
                 504,

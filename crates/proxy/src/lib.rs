@@ -16,6 +16,7 @@ mod decode;
 mod drain;
 pub mod explain;
 mod inject;
+mod listener_token;
 mod metrics;
 mod prefixed;
 mod recent;
@@ -102,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) verifier: Option<credproxy_identity::Verifier>,
     /// Listener name → the only agent allowed on it.
     pub(crate) listener_agents: std::collections::HashMap<String, String>,
+    /// Listener name → the token the proxy obtains for its agent (`agent_token`).
+    pub(crate) listener_tokens: listener_token::ListenerTokens,
     pub(crate) recent: recent::Recent,
     pub(crate) leaf_cache: Arc<LeafCache>,
     pub(crate) client: UpstreamClient,
@@ -329,7 +332,10 @@ impl Proxy {
         if config.allowed_domains.is_empty() {
             warn!("allowed_domains is empty: every destination will be refused");
         }
-        let metrics = Metrics::new(leaf_cache.clone());
+        // Listener tokens start before the verifier: dev issuer keys they load are trusted by
+        // it. The refreshers fetch in the background; the proxy does not wait for them.
+        let (listener_tokens, dev_jwks) = listener_token::ListenerTokens::start(&config)?;
+        let metrics = Metrics::new(leaf_cache.clone(), listener_tokens.handles());
         let creds = creds::Credentials::new(config.credentials).map_err(ProxyError::Credentials)?;
         let secrets = credproxy_secrets::SecretStore::new(
             secrets_config(&config.secrets),
@@ -344,7 +350,7 @@ impl Proxy {
                 warn!("identity.danger_allow_anonymous: agents are NOT authenticated; never use this with real credentials");
                 None
             }
-            Some(id) => Some(build_verifier(id)?),
+            Some(id) => Some(build_verifier(id, &dev_jwks)?),
         };
         let listener_agents = config
             .listeners
@@ -398,6 +404,7 @@ impl Proxy {
                 _exporter: exporter,
                 verifier,
                 listener_agents,
+                listener_tokens,
                 gen: arc_swap::ArcSwap::from_pointee(Generation {
                     id: 1,
                     allowlist: config.allowed_domains,
@@ -523,15 +530,24 @@ impl RunningProxy {
         &self.reload
     }
 
-    /// Wait (at most `timeout`) until the identity provider's keys are loaded and OpenBao, when
-    /// configured, is authenticated; true when both are.
+    /// Wait (at most `timeout`) until the identity provider's keys are loaded, OpenBao, when
+    /// configured, is authenticated, and every listener token (`agent_token`) is held; true
+    /// when all are.
     pub async fn wait_ready(&self, timeout: std::time::Duration) -> bool {
         let shared = &self.reload.shared;
+        let deadline = tokio::time::Instant::now() + timeout;
         let identity = match &shared.verifier {
             Some(v) => v.wait_ready(timeout).await,
             None => true,
         };
-        identity && shared.secrets.wait_openbao_ready(timeout).await
+        let mut tokens = true;
+        for (_, t) in shared.listener_tokens.all() {
+            let mut rx = t.token.subscribe();
+            let held =
+                tokio::time::timeout_at(deadline, rx.wait_for(|_| t.token.current().is_ok())).await;
+            tokens &= matches!(held, Ok(Ok(_)));
+        }
+        identity && tokens && shared.secrets.wait_openbao_ready(timeout).await
     }
 
     /// Wait until every audit record queued so far is written (tests, shutdown).
@@ -614,7 +630,7 @@ async fn admin_loop(shared: Arc<Shared>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(admin(&shared, req)) }
+                async move { Ok::<_, std::convert::Infallible>(admin(&shared, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -626,9 +642,11 @@ async fn admin_loop(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 /// Ready when every dependency that requests may need can answer: the identity provider's
-/// keys are loaded and, when OpenBao is configured, the proxy holds a valid token. Requests
-/// that need neither keep being served either way; this is for orchestration and operators.
-fn readiness(shared: &Shared) -> (u16, &'static str, String) {
+/// keys are loaded, every listener with `agent_token` holds a token that verifies for its
+/// agent and, when OpenBao is configured, the proxy holds a valid OpenBao token. Requests
+/// that need none of these keep being served either way; this is for orchestration and
+/// operators.
+async fn readiness(shared: &Shared) -> (u16, &'static str, String) {
     let mut lines = Vec::new();
     let mut ready = true;
     if let Some(v) = &shared.verifier {
@@ -640,6 +658,13 @@ fn readiness(shared: &Shared) -> (u16, &'static str, String) {
         ));
     } else {
         lines.push("identity: anonymous (danger_allow_anonymous)".to_string());
+    }
+    if let Some(v) = &shared.verifier {
+        for (_, t) in shared.listener_tokens.all() {
+            let (ok, line) = t.readiness(v).await;
+            ready &= ok;
+            lines.push(line);
+        }
     }
     match shared.secrets.openbao_ready() {
         Some(true) => lines.push("openbao: ready".to_string()),
@@ -660,10 +685,10 @@ fn readiness(shared: &Shared) -> (u16, &'static str, String) {
     )
 }
 
-fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
-        "/readyz" => readiness(shared),
+        "/readyz" => readiness(shared).await,
         "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", {
             let mut m = shared.metrics.encode();
             // The registry ends with "# EOF"; the audit spool's figures go before it.
@@ -718,9 +743,11 @@ fn secrets_config(c: &credproxy_config::SecretsConfig) -> credproxy_secrets::Sec
     }
 }
 
-/// The token verifier: discovery in the background, or a fixed JWKS file.
+/// The token verifier: discovery in the background, or a fixed JWKS: the JWKS file and the
+/// public keys of the dev issuer keys listeners use (`agent_token.dev_issuer`).
 fn build_verifier(
     id: &credproxy_config::IdentityConfig,
+    dev_jwks: &[String],
 ) -> Result<credproxy_identity::Verifier, ProxyError> {
     let cfg = credproxy_identity::OidcConfig {
         issuer: id.issuer.clone(),
@@ -735,15 +762,25 @@ fn build_verifier(
         ca_files: id.ca_files.clone(),
         http_timeout: credproxy_identity::DEFAULT_HTTP_TIMEOUT,
     };
-    match &id.jwks_file {
-        Some(path) => {
-            let jwks = std::fs::read_to_string(path).map_err(|source| ProxyError::JwksFile {
-                path: path.clone(),
-                source,
-            })?;
-            credproxy_identity::Verifier::with_static_jwks(cfg, &jwks).map_err(ProxyError::Identity)
+    let mut docs = dev_jwks.to_vec();
+    if let Some(path) = &id.jwks_file {
+        let jwks = std::fs::read_to_string(path).map_err(|source| ProxyError::JwksFile {
+            path: path.clone(),
+            source,
+        })?;
+        docs.push(jwks);
+    }
+    match docs.as_slice() {
+        [] => credproxy_identity::Verifier::new(cfg).map_err(ProxyError::Identity),
+        [one] => {
+            credproxy_identity::Verifier::with_static_jwks(cfg, one).map_err(ProxyError::Identity)
         }
-        None => credproxy_identity::Verifier::new(cfg).map_err(ProxyError::Identity),
+        many => {
+            let merged = listener_token::merge_jwks(many)
+                .map_err(|e| ProxyError::Identity(credproxy_identity::IdentityError::Jwks(e)))?;
+            credproxy_identity::Verifier::with_static_jwks(cfg, &merged)
+                .map_err(ProxyError::Identity)
+        }
     }
 }
 

@@ -49,7 +49,10 @@ pub struct MisuseLabels {
 }
 
 impl Metrics {
-    pub fn new(leaf_cache: Arc<LeafCache>) -> Metrics {
+    pub fn new(
+        leaf_cache: Arc<LeafCache>,
+        agent_tokens: Vec<(String, Arc<credproxy_identity::RefreshingToken>)>,
+    ) -> Metrics {
         let mut registry = Registry::with_prefix("credproxy");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -109,6 +112,9 @@ impl Metrics {
             generation.clone(),
         );
         registry.register_collector(Box::new(LeafCacheCollector(leaf_cache)));
+        if !agent_tokens.is_empty() {
+            registry.register_collector(Box::new(AgentTokenCollector(agent_tokens)));
+        }
         Metrics {
             registry,
             requests,
@@ -154,6 +160,73 @@ impl Collector for LeafCacheCollector {
         ] {
             let g = ConstGauge::new(v);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenResultLabels {
+    listener: String,
+    result: &'static str,
+}
+
+/// Listener tokens (`agent_token`): fetches by result, whether a valid token is held, and
+/// when it expires. Read from the refreshers at scrape time.
+#[derive(Debug)]
+struct AgentTokenCollector(Vec<(String, Arc<credproxy_identity::RefreshingToken>)>);
+
+impl Collector for AgentTokenCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "agent_token_refreshes",
+            "Token requests for listener agents (agent_token), by result; the first one included",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (listener, t) in &self.0 {
+            let (ok, failed) = t.fetches();
+            for (result, v) in [("ok", ok), ("error", failed)] {
+                let labels = TokenResultLabels {
+                    listener: listener.clone(),
+                    result,
+                };
+                ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "agent_token_valid",
+            "1 when the listener holds an unexpired agent token, else 0",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (listener, t) in &self.0 {
+            let labels = TokenLabels {
+                listener: listener.clone(),
+            };
+            let valid = i64::from(t.current().is_ok());
+            ConstGauge::new(valid).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "agent_token_expiry_timestamp_seconds",
+            "When the listener's current agent token expires (Unix time; 0 when none or unknown)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (listener, t) in &self.0 {
+            let labels = TokenLabels {
+                listener: listener.clone(),
+            };
+            let at = t
+                .expires_at()
+                .and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            ConstGauge::new(at).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -65,6 +65,9 @@ struct TunnelCtx {
     scheme: Scheme,
     /// Verified on the CONNECT; every request in the tunnel re-checks its expiry.
     identity: Option<Arc<AgentIdentity>>,
+    /// The identity came from the listener's own token (`agent_token`): when it expires, the
+    /// listener's current token takes over instead of a 407 the agent could not act on.
+    listener_token: bool,
     /// The SNI the agent sent, if any, as it sent it.
     sni: Option<String>,
 }
@@ -240,6 +243,7 @@ async fn connect(
             what: "CONNECT needs a host:port target".into(),
         })?;
     let identity = authenticate(shared, ctx, &req).await?;
+    let listener_token = uses_listener_token(shared, ctx, &req);
     let authority = Authority::parse_connect(&raw).map_err(|e| authority_error(e, &raw))?;
     check_allowed(shared, ctx, &authority)?;
     shared.metrics.tunnels.inc();
@@ -247,7 +251,10 @@ async fn connect(
     let ctx = ctx.clone();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel(shared, ctx, authority, identity, upgraded, watcher).await,
+            Ok(upgraded) => {
+                let auth = (identity, listener_token);
+                tunnel(shared, ctx, authority, auth, upgraded, watcher).await
+            }
             Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -260,7 +267,8 @@ async fn tunnel(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
     authority: Authority,
-    identity: Option<Arc<AgentIdentity>>,
+    // The verified identity, and whether it came from the listener's own token.
+    (identity, listener_token): (Option<Arc<AgentIdentity>>, bool),
     upgraded: hyper::upgrade::Upgraded,
     watcher: Drain,
 ) {
@@ -305,6 +313,7 @@ async fn tunnel(
             authority,
             scheme: Scheme::Https,
             identity,
+            listener_token,
             sni,
         });
         serve_inner(shared, tctx, tls, watcher).await;
@@ -314,6 +323,7 @@ async fn tunnel(
             authority,
             scheme: Scheme::Http,
             identity,
+            listener_token,
             sni: None,
         });
         serve_inner(shared, tctx, io, watcher).await;
@@ -370,18 +380,28 @@ async fn inner(
     );
     draft.identity(tctx.identity.as_deref());
     let result = async {
-        if let Some(identity) = &tctx.identity {
-            if identity.expires_at <= std::time::SystemTime::now() {
-                // The tunnel's token expired: refuse and close, so the client reconnects
-                // with a fresh token on a new CONNECT.
-                return Err(Reject::ProxyAuthRequired {
-                    reason: "expired",
-                    message: "the token this tunnel was opened with has expired; reconnect with a fresh token".into(),
-                });
+        let mut identity = tctx.identity.clone();
+        if let Some(current) = &identity {
+            if current.expires_at <= std::time::SystemTime::now() {
+                match shared.listener_tokens.get(&tctx.conn.listener.name) {
+                    // Opened with the listener's own token: continue with its current one
+                    // (verified like any other).
+                    Some(lt) if tctx.listener_token => {
+                        let fresh = lt.identity(listener_verifier(&shared)?).await?;
+                        draft.identity(Some(&fresh));
+                        identity = Some(fresh);
+                    }
+                    // The tunnel's token expired: refuse and close, so the client reconnects
+                    // with a fresh token on a new CONNECT.
+                    _ => return Err(Reject::ProxyAuthRequired {
+                        reason: "expired",
+                        message: "the token this tunnel was opened with has expired; reconnect with a fresh token".into(),
+                    }),
+                }
             }
         }
         check_inner_authority(&tctx, &req)?;
-        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, tctx.identity.clone(), &mut draft, req).await
+        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, identity, &mut draft, req).await
     }
     .await;
     finish(&shared, result, &id, version, started, guard, Some(draft))
@@ -462,8 +482,24 @@ async fn plain(
     forward(shared, ctx, &authority, Scheme::Http, identity, draft, req).await
 }
 
+/// Whether `req` is authenticated with the listener's own token: the listener has
+/// `agent_token` and the request carries no `Proxy-Authorization`.
+fn uses_listener_token(shared: &Shared, ctx: &ConnCtx, req: &Request<Incoming>) -> bool {
+    !req.headers()
+        .contains_key(http::header::PROXY_AUTHORIZATION)
+        && shared.listener_tokens.get(&ctx.listener.name).is_some()
+}
+
+/// The verifier listener tokens go through; a listener token without identity is refused by
+/// configuration, so its absence is an internal error.
+fn listener_verifier(shared: &Shared) -> Result<&credproxy_identity::Verifier, Reject> {
+    shared.verifier.as_ref().ok_or(Reject::Internal)
+}
+
 /// Verify the agent's token from `Proxy-Authorization` (Bearer, or Basic with the token as
-/// password). `None` when the proxy runs with `identity.danger_allow_anonymous`.
+/// password), or, on a listener with `agent_token` and no `Proxy-Authorization`, the
+/// listener's own token (same verifier). `None` when the proxy runs with
+/// `identity.danger_allow_anonymous`.
 async fn authenticate(
     shared: &Shared,
     ctx: &ConnCtx,
@@ -479,10 +515,12 @@ async fn authenticate(
             message: other.agent_message().to_string(),
         },
     };
-    let value = req
-        .headers()
-        .get(http::header::PROXY_AUTHORIZATION)
-        .ok_or(auth_reject(credproxy_identity::AuthError::Missing))?;
+    let Some(value) = req.headers().get(http::header::PROXY_AUTHORIZATION) else {
+        return match shared.listener_tokens.get(&ctx.listener.name) {
+            Some(lt) => lt.identity(verifier).await.map(Some),
+            None => Err(auth_reject(credproxy_identity::AuthError::Missing)),
+        };
+    };
     let token = credproxy_identity::token_from_proxy_authorization(value.as_bytes())
         .map_err(auth_reject)?;
     let identity = verifier.verify(&token).await.map_err(|e| {
