@@ -1,10 +1,14 @@
-//! `credproxy bridge FROM TO`: a small byte bridge between TCP, Unix and AF_VSOCK sockets.
+//! `credproxy bridge FROM TO`: a small byte bridge between TCP, Unix, AF_VSOCK and hybrid-vsock
+//! sockets.
 //!
 //! It replaces the socat commands a microVM deployment used to need: in the guest,
 //! `tcp:127.0.0.1:18790 vsock:2:18790` gives the agent a local proxy address whose bytes go
 //! to the host over VSOCK; on the host, `tcp:127.0.0.1:18789 vsock:4:18789` reaches a port in
-//! a guest. Every accepted connection gets its own connection to `TO`; bytes are copied both
-//! ways through bounded buffers, and a half-close on one side is passed on to the other.
+//! a guest (QEMU/vhost-vsock), and `tcp:127.0.0.1:18789 vsock_uds:PATH:18789` reaches it
+//! through the hypervisor's hybrid-vsock socket (Firecracker, Cloud Hypervisor,
+//! vhost-device-vsock; see [`endpoint`]). Every accepted connection gets its own connection
+//! to `TO`; bytes are copied both ways through bounded buffers, and a half-close on one side
+//! is passed on to the other.
 //!
 //! With a token source (`--token-file`, or `--oidc-token-url` with client credentials), the
 //! bridge reads the head of the first request on each connection and, for a `CONNECT` or an
@@ -42,10 +46,13 @@ const UNIX_MODE: u32 = 0o660;
 /// `credproxy bridge` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BridgeArgs {
-    /// Where to listen: tcp:ADDR:PORT, unix:PATH or vsock:CID:PORT (CID may be `any`)
+    /// Where to listen: tcp:ADDR:PORT, unix:PATH, vsock:CID:PORT (CID may be `any`) or
+    /// vsock_uds:PATH:PORT (binds PATH_PORT, where a hypervisor delivers a guest's connections
+    /// to host port PORT)
     pub from: String,
-    /// Where to connect for each accepted connection: tcp:HOST:PORT, unix:PATH or
-    /// vsock:CID:PORT (CID 2 is the host, seen from a guest)
+    /// Where to connect for each accepted connection: tcp:HOST:PORT, unix:PATH,
+    /// vsock:CID:PORT (CID 2 is the host, seen from a guest) or vsock_uds:PATH:PORT (guest port
+    /// PORT through the hypervisor's hybrid-vsock socket PATH: `CONNECT PORT` handshake)
     pub to: String,
     /// Most connections bridged at once; further clients wait to be accepted
     #[arg(long, default_value_t = 1024, value_name = "N")]

@@ -9,7 +9,10 @@
 //! Asserted: the upstream received the real secret; the guest got only the placeholder back
 //! from the echo; the request was attributed to `vm-a` on that VM's listener (the policy
 //! allows nothing else and says what it saw otherwise); the guest has no interface but `lo`
-//! and a direct TCP connection fails.
+//! and a direct TCP connection fails. The other direction too: the host reaches a guest port
+//! (the gateway's, served in the guest by busybox `httpd` behind `credproxy-bridge
+//! vsock:any:P tcp:127.0.0.1:P`) with `credproxy bridge tcp:… vsock_uds:<uds>:P`, the
+//! hybrid-vsock `CONNECT P` handshake against vhost-device-vsock.
 //!
 //! Tools: `qemu-system-x86_64` (apt `qemu-system-x86`), `busybox` (apt `busybox-static`),
 //! `vhost-device-vsock` (`cargo install vhost-device-vsock --locked --root .cache/tools`),
@@ -29,6 +32,8 @@ use credproxy_testkit::{TestPki, Upstream, UpstreamOptions, Validity};
 
 const HOST: &str = "api.anthropic.com";
 const PORT: u32 = 18790;
+/// The guest port the host reaches through the hypervisor's socket (the gateway's).
+const GATEWAY: u32 = 18789;
 const AGENT: &str = "vm-a";
 const ROLE: &str = "proxy-user";
 const PLACEHOLDER: &str = "agent-vault-00000000-0000-0000-0000-0000000000a1";
@@ -267,7 +272,8 @@ fn initramfs(dir: &Path, g: &Guest<'_>) -> PathBuf {
     );
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "mount", "insmod", "ip", "poweroff", "cat", "ls", "sleep", "echo",
+        "sh", "mount", "insmod", "ip", "poweroff", "cat", "ls", "sleep", "echo", "httpd", "touch",
+        "mkdir",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -275,6 +281,15 @@ fn initramfs(dir: &Path, g: &Guest<'_>) -> PathBuf {
     std::fs::copy(g.client, root.join("bin/microvm-client")).unwrap();
     std::fs::copy(g.proxy_ca, root.join("etc/proxy-ca.pem")).unwrap();
     std::fs::write(root.join("etc/agent-token"), g.token).unwrap();
+    // The "gateway": a CGI page that also tells init the host has been served.
+    std::fs::create_dir_all(root.join("www/cgi-bin")).unwrap();
+    let cgi = root.join("www/cgi-bin/gateway");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho MICROVM_GATEWAY_OK\ntouch /tmp/gateway-served\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let builtin = std::fs::read_to_string(g.modules.join("modules.builtin")).unwrap_or_default();
     let mut order = Vec::new();
     for m in MODULES {
@@ -303,8 +318,15 @@ for m in {modules}; do insmod /lib/modules/$m.ko || echo "MICROVM_INSMOD_FAILED 
 i=0
 while [ ! -e /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 ip link set lo up
+httpd -p 127.0.0.1:{GATEWAY} -h /www
+/bin/credproxy-bridge vsock:any:{GATEWAY} tcp:127.0.0.1:{GATEWAY} &
+echo MICROVM_GATEWAY_STARTED
 /bin/credproxy-bridge --token-file /etc/agent-token tcp:127.0.0.1:{PORT} vsock:2:{PORT} &
 HTTPS_PROXY=http://127.0.0.1:{PORT} /bin/microvm-client /etc/proxy-ca.pem {HOST} {PLACEHOLDER} {DIRECT}
+# Wait (bounded) for the host to fetch the gateway page.
+i=0
+while [ ! -e /tmp/gateway-served ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+[ -e /tmp/gateway-served ] && echo MICROVM_GATEWAY_SERVED
 echo MICROVM_DONE
 poweroff -f
 "#,
@@ -530,12 +552,17 @@ limits:
             .unwrap(),
     );
 
-    // Wait for the guest to finish (bounded; no fixed sleeps).
+    // Wait for the guest to finish (bounded; no fixed sleeps). Once its gateway is started,
+    // the host fetches the page through the hypervisor's socket.
     let mut init_seen = None;
+    let mut gateway = None;
     let text = loop {
         let text = std::fs::read_to_string(&console).unwrap_or_default();
         if init_seen.is_none() && text.contains("MICROVM_INIT_START") {
             init_seen = Some(boot.elapsed());
+        }
+        if gateway.is_none() && text.contains("MICROVM_GATEWAY_STARTED") {
+            gateway = Some(tokio::spawn(fetch_gateway(uds.clone())));
         }
         if text.contains("MICROVM_DONE") {
             break text;
@@ -557,6 +584,20 @@ limits:
         total.elapsed()
     );
     let context = || format!("--- console ---\n{text}");
+
+    // Host → guest through vhost-device-vsock's socket: the handshake and the bytes after it.
+    let page = gateway
+        .unwrap_or_else(|| panic!("the guest never started its gateway\n{}", context()))
+        .await
+        .unwrap();
+    let status = page.lines().next().unwrap_or_default();
+    assert!(
+        status.starts_with("HTTP/1.") && status.contains(" 200 "),
+        "{page}\n{}",
+        context()
+    );
+    assert!(page.contains("MICROVM_GATEWAY_OK"), "{page}");
+    assert!(text.contains("MICROVM_GATEWAY_SERVED"), "{}", context());
 
     // The guest has no way out but vsock.
     assert!(!text.contains("MICROVM_INSMOD_FAILED"), "{}", context());
@@ -627,6 +668,57 @@ limits:
         run_time < Duration::from_secs(45),
         "the guest took {run_time:?}; the budget is about 15 s per boot"
     );
+}
+
+/// GET the guest's gateway page through `credproxy bridge tcp:127.0.0.1:0
+/// vsock_uds:<uds>:GATEWAY`. The guest's bridge may not listen yet when its init says the
+/// gateway started, so a refused handshake is retried (bounded).
+async fn fetch_gateway(uds: PathBuf) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let args = credproxy_bridge::BridgeArgs {
+        from: "tcp:127.0.0.1:0".into(),
+        to: format!("vsock_uds:{}:{GATEWAY}", uds.display()),
+        max_connections: 4,
+        buffer_size: 64 * 1024,
+        shutdown_grace: Duration::from_secs(1),
+        token_file: None,
+        oidc_token_url: None,
+        oidc_issuer: None,
+        client_id: None,
+        client_secret_file: None,
+        audience: None,
+        scope: None,
+        oidc_ca_files: vec![],
+        log: "info".into(),
+    };
+    let bridge =
+        credproxy_bridge::Bridge::bind(credproxy_bridge::BridgeConfig::from_args(&args).unwrap())
+            .await
+            .unwrap();
+    let credproxy_core::ListenAddr::Tcp(addr) = bridge.local_addr().clone() else {
+        panic!()
+    };
+    let task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /cgi-bin/gateway HTTP/1.0\r\nHost: gateway\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        if !out.is_empty() {
+            break String::from_utf8_lossy(&out).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's gateway never answered through {}",
+            uds.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    task.abort();
+    page
 }
 
 /// `env:` secret sources read from this map, never from the process environment.

@@ -1,6 +1,13 @@
-//! The proxy's hybrid-vsock listener (`vsock_uds`), as the host sees a guest: a Unix
-//! connection on `<path>_<port>`. It is proxied like any other listener, its bound agent is
-//! enforced, and the guest-side bridge path (token added by the bridge) works against it.
+//! Hybrid vsock (`vsock_uds`), as the host sees it.
+//!
+//! * The proxy's `vsock_uds` listener: a guest's connection arrives as a Unix connection on
+//!   `<path>_<port>`. It is proxied like any other listener, its bound agent is enforced, and
+//!   the guest-side bridge path (token added by the bridge) works against it.
+//! * The bridge's `vsock_uds:PATH:PORT` endpoint: connecting speaks the host-initiated
+//!   handshake to the hypervisor's socket exactly as Firecracker documents it (`CONNECT
+//!   PORT\n`, then `OK <host port>\n`, then the guest's bytes), here against a local Unix
+//!   server that plays the hypervisor; listening binds `PATH_PORT`. The microVM test runs the
+//!   same endpoint against vhost-device-vsock and a real guest.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -224,5 +231,171 @@ async fn the_bridge_adds_the_token_for_an_agent_that_has_none() {
         s.upstream.received()[0].header_all("x-api-key"),
         vec![SECRET.to_string()]
     );
+    task.abort();
+}
+
+/// A stand-in for the hypervisor's hybrid-vsock socket, behaving as Firecracker documents:
+/// read `CONNECT <port>\n`; for a port a "guest" listens on, answer `OK <host port>\n` and
+/// from then on relay the guest, which greets first (in the same write as the `OK`, so a
+/// client that reads past the line would lose it) and then echoes; for any other port, close
+/// the connection. Every request line is recorded.
+struct Hypervisor {
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Hypervisor {
+    fn start(path: &Path, guest_port: u32, answer: &'static str) -> Hypervisor {
+        let l = tokio::net::UnixListener::bind(path).unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !line.ends_with(b"\n") {
+                        if s.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        line.push(b[0]);
+                    }
+                    let line = String::from_utf8(line).unwrap();
+                    seen.lock().unwrap().push(line.clone());
+                    if line != format!("CONNECT {guest_port}\n") {
+                        return; // nobody listens there: the connection is closed
+                    }
+                    s.write_all(format!("{answer}guest-hello\n").as_bytes())
+                        .await
+                        .unwrap();
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        Hypervisor { lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+fn plain_bridge_args(from: String, to: String) -> BridgeArgs {
+    BridgeArgs {
+        from,
+        to,
+        max_connections: 16,
+        buffer_size: 64 * 1024,
+        shutdown_grace: Duration::from_secs(1),
+        token_file: None,
+        oidc_token_url: None,
+        oidc_issuer: None,
+        client_id: None,
+        client_secret_file: None,
+        audience: None,
+        scope: None,
+        oidc_ca_files: vec![],
+        log: "info".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_bridge_reaches_a_guest_port_through_the_hypervisor_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vm-a.vsock");
+    let hv = Hypervisor::start(&sock, 18789, "OK 1073741824\n");
+    let bridge = Bridge::bind(
+        BridgeConfig::from_args(&plain_bridge_args(
+            "tcp:127.0.0.1:0".into(),
+            format!("vsock_uds:{}:18789", sock.display()),
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let ListenAddr::Tcp(addr) = bridge.local_addr().clone() else {
+        panic!()
+    };
+    let task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
+    for round in 0..3 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // The guest's first bytes arrive intact: the handshake consumed exactly its line.
+        let mut hello = [0u8; 12];
+        c.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"guest-hello\n", "round {round}");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        c.write_all(&data).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, data, "round {round}");
+    }
+    assert_eq!(hv.lines(), vec!["CONNECT 18789\n"; 3]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_guest_port_nobody_listens_on_or_a_bad_answer_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vm.vsock");
+    let _hv = Hypervisor::start(&sock, 1, "OK 1073741824\n");
+    let to = credproxy_bridge::Endpoint::parse(&format!("vsock_uds:{}:5", sock.display())).unwrap();
+    let e = to.connect().await.unwrap_err().to_string();
+    assert!(
+        e.contains("closed the connection in answer to CONNECT 5"),
+        "{e}"
+    );
+    assert!(e.contains("is a guest listening on vsock port 5?"), "{e}");
+
+    let bad = dir.path().join("bad.vsock");
+    let _bad = Hypervisor::start(&bad, 7, "FAILURE\n");
+    let to = credproxy_bridge::Endpoint::parse(&format!("vsock_uds:{}:7", bad.display())).unwrap();
+    let e = to.connect().await.unwrap_err().to_string();
+    assert!(e.contains("answered \"FAILURE\" to CONNECT 7"), "{e}");
+
+    let none = credproxy_bridge::Endpoint::parse(&format!(
+        "vsock_uds:{}:7",
+        dir.path().join("missing").display()
+    ))
+    .unwrap();
+    let e = none.connect().await.unwrap_err().to_string();
+    assert!(e.contains("cannot connect to the hypervisor socket"), "{e}");
+}
+
+/// Listening on `vsock_uds:PATH:PORT` is where the hypervisor delivers a guest's connection to
+/// host port PORT: the Unix socket `PATH_PORT`.
+#[tokio::test]
+async fn listening_on_vsock_uds_binds_path_underscore_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = echo.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let base = dir.path().join("vm-a.vsock");
+    let bridge = Bridge::bind(
+        BridgeConfig::from_args(&plain_bridge_args(
+            format!("vsock_uds:{}:8200", base.display()),
+            format!("tcp:{echo_addr}"),
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
+    let mut c = UnixStream::connect(dir.path().join("vm-a.vsock_8200"))
+        .await
+        .unwrap();
+    c.write_all(b"from the guest").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"from the guest");
     task.abort();
 }

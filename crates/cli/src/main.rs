@@ -63,8 +63,9 @@ enum Command {
     /// Obtain an agent token: OAuth2 client credentials from an OIDC provider, or a dev token
     /// (--dev); prints the token, or a proxy URL carrying it (--proxy-url)
     Token(token_cmd::TokenArgs),
-    /// Bridge bytes between tcp:, unix: and vsock: endpoints (e.g. tcp:127.0.0.1:18790
-    /// vsock:2:18790), optionally adding the agent's token to each proxy request
+    /// Bridge bytes between tcp:, unix:, vsock: and vsock_uds: endpoints (e.g.
+    /// tcp:127.0.0.1:18790 vsock:2:18790), optionally adding the agent's token to each proxy
+    /// request
     Bridge(credproxy_bridge::BridgeArgs),
     /// Query and verify the audit log: list, show, verify, export
     Audit {
