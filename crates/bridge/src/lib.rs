@@ -89,6 +89,10 @@ pub struct BridgeArgs {
     /// Extra CA certificate (PEM) for an https token endpoint; repeatable
     #[arg(long = "oidc-ca-file", value_name = "FILE")]
     pub oidc_ca_files: Vec<PathBuf>,
+    /// Only validate the command line (endpoints, flags, the files they name) and exit: 0 when
+    /// valid, 64 with the error otherwise. Binds, connects and fetches nothing.
+    #[arg(long)]
+    pub check: bool,
     /// Log filter (`info`, `debug`, `credproxy_bridge=debug`, ...)
     #[arg(
         long,
@@ -154,6 +158,12 @@ impl BridgeConfig {
             ));
         }
         let oidc = args.oidc_token_url.is_some() || args.oidc_issuer.is_some();
+        for url in [&args.oidc_token_url, &args.oidc_issuer]
+            .into_iter()
+            .flatten()
+        {
+            credproxy_identity::check_provider_url(url).map_err(BridgeError::Usage)?;
+        }
         let token = if let Some(f) = &args.token_file {
             TokenConfig::File(f.clone())
         } else if oidc {
@@ -192,6 +202,47 @@ impl BridgeConfig {
             buffer_size: args.buffer_size,
             token,
         })
+    }
+}
+
+impl BridgeConfig {
+    /// `--check`: everything [`BridgeConfig::from_args`] checks, plus the files the command
+    /// line names: a `--token-file` must be readable, each `--oidc-ca-file` must hold a PEM
+    /// certificate. Returns a one-line summary. Binds, connects and fetches nothing.
+    pub fn check(args: &BridgeArgs) -> Result<String, BridgeError> {
+        let config = BridgeConfig::from_args(args)?;
+        if let Some(f) = &args.token_file {
+            std::fs::File::open(f).map_err(|e| {
+                BridgeError::Usage(format!("--token-file {}: cannot read it: {e}", f.display()))
+            })?;
+        }
+        for f in &args.oidc_ca_files {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                BridgeError::Usage(format!(
+                    "--oidc-ca-file {}: cannot read it: {e}",
+                    f.display()
+                ))
+            })?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(BridgeError::Usage(format!(
+                    "--oidc-ca-file {}: no PEM certificate in it",
+                    f.display()
+                )));
+            }
+        }
+        let token = match &config.token {
+            TokenConfig::None => "no token added".to_owned(),
+            TokenConfig::File(f) => format!("token from {}", f.display()),
+            TokenConfig::Oidc(g) => format!(
+                "token for client {} from {}",
+                g.client_id,
+                g.token_url
+                    .as_deref()
+                    .or(g.issuer.as_deref())
+                    .unwrap_or_default()
+            ),
+        };
+        Ok(format!("valid: {} -> {} ({token})", config.from, config.to))
     }
 }
 
@@ -388,8 +439,23 @@ fn init_logging(filter: &str) {
 }
 
 /// Run `credproxy bridge` until SIGTERM or SIGINT: 0 after a clean shutdown, 64 for bad
-/// usage, 1 when the bridge cannot start.
+/// usage, 1 when the bridge cannot start. With `--check`, validate and exit (0 or 64).
 pub async fn run(args: BridgeArgs) -> ExitCode {
+    if args.check {
+        return match BridgeConfig::check(&args) {
+            Ok(summary) => {
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("credproxy bridge: {summary}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("credproxy bridge: {}", error_chain(&e));
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     init_logging(&args.log);
     let config = match BridgeConfig::from_args(&args) {
         Ok(c) => c,

@@ -33,6 +33,7 @@ fn args(from: &str, to: &str) -> BridgeArgs {
         audience: None,
         scope: None,
         oidc_ca_files: vec![],
+        check: false,
         log: "info".into(),
     }
 }

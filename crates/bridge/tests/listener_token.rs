@@ -200,6 +200,7 @@ fn bridge_args(socket: &Path) -> BridgeArgs {
         audience: None,
         scope: None,
         oidc_ca_files: vec![],
+        check: false,
         log: "info".into(),
     }
 }

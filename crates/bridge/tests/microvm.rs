@@ -689,6 +689,7 @@ async fn fetch_gateway(uds: PathBuf) -> String {
         audience: None,
         scope: None,
         oidc_ca_files: vec![],
+        check: false,
         log: "info".into(),
     };
     let bridge =

@@ -214,6 +214,7 @@ async fn the_bridge_adds_the_token_for_an_agent_that_has_none() {
         audience: None,
         scope: None,
         oidc_ca_files: vec![],
+        check: false,
         log: "info".into(),
     };
     let bridge = Bridge::bind(BridgeConfig::from_args(&args).unwrap())
@@ -298,6 +299,7 @@ fn plain_bridge_args(from: String, to: String) -> BridgeArgs {
         audience: None,
         scope: None,
         oidc_ca_files: vec![],
+        check: false,
         log: "info".into(),
     }
 }

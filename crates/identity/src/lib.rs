@@ -46,3 +46,9 @@ pub use refresh::{
 };
 pub use token::{client_credentials, ClientCredentials, FetchErrorBox, TokenError, TokenResponse};
 pub use verifier::Verifier;
+
+/// Whether `url` may be used to talk to an identity provider (discovery, token endpoint):
+/// `https`, or `http` to a loopback host. The error says why not.
+pub fn check_provider_url(url: &str) -> Result<(), String> {
+    http::acceptable_url(url).map(|_| ())
+}
