@@ -603,8 +603,8 @@ impl PlaceholderStore {
 /// The default placeholder shape: this prefix and a lowercase UUID.
 const DEFAULT_PLACEHOLDER_PREFIX: &str = "agent-vault-";
 
-/// `ca-bundle.pem`: the system roots plus the dev CA, for clients (Python, curl via
-/// `SSL_CERT_FILE`) whose CA setting replaces the system store instead of adding to it.
+/// `ca-bundle.pem`: the system roots plus the dev CA, for clients (curl, git, Python, the AWS
+/// SDKs) whose CA setting replaces the system store instead of adding to it.
 fn write_bundle(dir: &Path) -> anyhow::Result<()> {
     let ca = std::fs::read_to_string(dir.join("ca/ca.crt")).context("cannot read the dev CA")?;
     let system = [
@@ -650,8 +650,27 @@ pub struct AgentEnv<'a> {
     pub placeholders: &'a [(String, String)],
 }
 
+/// Hosts that never go through the proxy (it would refuse them: loopback is a private
+/// address), so local tools keep working in the agent's shell.
+const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+
 /// What an agent needs, as shell exports, plus one example. `NODE_USE_ENV_PROXY` is always
 /// the last export.
+///
+/// Each client reads its own variables, and several ignore the generic ones, so every one a
+/// common client reads is set (the values replace whatever the shell had, e.g. a CI image's
+/// `CURL_CA_BUNDLE`):
+///
+/// | Variable | Read by |
+/// |---|---|
+/// | `HTTPS_PROXY`/`https_proxy`, `HTTP_PROXY`/`http_proxy` | curl and git (libcurl reads `http_proxy` lowercase only), Python, Go, Node with `NODE_USE_ENV_PROXY=1` |
+/// | `NO_PROXY`/`no_proxy` | the same clients |
+/// | `CURL_CA_BUNDLE` | curl (it wins over `SSL_CERT_FILE`) |
+/// | `GIT_SSL_CAINFO` | git (libcurl with a built-in CA path ignores `SSL_CERT_FILE`) |
+/// | `SSL_CERT_FILE` | OpenSSL-based clients, Python's `ssl` and httpx (the Anthropic and OpenAI SDKs), Go, curl when `CURL_CA_BUNDLE` is unset |
+/// | `REQUESTS_CA_BUNDLE` | Python requests |
+/// | `AWS_CA_BUNDLE` | the AWS CLI and SDKs |
+/// | `NODE_EXTRA_CA_CERTS` | Node (adds to its built-in roots, so the CA alone) |
 pub fn agent_env(e: &AgentEnv<'_>) -> String {
     let bundle = e.state.join("ca-bundle.pem");
     let ca = e.state.join("ca/ca.crt");
@@ -664,10 +683,22 @@ pub fn agent_env(e: &AgentEnv<'_>) -> String {
     );
     let mut s = String::new();
     let _ = writeln!(s, "# credproxy dev is running. In the agent's shell:");
-    let _ = writeln!(s, "export HTTPS_PROXY={url}");
-    let _ = writeln!(s, "export HTTP_PROXY={url}");
-    let _ = writeln!(s, "export SSL_CERT_FILE={}", shell_quote(&bundle));
-    let _ = writeln!(s, "export REQUESTS_CA_BUNDLE={}", shell_quote(&bundle));
+    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        let _ = writeln!(s, "export {name}={url}");
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        let _ = writeln!(s, "export {name}={NO_PROXY}");
+    }
+    let bundle = shell_quote(&bundle);
+    for name in [
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "REQUESTS_CA_BUNDLE",
+        "AWS_CA_BUNDLE",
+    ] {
+        let _ = writeln!(s, "export {name}={bundle}");
+    }
     let _ = writeln!(s, "export NODE_EXTRA_CA_CERTS={}", shell_quote(&ca));
     if !e.placeholders.is_empty() {
         let _ = writeln!(

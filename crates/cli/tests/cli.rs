@@ -551,12 +551,19 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     assert_eq!(
         keys,
         [
+            "AWS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+            "GIT_SSL_CAINFO",
             "HTTPS_PROXY",
             "HTTP_PROXY",
             "NODE_EXTRA_CA_CERTS",
             "NODE_USE_ENV_PROXY",
+            "NO_PROXY",
             "REQUESTS_CA_BUNDLE",
-            "SSL_CERT_FILE"
+            "SSL_CERT_FILE",
+            "http_proxy",
+            "https_proxy",
+            "no_proxy"
         ],
         "{env:?}"
     );
@@ -569,11 +576,22 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
     let addr: SocketAddr = addr.parse().unwrap();
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-    assert_eq!(&env["HTTP_PROXY"], proxy_url);
+    for name in ["HTTP_PROXY", "https_proxy", "http_proxy"] {
+        assert_eq!(&env[name], proxy_url, "{name}");
+    }
+    assert_eq!(env["NO_PROXY"], "localhost,127.0.0.1,::1");
+    assert_eq!(env["no_proxy"], env["NO_PROXY"]);
     assert_eq!(env["NODE_USE_ENV_PROXY"], "1");
     let ca_crt = state.join("ca").join("ca.crt");
     assert_eq!(Path::new(&env["NODE_EXTRA_CA_CERTS"]), ca_crt);
-    assert_eq!(env["REQUESTS_CA_BUNDLE"], env["SSL_CERT_FILE"]);
+    for name in [
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "AWS_CA_BUNDLE",
+    ] {
+        assert_eq!(env[name], env["SSL_CERT_FILE"], "{name}");
+    }
     let ca_pem = std::fs::read_to_string(&ca_crt).unwrap();
     let bundle = std::fs::read_to_string(&env["SSL_CERT_FILE"]).unwrap();
     assert!(bundle.contains(&ca_pem), "the bundle lacks the dev CA");
@@ -632,8 +650,9 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     );
     assert_eq!(env2, {
         let mut e = env.clone();
-        e.insert("HTTPS_PROXY".into(), env2["HTTPS_PROXY"].clone());
-        e.insert("HTTP_PROXY".into(), env2["HTTP_PROXY"].clone());
+        for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+            e.insert(name.into(), env2[name].clone());
+        }
         e
     });
     // ... so an agent that trusted the first run's CA trusts the second run too.
@@ -641,6 +660,7 @@ async fn dev_prints_a_working_agent_environment_and_reuses_its_ca() {
     cmd.env_clear()
         .envs(&env)
         .env("HTTPS_PROXY", &env2["HTTPS_PROXY"])
+        .env("https_proxy", &env2["https_proxy"])
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
         .arg(format!("https://{ALLOWED}/echo"));
     let o = output(cmd, "curl").await;

@@ -164,3 +164,124 @@ async fn bad_credentials_exit_64_naming_the_problem() {
     assert_code(&o, EXIT_USAGE);
     assert!(stderr(&o).contains("missing.yaml"), "{}", stderr(&o));
 }
+
+/// Run `git ARGS` in `dir` with no user or system configuration.
+fn git(dir: &std::path::Path, home: &std::path::Path, args: &[&str]) {
+    let o = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.test")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.test")
+        .output()
+        .expect("git runs (apt-get install git)");
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The printed `export` lines, pasted verbatim into a shell whose environment already points
+/// `CURL_CA_BUNDLE` (as CI images do) and `SSL_CERT_FILE` elsewhere, are enough for curl and
+/// for a real `git clone` (dumb HTTP from the TLS upstream) through the proxy: each client
+/// finds the variable it actually reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_exports_work_verbatim_for_curl_and_git() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    // A repository served over git's dumb HTTP protocol.
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    git(&src, &home, &["init", "-q", "-b", "main"]);
+    std::fs::write(src.join("README"), "hello through credproxy\n").unwrap();
+    git(&src, &home, &["add", "README"]);
+    git(&src, &home, &["commit", "-q", "-m", "first"]);
+    let files = tmp.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    git(
+        tmp.path(),
+        &home,
+        &["clone", "-q", "--bare", "src", "files/repo.git"],
+    );
+    git(&files.join("repo.git"), &home, &["update-server-info"]);
+
+    let pki = credproxy_testkit::TestPki::new();
+    let upstream = credproxy_testkit::Upstream::start(
+        credproxy_testkit::UpstreamOptions::tls(
+            pki.issue(&[ALLOWED], credproxy_testkit::Validity::Valid),
+        )
+        .with_files(&files),
+    )
+    .await;
+    let state = tmp.path().join("state");
+    let (mut dev, env) = start_dev(&state, &dev_upstream_args(&pki, &upstream), &[]).await;
+    let printed: Vec<String> = dev
+        .stdout
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("export "))
+        .cloned()
+        .collect();
+    for name in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "REQUESTS_CA_BUNDLE",
+        "AWS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+    ] {
+        assert!(env.contains_key(name), "{name} not printed: {printed:?}");
+    }
+
+    // A CA bundle that does not hold the dev CA, set the way CI images set it.
+    let elsewhere = credproxy_testkit::TestPki::new();
+    let script = format!(
+        "set -e\n{}\ncurl -q -sS --max-time 30 -o /dev/null -w '%{{http_code}}\\n' https://{ALLOWED}/echo\n\
+         git clone -q https://{ALLOWED}/files/repo.git clone\ncat clone/README\n",
+        printed.join("\n")
+    );
+    let o = tokio::time::timeout(
+        support::WAIT,
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(tmp.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("CURL_CA_BUNDLE", elsewhere.ca_cert_path())
+            .env("SSL_CERT_FILE", elsewhere.ca_cert_path())
+            .output(),
+    )
+    .await
+    .expect("the shell finished")
+    .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "{script}\n--- stdout\n{out}--- stderr\n{err}"
+    );
+    assert_eq!(out, "200\nhello through credproxy\n", "{err}");
+    // git really went through the proxy to the upstream (SNI from the minted tunnel).
+    let got = upstream.received();
+    assert!(
+        got.iter()
+            .any(|r| r.path().starts_with("/files/repo.git/") && r.sni.as_deref() == Some(ALLOWED)),
+        "{got:?}"
+    );
+    dev.stop().await;
+}

@@ -81,6 +81,11 @@
 //!   `finish_reason: "stop"`, a usage chunk if
 //!   `stream_options.include_usage`), then `data: [DONE]`.
 //!
+//! * `GET|HEAD /files/{path}` — with [`UpstreamOptions::with_files`]: the file
+//!   `{dir}/{path}` (`application/octet-stream`, query ignored), `404` when it is
+//!   missing or `path` is not a plain relative path. Enough to serve a git
+//!   repository over the dumb HTTP protocol (`git update-server-info`).
+//!
 //! Query values are percent-decoded (`%XX` only; `+` stays `+`).
 
 use std::collections::{HashMap, VecDeque};
@@ -131,6 +136,8 @@ pub struct UpstreamOptions {
     /// served as HTTP/2 only, if `http/1.1` as HTTP/1 only, otherwise
     /// auto-detected from the connection preface.
     pub alpn: Vec<Vec<u8>>,
+    /// Serve this directory under `/files/`.
+    pub files: Option<std::path::PathBuf>,
 }
 
 impl Default for UpstreamOptions {
@@ -138,6 +145,7 @@ impl Default for UpstreamOptions {
         Self {
             tls: None,
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            files: None,
         }
     }
 }
@@ -159,6 +167,12 @@ impl UpstreamOptions {
     /// Replace the ALPN list (e.g. `&["http/1.1"]`).
     pub fn with_alpn(mut self, alpn: &[&str]) -> Self {
         self.alpn = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self
+    }
+
+    /// Serve the files under `dir` at `/files/`.
+    pub fn with_files(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.files = Some(dir.into());
         self
     }
 }
@@ -256,6 +270,7 @@ struct State {
     tls_failures: AtomicUsize,
     gates: Gates,
     shutdown: watch::Receiver<bool>,
+    files: Option<std::path::PathBuf>,
 }
 
 /// A running test upstream. Dropping it (or [`Upstream::shutdown`]) closes
@@ -323,6 +338,7 @@ impl Upstream {
             tls_failures: AtomicUsize::new(0),
             gates: Gates::default(),
             shutdown: shutdown_rx.clone(),
+            files: opts.files.clone(),
         });
         let acceptor = opts.tls.as_ref().map(|cert| {
             let mut cfg = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
@@ -675,6 +691,12 @@ async fn handle(state: Arc<State>, info: &ConnInfo, req: Request<Incoming>) -> R
         | "/ws"
         | "/v1/messages"
         | "/v1/chat/completions" => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        p if p.starts_with("/files/") && state.files.is_some() => {
+            if method != Method::GET && method != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            }
+            static_file(state.files.as_deref(), &p["/files/".len()..])
+        }
         p if p.starts_with("/fixed/") => {
             if method != Method::GET && method != Method::HEAD {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
@@ -685,6 +707,28 @@ async fn handle(state: Arc<State>, info: &ConnInfo, req: Request<Incoming>) -> R
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `dir/rel`, for plain relative paths only (no `..`, no absolute path).
+fn static_file(dir: Option<&std::path::Path>, rel: &str) -> Response<RespBody> {
+    let rel = std::path::Path::new(rel);
+    let plain = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    let Some(dir) = dir.filter(|_| plain && !rel.as_os_str().is_empty()) else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    match std::fs::read(dir.join(rel)) {
+        Ok(data) => {
+            let mut resp = Response::new(full(data));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        Err(_) => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
