@@ -13,13 +13,16 @@
   checkTargets ? ["--lib" "--bins" "--test" "cli" "--test" "proxy"],
 }: let
   root = ../.;
-  # Only what the build reads: a change to docs, modules or scripts does not rebuild it.
+  # Only what the build reads: a change to other docs, modules or scripts does not rebuild it.
+  # The crates include docs/policy-input.schema.json (include_str!); nix/eval/run checks
+  # that every file the Rust code includes is in this source.
   src = lib.fileset.toSource {
     inherit root;
     fileset = lib.fileset.unions [
       (root + "/Cargo.toml")
       (root + "/Cargo.lock")
       (root + "/crates")
+      (root + "/docs/policy-input.schema.json")
       (lib.fileset.maybeMissing (root + "/testsupport"))
       (lib.fileset.maybeMissing (root + "/policy"))
     ];
