@@ -55,15 +55,24 @@
         type = types.nullOr (types.submodule {
           options = {
             cid = mkOption {
-              type = types.either (types.enum ["any"]) types.ints.unsigned;
+              type = types.either (types.enum ["any"]) types.ints.u32;
               default = "any";
               description = "Local CID to bind (`any`, or 2 for the host).";
               example = 2;
             };
             port = mkOption {
-              type = types.port;
-              description = "VSOCK port.";
+              type = types.ints.u32;
+              description = "VSOCK port (32 bits).";
               example = 18790;
+            };
+            peer_cid = mkOption {
+              type = types.nullOr (types.ints.between 3 4294967294);
+              default = null;
+              description = ''
+                Accept connections from this guest CID only (the hypervisor sets a guest's CID;
+                the guest cannot choose it). Required with `agent_token`.
+              '';
+              example = 4;
             };
           };
         });
@@ -75,6 +84,7 @@
         example = {
           cid = "any";
           port = 18790;
+          peer_cid = 4;
         };
       };
       vsock_uds = mkOption {
@@ -86,7 +96,7 @@
               example = "/var/lib/microvms/agent1/notify.vsock";
             };
             port = mkOption {
-              type = types.port;
+              type = types.ints.u32;
               description = "VSOCK port the guest connects to (on CID 2).";
               example = 18790;
             };
@@ -104,6 +114,104 @@
         default = null;
         description = "If set, only this agent identity (the token's agent claim) may use this listener.";
         example = "agent1";
+      };
+      agent_token = mkOption {
+        type = types.nullOr agentTokenType;
+        default = null;
+        description = ''
+          The proxy obtains and refreshes the token of this listener's `agent` itself and
+          authenticates the listener's connections with it (a request may still carry its own
+          token, which must name the same agent). Only on listeners that identify their peer:
+          `vsock` with `peer_cid`, `vsock_uds` (one path per VM), `unix`.
+        '';
+        example = {
+          client_credentials = {
+            token_url = "https://id.example/realms/openclaw/protocol/openid-connect/token";
+            client_id = "vm-a";
+            client_secret_file = "/run/credentials/credproxy.service/vm-a-client-secret";
+          };
+        };
+      };
+    };
+  };
+
+  agentTokenType = types.submodule {
+    options = {
+      client_credentials = mkOption {
+        default = null;
+        description = "Production: the OIDC client-credentials grant, client secret on the host.";
+        example = {
+          issuer = "https://id.example/realms/openclaw";
+          client_id = "vm-a";
+          client_secret_file = "/run/credentials/credproxy.service/vm-a-client-secret";
+        };
+        type = types.nullOr (types.submodule {
+          options = {
+            token_url = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Token endpoint (exactly one of token_url, issuer).";
+              example = "https://id.example/realms/openclaw/protocol/openid-connect/token";
+            };
+            issuer = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Issuer whose token endpoint is found by discovery.";
+              example = "https://id.example/realms/openclaw";
+            };
+            client_id = mkOption {
+              type = types.str;
+              description = "OAuth2 client id of the agent.";
+              example = "vm-a";
+            };
+            client_secret_file = mkOption {
+              type = secretFile;
+              description = "File with the client secret, read at run time (never a store path).";
+              example = "/run/credentials/credproxy.service/vm-a-client-secret";
+            };
+            audience = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Audience to ask for.";
+              example = "credproxy";
+            };
+            scope = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Scope to ask for.";
+              example = "openid";
+            };
+            ca_files = mkOption {
+              type = types.listOf types.str;
+              default = [];
+              description = "Extra CA certificates for an https provider.";
+              example = ["/etc/ssl/id-ca.pem"];
+            };
+          };
+        });
+      };
+      dev_issuer = mkOption {
+        default = null;
+        description = "Development only: tokens minted with credproxy's own dev issuer key.";
+        example = {
+          key_file = "/var/lib/credproxy/dev-issuer/dev-issuer-key.pem";
+          roles = ["proxy-user"];
+        };
+        type = types.nullOr (types.submodule {
+          options = {
+            key_file = mkOption {
+              type = secretFile;
+              description = "The dev issuer's private key (PEM).";
+              example = "/var/lib/credproxy/dev-issuer/dev-issuer-key.pem";
+            };
+            roles = mkOption {
+              type = types.listOf types.str;
+              default = [];
+              description = "Roles in the minted tokens.";
+              example = ["proxy-user"];
+            };
+          };
+        });
       };
     };
   };
@@ -471,8 +579,29 @@
     '';
   };
 
+  servesBuiltinPolicy = cfg.settings.policy.dir == null || (cfg.settings.policy.dir == policyDir && !(cfg.policyFiles ? "authz.rego"));
+  roleless = map (c: c.id) (lib.filter (c: c.allowed_roles == null || c.allowed_roles == []) cfg.settings.credentials);
+
   hasVsock = lib.any (l: l.vsock != null) cfg.settings.listeners;
   udsDirs = lib.unique (map (l: dirOf l.vsock_uds.path) (lib.filter (l: l.vsock_uds != null) cfg.settings.listeners));
+
+  # What a reload (SIGHUP) applies: credentials, allowed domains, policy, log. Anything else
+  # (listeners, identity, secrets, CA, upstream, audit, limits, admin) needs a restart.
+  restartSections = builtins.removeAttrs rendered ["credentials" "allowed_domains" "policy" "log"];
+
+  # The policy directory: the built-in default policy (from this source tree, the same files
+  # the binary embeds) plus services.credproxy.policyFiles; a file of the same name replaces
+  # a built-in one.
+  builtinPolicy = {
+    "authz.rego" = ../crates/policy/policy/authz.rego;
+    "authz_test.rego" = ../crates/policy/policy/authz_test.rego;
+  };
+  policyDir = pkgs.runCommand "credproxy-policy" {} ''
+    mkdir $out
+    ${lib.concatStrings (lib.mapAttrsToList (n: f: ''
+      cp ${f} $out/${lib.escapeShellArg n}
+    '') (builtinPolicy // lib.mapAttrs (n: text: pkgs.writeText n text) cfg.policyFiles))}
+  '';
 
   bao = lib.getExe' cfg.openbao.dev.package "bao";
   temporal = lib.getExe' cfg.temporal.dev.package "temporal";
@@ -505,6 +634,28 @@ in {
           allowed_domains = [ "api.anthropic.com" ];
         }
       '';
+    };
+
+    policyFiles = mkOption {
+      type = types.attrsOf types.lines;
+      default = {};
+      description = ''
+        Rego files (name -> text, package `credproxy.authz`) served together with the built-in
+        default policy. When any is set, {option}`services.credproxy.settings.policy.dir`
+        defaults to a directory holding `authz.rego` (the built-in policy, unless a file of
+        that name is given here) and these files; `*_test.rego` files are only run by
+        `credproxy policy test`. The openclaw-vm module adds its per-VM rules here.
+      '';
+      example = {"deny-uploads.rego" = "package credproxy.authz\n\ndeny_reasons contains \"no uploads\" if input.request.method == \"PUT\"\n";};
+    };
+
+    policyDirectory = mkOption {
+      type = types.path;
+      readOnly = true;
+      default = policyDir;
+      defaultText = literalExpression "the built-in policy plus services.credproxy.policyFiles";
+      description = "The policy directory built from {option}`services.credproxy.policyFiles`.";
+      example = "/nix/store/...-credproxy-policy";
     };
 
     validateConfig = mkOption {
@@ -606,36 +757,32 @@ in {
         type = types.attrsOf (types.attrsOf types.str);
         default = {};
         description = ''
-          Dummy KV entries written on every provisioning (`bao kv put`), keyed by path.
+          Dummy KV entries written on every provisioning (`credproxy openbao provision --seed`),
+          keyed by path.
           These values are in the Nix store: use only fake credentials here.
         '';
         example = {"openclaw/credentials/httpbin" = {key = "dummy-httpbin-key";};};
       };
-      oidcClients = mkOption {
-        type = types.attrsOf types.str;
-        default = {};
-        description = ''
-          Development OIDC client secret files, name -> file (made mode 0440, group kvm, so the
-          VM's hypervisor can hand it to that guest only). `credproxy openbao provision` does not
-          create OIDC clients yet: put the secret files in place yourself (see docs/nixos.md).
-        '';
-        example = {agent1 = "/var/lib/openclaw-vm/agent1/oidc-client-secret";};
-      };
       provisionArgs = mkOption {
         type = types.listOf types.str;
-        default = [
-          "--address"
-          "http://127.0.0.1:${toString cfg.openbao.dev.port}"
-          "--admin-token-file"
-          "${openbaoStateDir}/root-token"
-          "--config"
-          "${configFile}"
-          "--role-name"
-          "credproxy"
-          "--out-dir"
-          "${stateDir}/openbao"
-        ];
-        defaultText = literalExpression ''[ "--address" "http://127.0.0.1:''${port}" "--admin-token-file" ROOT_TOKEN "--config" CONFIG "--role-name" "credproxy" "--out-dir" "/var/lib/credproxy/openbao" ]'';
+        default =
+          [
+            "--address"
+            "http://127.0.0.1:${toString cfg.openbao.dev.port}"
+            "--admin-token-file"
+            "${openbaoStateDir}/root-token"
+            "--config"
+            "${configFile}"
+            "--role-name"
+            "credproxy"
+            "--out-dir"
+            "${stateDir}/openbao"
+          ]
+          ++ lib.optionals (cfg.openbao.dev.seed != {}) [
+            "--seed"
+            "${pkgs.writeText "credproxy-openbao-dev-seed.json" (builtins.toJSON cfg.openbao.dev.seed)}"
+          ];
+        defaultText = literalExpression ''[ "--address" "http://127.0.0.1:''${port}" "--admin-token-file" ROOT_TOKEN "--config" CONFIG "--role-name" "credproxy" "--out-dir" "/var/lib/credproxy/openbao" ] ++ [ "--seed" SEED_JSON ]'';
         description = "Arguments of `credproxy openbao provision` (run as root, after the dev server answers).";
         example = ["--address" "http://127.0.0.1:8200" "--token-file" "/var/lib/credproxy-openbao-dev/root-token"];
       };
@@ -658,12 +805,47 @@ in {
           message = "services.credproxy.settings.listeners[${toString i}] (${l.name}) needs exactly one of tcp, unix, vsock, vsock_uds.";
         })
         cfg.settings.listeners
+        ++ lib.concatLists (lib.imap0 (i: l: let
+          at = "services.credproxy.settings.listeners[${toString i}] (${l.name})";
+          t = l.agent_token;
+        in
+          lib.optionals (t != null) [
+            {
+              assertion = l.agent != null;
+              message = "${at}: agent_token needs `agent` (the identity the proxy obtains a token for).";
+            }
+            {
+              assertion = (l.vsock != null && l.vsock.peer_cid != null) || l.vsock_uds != null || l.unix != null;
+              message = "${at}: agent_token only on a listener that identifies its peer: vsock with peer_cid, vsock_uds, or unix (a TCP listener or a vsock listener without peer_cid would hand the agent's token to anyone who connects).";
+            }
+            {
+              assertion = (t.client_credentials != null) != (t.dev_issuer != null);
+              message = "${at}: agent_token needs exactly one of client_credentials, dev_issuer.";
+            }
+            {
+              assertion = t.client_credentials == null || ((t.client_credentials.token_url != null) != (t.client_credentials.issuer != null));
+              message = "${at}: agent_token.client_credentials needs exactly one of token_url, issuer.";
+            }
+          ])
+        cfg.settings.listeners)
         ++ lib.imap0 (i: c: {
           assertion = lib.length (lib.filter (x: x != null) [c.source.openbao c.source.file c.source.env]) == 1;
           message = "services.credproxy.settings.credentials[${toString i}] (${c.id}): source needs exactly one of openbao, file, env.";
         })
         cfg.settings.credentials
         ++ [
+          {
+            assertion = !servesBuiltinPolicy || roleless == [];
+            message = ''
+              services.credproxy.settings.credentials: ${lib.concatStringsSep ", " roleless} ${
+                if lib.length roleless == 1
+                then "has"
+                else "have"
+              } no allowed_roles, and no role may use it: the built-in
+              default policy refuses every use. List the roles allowed to use each credential (or serve a
+              policy of your own as services.credproxy.policyFiles."authz.rego").
+            '';
+          }
           {
             assertion = cfg.settings.listeners != [];
             message = "services.credproxy: at least one listener is required (services.credproxy.settings.listeners).";
@@ -689,6 +871,10 @@ in {
       users.groups.credproxy = {};
 
       environment.etc."credproxy/config.yaml".source = configFile;
+      # `credproxy check-config`, `credproxy audit`, `credproxy policy test` for the operator.
+      environment.systemPackages = [cfg.package];
+
+      services.credproxy.settings.policy.dir = lib.mkIf (cfg.policyFiles != {}) (lib.mkDefault policyDir);
 
       systemd.tmpfiles.rules = [
         "d ${publicDir} 0755 credproxy credproxy - -"
@@ -736,9 +922,11 @@ in {
         after = ["network-online.target" "credproxy-ca-init.service"];
         wants = ["network-online.target"];
         requires = ["credproxy-ca-init.service"];
-        # Config edits reload (SIGHUP) rather than restart, so agent tunnels survive.
+        # Config edits that a reload applies (credentials, allowlist, policy, log) reload
+        # (SIGHUP), so agent tunnels survive; anything else restarts: credproxy does not
+        # apply new listeners, identity or secrets on reload.
         reloadTriggers = [configFile];
-        restartTriggers = [cfg.package];
+        restartTriggers = [cfg.package (builtins.toJSON restartSections)];
         startLimitIntervalSec = 300;
         startLimitBurst = 5;
         serviceConfig =
@@ -896,7 +1084,7 @@ in {
       # Provisioning is part of the dev server: a restart of OpenBao (which loses everything)
       # restarts this oneshot (PartOf), and starting OpenBao starts it (WantedBy).
       systemd.services.credproxy-openbao-provision = {
-        description = "credproxy: provision the OpenBao dev server (KV v2, read-only policy, AppRole, dev identity)";
+        description = "credproxy: provision the OpenBao dev server (KV v2, read-only policy, AppRole, dummy credentials)";
         wantedBy = ["credproxy-openbao-dev.service" "multi-user.target"];
         partOf = ["credproxy-openbao-dev.service"];
         requires = ["credproxy-openbao-dev.service"];
@@ -922,29 +1110,19 @@ in {
           credproxy openbao provision ${lib.escapeShellArgs cfg.openbao.dev.provisionArgs}
           chown credproxy:credproxy ${stateDir}/openbao/role_id ${stateDir}/openbao/secret_id
           chmod 0400 ${stateDir}/openbao/role_id ${stateDir}/openbao/secret_id
-          ${lib.concatStrings (lib.mapAttrsToList (_: f: ''
-              if [ -e ${lib.escapeShellArg f} ]; then chgrp kvm ${lib.escapeShellArg f} && chmod 0440 ${lib.escapeShellArg f}; fi
-            '')
-            cfg.openbao.dev.oidcClients)}
-          BAO_TOKEN=$(cat ${openbaoStateDir}/root-token)
-          export BAO_TOKEN
-          ${lib.concatStrings (lib.mapAttrsToList (p: kv: ''
-              bao kv put -mount=secret ${lib.escapeShellArg p} ${lib.escapeShellArgs (lib.mapAttrsToList (k: v: "${k}=${v}") kv)} >/dev/null
-            '')
-            cfg.openbao.dev.seed)}
         '';
         serviceConfig =
           hardening
           // {
             Type = "oneshot";
             RemainAfterExit = true;
-            # Root only to write the AppRole files into credproxy's state and the per-VM
-            # client secrets; no capabilities beyond chown.
+            # Root only to write the AppRole files into credproxy's state; no capabilities
+            # beyond chown.
             CapabilityBoundingSet = ["CAP_CHOWN" "CAP_FOWNER" "CAP_DAC_OVERRIDE"];
             SystemCallFilter = ["@system-service" "@chown" "~@resources"];
             SupplementaryGroups = ["credproxy-openbao"];
             RuntimeDirectory = "credproxy-openbao-provision";
-            ReadWritePaths = [stateDir] ++ lib.unique (map dirOf (lib.attrValues cfg.openbao.dev.oidcClients));
+            ReadWritePaths = [stateDir];
             RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"];
             MemoryDenyWriteExecute = true;
           };

@@ -65,6 +65,19 @@
         what = "services.credproxy.settings.credentials[${toString i}].source.file";
         value = (c.source or {}).file or null;
       }) (settings.credentials or [])
+      ++ lib.concatLists (lib.imap0 (i: l: let
+        t = l.agent_token or {};
+        at = "services.credproxy.settings.listeners[${toString i}].agent_token";
+      in [
+        {
+          what = "${at}.client_credentials.client_secret_file";
+          value = (t.client_credentials or {}).client_secret_file or null;
+        }
+        {
+          what = "${at}.dev_issuer.key_file";
+          value = (t.dev_issuer or {}).key_file or null;
+        }
+      ]) (settings.listeners or []))
     );
 
   # Endpoint strings for `credproxy bridge FROM TO`. interface.md gives `tcp:HOST:PORT` and
@@ -82,15 +95,18 @@
 
   # The nftables table that locks down every agent VM's TAP device: default drop, with
   # explicit exceptions. `vms` is a list of
-  #   { name; tap; hostAddress; allowDns; tailscaleInterface (null or "tailscale0"); }
-  # hostAddress is the host's address on that TAP, without prefix length.
+  #   { tap; hostAddress; allowDns; tailscale (null or { interface; destinations; }); }
+  # hostAddress is the host's address on that TAP, without prefix length; `destinations`
+  # are the CIDRs the VM may reach through the Tailscale interface (the tailnet's ranges:
+  # with an exit node on the host, anything else would leave through it, past the proxy).
   #
   # What it enforces, per TAP:
   #   input   (VM -> host): established/related, DNS to the host's TAP address if allowed,
   #                         everything else dropped (the proxy is reached over VSOCK, never IP);
-  #   forward (VM -> any):  established/related, and the Tailscale interface if allowed;
-  #                         everything else dropped; nothing is forwarded *to* the TAP unless
-  #                         it answers a connection the VM made;
+  #   forward (VM -> any):  established/related, and the tailnet's addresses through the
+  #                         Tailscale interface if allowed; everything else dropped; nothing
+  #                         is forwarded *to* the TAP unless it answers a connection the VM
+  #                         made;
   #   output  (host -> VM): only replies, so host services bound to 0.0.0.0 cannot open
   #                         connections into the VM (the gateway is reached over VSOCK).
   # A drop in any base chain is final for the packet, so these rules hold whatever other
@@ -103,9 +119,14 @@
         ''iifname "${v.tap}" ip daddr ${v.hostAddress} udp dport 53 accept''
         ''iifname "${v.tap}" ip daddr ${v.hostAddress} tcp dport 53 accept''
       ];
+    family = cidr:
+      if lib.hasInfix ":" cidr
+      then "ip6"
+      else "ip";
     forwardRules = v:
-      lib.optional (v.tailscaleInterface != null)
-      ''iifname "${v.tap}" oifname "${v.tailscaleInterface}" accept'';
+      lib.optionals (v.tailscale != null)
+      (map (d: ''iifname "${v.tap}" oifname "${v.tailscale.interface}" ${family d} daddr ${d} accept'')
+        v.tailscale.destinations);
     chain = name: hook: rules: ''
       chain ${name} {
         type filter hook ${hook} priority filter - 10; policy accept;

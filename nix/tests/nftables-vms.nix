@@ -4,12 +4,15 @@
     tap = "vm-agent1";
     hostAddress = "10.88.1.1";
     allowDns = true;
-    tailscaleInterface = null;
+    tailscale = null;
   }
   {
     tap = "vm-agent2";
     hostAddress = "10.88.2.1";
     allowDns = false;
-    tailscaleInterface = "tailscale0";
+    tailscale = {
+      interface = "tailscale0";
+      destinations = ["100.64.0.0/10" "fd7a:115c:a1e0::/48"];
+    };
   }
 ]
