@@ -1,9 +1,9 @@
 # services.credproxy-guest: inside an agent VM. Runs `credproxy bridge` from a loopback port to
-# the host's credproxy listener over VSOCK, adding the VM's identity (OIDC client credentials,
-# refreshed by the bridge) so the agent never holds a token or a secret. Collects what the host
-# delivered (the proxy CA's certificate, the placeholder environment) into /run/credproxy,
-# readable by everyone in the VM: neither is a secret. The OIDC client secret is handed only to
-# the bridge, as a systemd credential.
+# this VM's credproxy listener on the host over VSOCK. The bridge carries no token and the
+# guest holds no secret: the host's listener accepts this VM only and authenticates its
+# connections as the VM's agent (the proxy obtains that agent's token on the host). Collects
+# what the host delivered (the proxy CA's certificate, the placeholder environment) into
+# /run/credproxy, readable by everyone in the VM: neither is a secret.
 {
   config,
   lib,
@@ -20,8 +20,8 @@
   proxyUrl = "http://${cfg.listen.address}:${toString cfg.listen.port}";
   fromDirectory = cfg.delivery.method == "directory";
 
-  # systemd `LoadCredential=ID:SOURCE`: a relative SOURCE names a credential the system
-  # received (fw_cfg / SMBIOS), an absolute one a file.
+  # systemd `LoadCredential=ID:SOURCE` for a file the host delivered: a relative SOURCE names
+  # a credential the system received (fw_cfg / SMBIOS), an absolute one a file in the share.
   credentialSource = name:
     if fromDirectory
     then "${cfg.delivery.directory}/${name}"
@@ -43,10 +43,11 @@
     CURL_CA_BUNDLE = caFile;
     REQUESTS_CA_BUNDLE = caFile;
     GIT_SSL_CAINFO = caFile;
+    AWS_CA_BUNDLE = caFile;
   };
 in {
   options.services.credproxy-guest = {
-    enable = lib.mkEnableOption "the guest side of credproxy: the VSOCK bridge with the VM's identity, and the proxy environment";
+    enable = lib.mkEnableOption "the guest side of credproxy: the VSOCK bridge to this VM's listener, and the proxy environment";
 
     package = lib.mkPackageOption pkgs "credproxy" {
       extraDescription = "The flake's `nixosModules.credproxy-guest` sets this to its own build.";
@@ -68,61 +69,10 @@ in {
     };
 
     hostVsockPort = mkOption {
-      type = types.port;
+      type = types.ints.u32;
       default = 18790;
       description = "VSOCK port of this VM's credproxy listener on the host (CID 2).";
-      example = 18791;
-    };
-
-    oidc = {
-      tokenUrl = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = ''
-          OIDC token endpoint for the client-credentials grant. It must be reachable from the
-          guest: through a dedicated bridge (see {option}`services.credproxy-guest.oidc.tokenEndpointBridge`)
-          or through the proxy itself (allowlist the IdP's host). Null: the bridge adds no identity.
-        '';
-        example = "https://id.example/realms/openclaw/protocol/openid-connect/token";
-      };
-      clientId = mkOption {
-        type = types.str;
-        default = config.networking.hostName;
-        defaultText = literalExpression "config.networking.hostName";
-        description = "OIDC client id of this VM (its agent identity).";
-        example = "agent1";
-      };
-      clientSecretCredential = mkOption {
-        type = types.str;
-        default = "credproxy-oidc-client-secret";
-        description = "Name of the delivered credential (or file in the delivery directory) holding the client secret.";
-        example = "agent1-client-secret";
-      };
-      tokenEndpointBridge = mkOption {
-        default = null;
-        description = ''
-          Forward a loopback port to a host VSOCK port for the token endpoint (development:
-          the host's OpenBao). The whole host service behind it becomes reachable from the VM.
-        '';
-        example = {
-          localPort = 8200;
-          hostVsockPort = 8200;
-        };
-        type = types.nullOr (types.submodule {
-          options = {
-            localPort = mkOption {
-              type = types.port;
-              description = "Loopback port in the guest.";
-              example = 8200;
-            };
-            hostVsockPort = mkOption {
-              type = types.port;
-              description = "VSOCK port on the host (CID 2).";
-              example = 8200;
-            };
-          };
-        });
-      };
+      example = 18794;
     };
 
     delivery = {
@@ -140,6 +90,14 @@ in {
         default = "/run/credproxy-host";
         description = "Mount point of the read-only share when the method is `directory`.";
         example = "/mnt/credproxy";
+      };
+      credentialSource = mkOption {
+        type = types.functionTo types.str;
+        readOnly = true;
+        default = credentialSource;
+        defaultText = literalExpression "name: name (systemd credentials) or \"<directory>/<name>\"";
+        description = "The `LoadCredential=` source of a file the host delivered, by name (for other guest services).";
+        example = literalExpression ''"openclaw-gateway-token"'';
       };
     };
 
@@ -187,13 +145,6 @@ in {
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = !(cplib.leaksIntoStore cfg.oidc.clientSecretCredential);
-        message = "services.credproxy-guest.oidc.clientSecretCredential must name a credential, not a store path.";
-      }
-    ];
-
     environment.variables = proxyEnvironment;
     environment.extraInit = ''
       if [ -r ${placeholderEnvFile} ]; then
@@ -255,65 +206,17 @@ in {
     };
 
     systemd.services.credproxy-bridge = {
-      description = "credproxy bridge: loopback proxy port to the host over VSOCK, with this VM's identity";
+      description = "credproxy bridge: loopback proxy port to this VM's listener on the host over VSOCK";
       wantedBy = ["multi-user.target"];
-      after = ["credproxy-guest-files.service"] ++ lib.optional (cfg.oidc.tokenEndpointBridge != null) "credproxy-token-endpoint-bridge.service";
-      wants = lib.optional (cfg.oidc.tokenEndpointBridge != null) "credproxy-token-endpoint-bridge.service";
-      serviceConfig = {
-        ExecStart = lib.escapeShellArgs ([
-            (lib.getExe' cfg.package "credproxy")
-            "bridge"
-            (cplib.endpoint.tcp cfg.listen.address cfg.listen.port)
-            (cplib.endpoint.vsock 2 cfg.hostVsockPort)
-          ]
-          ++ lib.optionals (cfg.oidc.tokenUrl != null) [
-            "--oidc-token-url"
-            cfg.oidc.tokenUrl
-            "--client-id"
-            cfg.oidc.clientId
-            "--client-secret-file"
-            "%d/client-secret"
-          ]);
-        LoadCredential = lib.mkIf (cfg.oidc.tokenUrl != null) ["client-secret:${credentialSource cfg.oidc.clientSecretCredential}"];
-        DynamicUser = true;
-        Restart = "always";
-        RestartSec = 2;
-        CapabilityBoundingSet = "";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectProc = "invisible";
-        ProcSubset = "pid";
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6" "AF_VSOCK"];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
-        LimitCORE = 0;
-        MemorySwapMax = 0;
-        UMask = "0077";
-      };
-    };
-
-    systemd.services.credproxy-token-endpoint-bridge = lib.mkIf (cfg.oidc.tokenEndpointBridge != null) {
-      description = "credproxy: loopback bridge to the host's token endpoint (development)";
+      after = ["credproxy-guest-files.service"];
       serviceConfig =
         cplib.hardening.bridge
         // {
           ExecStart = lib.escapeShellArgs [
             (lib.getExe' cfg.package "credproxy")
             "bridge"
-            (cplib.endpoint.tcp "127.0.0.1" cfg.oidc.tokenEndpointBridge.localPort)
-            (cplib.endpoint.vsock 2 cfg.oidc.tokenEndpointBridge.hostVsockPort)
+            (cplib.endpoint.tcp cfg.listen.address cfg.listen.port)
+            (cplib.endpoint.vsock 2 cfg.hostVsockPort)
           ];
           DynamicUser = true;
           Restart = "always";

@@ -1,6 +1,8 @@
 # services.openclaw-guest: inside an agent VM. The OpenClaw gateway and OpenCode as hardened
 # services bound to loopback, with the proxy environment of services.credproxy-guest, and a
-# VSOCK listener that lets the host reach the gateway (the VM has no inbound IP path).
+# VSOCK listener that lets the host reach the gateway (the VM has no inbound IP path). The
+# gateway's openclaw.json is generated from typed options; its auth token arrives as a
+# credential and is put in at service start, so it never enters the Nix store.
 {
   config,
   lib,
@@ -14,6 +16,10 @@
 
   stateDir = "/var/lib/openclaw";
   workspace = "${stateDir}/workspace";
+  jsonFormat = pkgs.formats.json {};
+  # Everything of openclaw.json but the token.
+  settingsFile = jsonFormat.generate "openclaw.json" cfg.settings;
+  runtimeConfig = "/run/openclaw-gateway/openclaw.json";
 
   # Hardening shared by the agent services. MemoryDenyWriteExecute stays off: V8 and Bun JIT.
   agentHardening =
@@ -50,14 +56,68 @@ in {
       example = 18789;
     };
 
-    configCredential = mkOption {
-      type = types.nullOr types.str;
-      default = null;
+    settings = mkOption {
+      default = {};
       description = ''
-        Name of a delivered systemd credential holding `openclaw.json` (it may hold the gateway
-        token); passed to the gateway only, as `OPENCLAW_CONFIG_PATH=%d/openclaw-config`.
+        The gateway's `openclaw.json` (any OpenClaw key; the usual ones are typed). The auth
+        token is not set here: it comes from the credential
+        {option}`services.openclaw-guest.gatewayTokenCredential` at service start.
       '';
-      example = "openclaw-config";
+      example = {gateway.http.endpoints.chatCompletions.enabled = true;};
+      type = types.submodule {
+        freeformType = jsonFormat.type;
+        options.gateway = {
+          mode = mkOption {
+            type = types.enum ["local" "remote"];
+            default = "local";
+            description = "Gateway mode: `local` runs the agent in this VM.";
+            example = "local";
+          };
+          bind = mkOption {
+            type = types.str;
+            default = "loopback";
+            description = "Where the gateway listens; the host reaches it over VSOCK only.";
+            example = "loopback";
+          };
+          port = mkOption {
+            type = types.port;
+            default = cfg.gatewayPort;
+            defaultText = literalExpression "config.services.openclaw-guest.gatewayPort";
+            description = "Gateway port.";
+            example = 18789;
+          };
+          auth.mode = mkOption {
+            type = types.enum ["token"];
+            default = "token";
+            description = "Token authentication (the token from the credential).";
+            example = "token";
+          };
+          http.endpoints.chatCompletions.enabled = mkOption {
+            type = types.bool;
+            default = true;
+            description = "The OpenAI-compatible `/v1/chat/completions` endpoint, which OpenCode uses.";
+            example = true;
+          };
+        };
+      };
+    };
+
+    gatewayTokenCredential = mkOption {
+      type = types.str;
+      default = "openclaw-gateway-token";
+      description = ''
+        Name of the delivered credential holding the gateway's auth token (the host's
+        services.openclaw-vm sends one per VM); read by the gateway service only.
+      '';
+      example = "openclaw-gateway-token";
+    };
+
+    toolPackages = mkOption {
+      type = types.listOf types.package;
+      default = with pkgs; [curl jq git];
+      defaultText = literalExpression "with pkgs; [ curl jq git ]";
+      description = "Tools for the agent: on the gateway's PATH and in the system profile.";
+      example = literalExpression "with pkgs; [ curl jq git ripgrep ]";
     };
 
     extraEnvironment = mkOption {
@@ -101,6 +161,10 @@ in {
         assertion = proxy.enable;
         message = "services.openclaw-guest needs services.credproxy-guest.enable: the agent's only way out is the proxy.";
       }
+      {
+        assertion = !(cfg.settings.gateway.auth ? token);
+        message = "services.openclaw-guest.settings.gateway.auth.token would put the token into the Nix store; deliver it as the credential services.openclaw-guest.gatewayTokenCredential instead.";
+      }
     ];
 
     users.groups.openclaw-shared = {};
@@ -123,7 +187,7 @@ in {
       extraGroups = ["openclaw-shared"];
     };
 
-    environment.systemPackages = [cfg.package] ++ lib.optional cfg.opencode.enable cfg.opencode.package;
+    environment.systemPackages = [cfg.package] ++ lib.optional cfg.opencode.enable cfg.opencode.package ++ cfg.toolPackages;
 
     systemd.tmpfiles.rules = [
       "d ${stateDir} 0750 openclaw-gateway openclaw-gateway - -"
@@ -159,22 +223,33 @@ in {
       after = proxy.unitDependencies ++ ["network.target"];
       startLimitIntervalSec = 300;
       startLimitBurst = 5;
+      path = cfg.toolPackages;
       environment =
         proxy.environment
         // {
           HOME = stateDir;
           XDG_CONFIG_HOME = "${stateDir}/.config";
           OPENCLAW_STATE_DIR = stateDir;
+          OPENCLAW_CONFIG_PATH = runtimeConfig;
           NODE_ENV = "production";
-        }
-        // lib.optionalAttrs (cfg.configCredential != null) {
-          OPENCLAW_CONFIG_PATH = "%d/openclaw-config";
         }
         // cfg.extraEnvironment;
       serviceConfig =
         agentHardening
         // {
-          ExecStart = "${lib.getExe' cfg.package "openclaw"} gateway --bind loopback --port ${toString cfg.gatewayPort}";
+          # openclaw.json = the generated settings + the token from the credential, written
+          # into this service's runtime directory (0700) at every start.
+          ExecStartPre = "${pkgs.writeShellScript "openclaw-gateway-config" ''
+            set -euo pipefail
+            umask 0077
+            ${lib.getExe pkgs.jq} --rawfile token "$CREDENTIALS_DIRECTORY/gateway-token" \
+              '.gateway.auth.token = ($token | rtrimstr("\n"))' ${settingsFile} > ${runtimeConfig}.new
+            mv -f ${runtimeConfig}.new ${runtimeConfig}
+          ''}";
+          ExecStart = "${lib.getExe' cfg.package "openclaw"} gateway --bind ${cfg.settings.gateway.bind} --port ${toString cfg.settings.gateway.port}";
+          RuntimeDirectory = "openclaw-gateway";
+          RuntimeDirectoryMode = "0700";
+          LoadCredential = ["gateway-token:${proxy.delivery.credentialSource cfg.gatewayTokenCredential}"];
           EnvironmentFile = proxy.placeholderEnvironmentFile;
           User = "openclaw-gateway";
           Group = "openclaw-gateway";
@@ -183,7 +258,6 @@ in {
           StateDirectoryMode = "0750";
           WorkingDirectory = workspace;
           ReadWritePaths = [workspace];
-          LoadCredential = lib.mkIf (cfg.configCredential != null) ["openclaw-config:${cfg.configCredential}"];
           Restart = "always";
           RestartSec = 5;
           RestartSteps = 5;

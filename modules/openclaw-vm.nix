@@ -1,6 +1,18 @@
 # services.openclaw-vm: agent microVMs (microvm.nix) on this host, each reaching the outside
-# world only through credproxy over VSOCK, with its own CID, identity, resources, optional TAP
-# (locked down by nftables) and host-side gateway access.
+# world only through credproxy over VSOCK, with its own CID, listener, identity, credentials,
+# allowed domains, resources, optional TAP (locked down by nftables) and host-side gateway
+# access.
+#
+# Per VM (D1/D2 in the project's decisions):
+#   - its own credproxy listener: AF_VSOCK on a port of its own, accepting its CID only
+#     (`peer_cid`), or a hybrid-vsock Unix socket of its own (Cloud Hypervisor, Firecracker,
+#     QEMU with vhost-user-vsock);
+#   - that listener carries the VM's agent identity: the proxy obtains the agent's token
+#     (client credentials, client secret on the host; or the dev issuer in dangerousDevMode),
+#     so nothing in the guest holds a token or a secret;
+#   - its credentials and allowed domains are usable from its listener by its agent only
+#     (generated policy rules), another VM's placeholder is refused (403);
+#   - the files it receives at boot sit in a directory only its hypervisor can read.
 #
 # Needs microvm.nix's host module (`inputs.microvm.nixosModules.host`) and services.credproxy
 # (the flake's `nixosModules.openclaw-vm` imports both modules of this repo).
@@ -16,10 +28,9 @@
   cplib = import ../nix/lib.nix {inherit lib;};
   inherit (lib) mkOption types literalExpression;
 
-  microvmStateDir = config.microvm.stateDir or "/var/lib/microvms";
   hostStateDir = "/var/lib/openclaw-vm";
-  devTokenPort = 18200;
-  openbaoDevPort = cp.openbao.dev.port;
+  devIssuerDir = "/var/lib/credproxy/dev-issuer";
+  devIssuerKey = "${devIssuerDir}/dev-issuer-key.pem";
 
   # `config` here is the VM's own submodule configuration.
   vmOptions = {
@@ -55,7 +66,7 @@
       memory = mkOption {
         type = types.ints.positive;
         default = 4096;
-        description = "Guest memory in MiB.";
+        description = "Guest memory in MiB (QEMU hangs with exactly 2048; microvm.nix issue 171).";
         example = 8192;
       };
       vcpus = mkOption {
@@ -68,7 +79,10 @@
         type = types.str;
         default = name;
         defaultText = literalExpression "<name>";
-        description = "Agent identity (the token's agent claim) bound to this VM's proxy listener.";
+        description = ''
+          This VM's agent identity: the value of the token's agent claim
+          (`identity.oidc.agent_claim`, `azp` by default) that its listener is bound to.
+        '';
         example = "agent1";
       };
       proxy = {
@@ -80,28 +94,97 @@
             else "vsock_uds";
           defaultText = literalExpression ''if hypervisor == "qemu" then "vsock" else "vsock_uds"'';
           description = ''
-            How credproxy listens for this VM: `vsock` (AF_VSOCK through the vhost-vsock kernel
-            device; QEMU) or `vsock_uds` (the hypervisor's hybrid-vsock Unix socket; Cloud
-            Hypervisor, Firecracker).
+            How the guest reaches credproxy. `vsock`: AF_VSOCK through the host kernel's
+            vhost-vsock device (QEMU); the listener accepts this VM's CID only. `vsock_uds`:
+            the hypervisor's hybrid-vsock Unix socket (Cloud Hypervisor, Firecracker; for
+            QEMU, a `vhost-user-vsock` device served by `vhost-device-vsock`, for hosts without
+            /dev/vhost-vsock), one socket per VM.
           '';
           example = "vsock_uds";
         };
         port = mkOption {
-          type = types.port;
-          default = 18790;
-          description = "VSOCK port the guest connects to on CID 2. AF_VSOCK listeners share the host's port space: give each QEMU VM its own.";
-          example = 18791;
+          type = types.ints.u32;
+          default = 18790 + config.cid;
+          defaultText = literalExpression "18790 + cid";
+          description = ''
+            VSOCK port of this VM's listener (the guest connects to CID 2 on it). AF_VSOCK
+            listeners share the host's port space: the default, derived from the unique CID,
+            keeps them apart; clashes are refused at evaluation.
+          '';
+          example = 18794;
+        };
+      };
+      identity = {
+        tokenUrl = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Token endpoint of your OIDC provider (client credentials); or give `issuer`.";
+          example = "https://id.example/realms/openclaw/protocol/openid-connect/token";
+        };
+        issuer = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "OIDC issuer whose token endpoint is found by discovery; or give `tokenUrl`.";
+          example = "https://id.example/realms/openclaw";
+        };
+        clientId = mkOption {
+          type = types.str;
+          default = config.agentId;
+          defaultText = literalExpression "agentId";
+          description = "This VM's OIDC client id.";
+          example = "agent1";
+        };
+        clientSecretFile = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+          description = ''
+            Host file with this VM's OIDC client secret (a string path read at run time, never
+            the store). It is given to credproxy only (`LoadCredential`); the guest never sees
+            it. Not needed with dangerousDevMode (the dev issuer is used).
+          '';
+          example = "/run/secrets/openclaw-agent1-client-secret";
+        };
+        audience = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Audience to ask the provider for.";
+          example = "credproxy";
+        };
+        scope = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "Scope to ask the provider for.";
+          example = "openid";
+        };
+        caFiles = mkOption {
+          type = types.listOf types.str;
+          default = [];
+          description = "Extra CA certificates to verify an https provider.";
+          example = ["/etc/ssl/id-ca.pem"];
+        };
+        devRoles = mkOption {
+          type = types.listOf types.str;
+          default = ["proxy-user"];
+          description = "With dangerousDevMode: the roles in the dev tokens of this VM's agent.";
+          example = ["proxy-user" "github-reader"];
         };
       };
       allowedDomains = mkOption {
         type = types.listOf types.str;
         default = [];
-        description = "Hosts added to credproxy's allowlist for this VM (the allowlist is global; restrict per agent in policy).";
+        description = ''
+          Hosts this VM may reach ("*.example.com" matches exactly one extra label). Added to
+          credproxy's allowlist, and enforced per VM by the generated policy rules: another
+          VM's domains are refused on this VM's listener.
+        '';
         example = ["api.anthropic.com"];
       };
       credentials = mkOption {
         default = {};
-        description = "Credentials this VM's agent may use: placeholder, where it is injected, and where the secret lives.";
+        description = ''
+          Credentials this VM's agent may use (and no other VM's): placeholder, where it is
+          injected, and where the secret lives.
+        '';
         example = literalExpression ''
           {
             anthropic = {
@@ -110,6 +193,7 @@
               settings = {
                 header_name = "x-api-key";
                 bound_domains = [ "api.anthropic.com" ];
+                allowed_roles = [ "proxy-user" ];
                 source.openbao.path = "openclaw/credentials/anthropic";
               };
             };
@@ -135,6 +219,7 @@
               example = {
                 header_name = "x-api-key";
                 bound_domains = ["api.anthropic.com"];
+                allowed_roles = ["proxy-user"];
                 source.openbao.path = "openclaw/credentials/anthropic";
               };
             };
@@ -151,6 +236,7 @@
         default = null;
         description = "A TAP device for this VM (none: VSOCK only). Locked down by nftables: default drop.";
         example = {
+          mac = "02:00:00:00:00:01";
           hostAddress = "10.88.1.1/24";
           guestAddress = "10.88.1.2/24";
         };
@@ -188,7 +274,11 @@
               enable = mkOption {
                 type = types.bool;
                 default = false;
-                description = "Forward (and masquerade) the VM's traffic to the host's Tailscale interface, and nothing else.";
+                description = ''
+                  Forward (and masquerade) the VM's traffic to the tailnet through the host's
+                  Tailscale interface, to `destinations` only: with an exit node on the host,
+                  any other destination would leave through it, past the proxy.
+                '';
                 example = true;
               };
               interface = mkOption {
@@ -196,6 +286,12 @@
                 default = "tailscale0";
                 description = "The host's Tailscale interface.";
                 example = "tailscale0";
+              };
+              destinations = mkOption {
+                type = types.listOf types.str;
+                default = ["100.64.0.0/10" "fd7a:115c:a1e0::/48"];
+                description = "CIDRs the VM may reach through Tailscale (default: the tailnet's own address ranges).";
+                example = ["100.101.102.103/32"];
               };
             };
           };
@@ -209,38 +305,32 @@
           example = 18789;
         };
         guestVsockPort = mkOption {
-          type = types.port;
+          type = types.ints.u32;
           default = 18789;
           description = "The guest's gateway VSOCK port.";
           example = 18789;
         };
-        configFile = mkOption {
+        tokenFile = mkOption {
           type = types.nullOr types.path;
           default = null;
-          description = "Host file with the guest's `openclaw.json` (may hold the gateway token), delivered as a credential.";
-          example = "/run/secrets/openclaw-agent1.json";
+          description = ''
+            Host file with the gateway's auth token (a string path, never the store). It reaches
+            the guest as the credential `openclaw-gateway-token`, readable by this VM's
+            hypervisor only, and is put into the generated openclaw.json at service start.
+            Null: a random token is generated once into /var/lib/openclaw-vm/<name>/gateway-token.
+          '';
+          example = "/run/secrets/openclaw-agent1-gateway-token";
         };
       };
-      oidc = {
-        tokenUrl = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "Token endpoint the guest's bridge uses (client credentials); dangerousDevMode sets the dev one.";
-          example = "https://id.example/realms/openclaw/protocol/openid-connect/token";
-        };
-        clientId = mkOption {
-          type = types.str;
-          default = name;
-          defaultText = literalExpression "<name>";
-          description = "This VM's OIDC client id.";
-          example = "agent1";
-        };
-        clientSecretFile = mkOption {
-          type = types.nullOr types.path;
-          default = null;
-          description = "Host file with this VM's OIDC client secret (a string path; never the store). Delivered to this guest's bridge only.";
-          example = "/run/secrets/openclaw-agent1-client-secret";
-        };
+      stateVolumeSize = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = 16384;
+        description = ''
+          Size in MiB of the guest's persistent volume for /var/lib/openclaw (the agent's
+          state and workspace), `openclaw-state.img` in microvm.nix's state directory of the
+          VM; null: no volume (state is lost when the VM stops).
+        '';
+        example = 32768;
       };
       caCertificate = mkOption {
         type = types.nullOr types.path;
@@ -263,35 +353,80 @@
   vms = lib.filterAttrs (_: v: v.enable) cfg.vms;
   vmList = lib.mapAttrsToList (name: vm: vm // {inherit name;}) vms;
   netVms = lib.filter (vm: vm.network != null) vmList;
+  tsVms = lib.filter (vm: vm.network.tailscale.enable) netVms;
 
-  udsPath = name: "${microvmStateDir}/${name}/notify.vsock";
-  # The host's way to the guest, by transport.
+  # Per-VM names and paths.
+  group = name: "openclaw-vm-${name}";
+  listenerName = name: "vm-${name}";
+  vmRunDir = name: "${cfg.runtimeDir}/${name}";
+  # Files the guest receives: root:<vm group> 0750/0440; only this VM's hypervisor (and
+  # virtiofsd, as root) can read them.
+  guestDir = name: "${vmRunDir name}/guest";
+  # Sockets shared by this VM's hypervisor, vhost-device-vsock, credproxy and the gateway
+  # bridge: 2770 root:<vm group>.
+  socketDir = name: "${vmRunDir name}/sockets";
+  # The hybrid-vsock socket: the hypervisor (or vhost-device-vsock) listens on it for host
+  # connections; a guest connection to port P arrives as a connection to `<path>_P`.
+  hybridPath = name: "${socketDir name}/hybrid.vsock";
+  vhostUserSocket = name: "${socketDir name}/vhost-user-vsock.sock";
+  consoleSocket = name: "${socketDir name}/console.sock";
+  vmStateDir = name: "${hostStateDir}/${name}";
+  generatedTokenFile = name: "${vmStateDir name}/gateway-token";
+
+  isVhostUser = vm: vm.hypervisor == "qemu" && vm.proxy.transport == "vsock_uds";
+  # dangerousDevMode: every VM's agent gets its tokens from credproxy's dev issuer.
+  devIdentity = _vm: cfg.dangerousDevMode.enable;
+  clientSecretCredential = name: "vm-${name}-client-secret";
+
+  # The host's way to a guest port.
   guestEndpoint = vm: port:
     if vm.proxy.transport == "vsock"
     then cplib.endpoint.vsock vm.cid port
-    else cplib.endpoint.vsockUds (udsPath vm.name) port;
-  hostListenEndpoint = vm: port:
-    if vm.proxy.transport == "vsock"
-    then cplib.endpoint.vsock "any" port
-    else cplib.endpoint.vsockUds (udsPath vm.name) port;
+    else cplib.endpoint.vsockUds (hybridPath vm.name) port;
 
-  # The guest's client secret is written by provisioning: start the VM after it.
-  devUnits = lib.optional cfg.dangerousDevMode.enable "credproxy-openbao-provision.service";
+  agentToken = vm:
+    if devIdentity vm
+    then {
+      dev_issuer = {
+        key_file = devIssuerKey;
+        roles = vm.identity.devRoles;
+      };
+    }
+    else if vm.identity.clientSecretFile != null
+    then {
+      client_credentials = {
+        token_url = vm.identity.tokenUrl;
+        inherit (vm.identity) issuer audience scope;
+        client_id = vm.identity.clientId;
+        client_secret_file = "/run/credentials/credproxy.service/${clientSecretCredential vm.name}";
+        ca_files = vm.identity.caFiles;
+      };
+    }
+    else null;
 
-  vmDir = name: "${hostStateDir}/${name}";
-  devClientSecret = name: "${vmDir name}/oidc-client-secret";
-  clientSecretFile = vm:
-    if vm.oidc.clientSecretFile != null
-    then vm.oidc.clientSecretFile
-    else if cfg.dangerousDevMode.enable
-    then devClientSecret vm.name
-    else null;
-  tokenUrl = vm:
-    if vm.oidc.tokenUrl != null
-    then vm.oidc.tokenUrl
-    else if cfg.dangerousDevMode.enable
-    then "http://127.0.0.1:8200/v1/identity/oidc/provider/credproxy/token"
-    else null;
+  listener = vm:
+    {
+      name = listenerName vm.name;
+      agent = vm.agentId;
+      agent_token = agentToken vm;
+    }
+    // (
+      if vm.proxy.transport == "vsock"
+      then {
+        vsock = {
+          cid = "any";
+          inherit (vm.proxy) port;
+          peer_cid = vm.cid;
+        };
+      }
+      else {
+        vsock_uds = {
+          path = hybridPath vm.name;
+          inherit (vm.proxy) port;
+        };
+        unix_mode = "0660";
+      }
+    );
 
   placeholderEnv = vm:
     pkgs.writeText "credproxy-placeholder-env-${vm.name}" (lib.concatStrings (lib.mapAttrsToList (
@@ -299,49 +434,256 @@
       )
       vm.credentials));
 
-  # Files the guest receives, by credential name (host paths, read when the VM starts).
-  guestFiles = vm:
+  # What the guest receives at boot, by credential name -> host source file.
+  guestFileSources = vm:
     {
       credproxy-placeholder-env = "${placeholderEnv vm}";
+      openclaw-gateway-token =
+        if vm.gateway.tokenFile != null
+        then "$CREDENTIALS_DIRECTORY/gateway-token"
+        else generatedTokenFile vm.name;
     }
-    // lib.optionalAttrs (vm.caCertificate == null) {credproxy-ca = cp.ca.publicCertificate;}
-    // lib.optionalAttrs (clientSecretFile vm != null) {credproxy-oidc-client-secret = toString (clientSecretFile vm);}
-    // lib.optionalAttrs (vm.gateway.configFile != null) {openclaw-config = toString vm.gateway.configFile;};
+    // lib.optionalAttrs (vm.caCertificate == null) {credproxy-ca = cp.ca.publicCertificate;};
+  guestFiles = vm: lib.mapAttrs (n: _: "${guestDir vm.name}/${n}") (guestFileSources vm);
 
-  exportDir = name: "${vmDir name}/export";
+  # The generated policy rules: each VM's credentials and domains are its own.
+  lower = lib.toLower;
+  vmTable = lib.listToAttrs (map (vm:
+    lib.nameValuePair (listenerName vm.name) {
+      vm = vm.name;
+      agent = vm.agentId;
+      credentials = lib.attrNames vm.credentials;
+      domains = map lower vm.allowedDomains;
+    })
+  vmList);
+  credentialOwner = lib.listToAttrs (lib.concatMap (vm: map (id: lib.nameValuePair id (listenerName vm.name)) (lib.attrNames vm.credentials)) vmList);
+  policyRules = ''
+    package credproxy.authz
 
-  guestModule = vm: {lib, ...}: {
+    # Generated by services.openclaw-vm (modules/openclaw-vm.nix). Every VM's credentials
+    # and destinations are its own:
+    #   - a credential of a VM is usable only on that VM's listener, by that VM's agent;
+    #   - a request on a VM's listener may reach only that VM's allowedDomains.
+    # These rules only add deny reasons; the default policy's allow still applies.
+
+    openclaw_vms := ${builtins.toJSON vmTable}
+
+    openclaw_credential_vm := ${builtins.toJSON credentialOwner}
+
+    deny_reasons contains msg if {
+    	some c in input.credentials
+    	owner := openclaw_credential_vm[c.id]
+    	not openclaw_may_use(owner)
+    	msg := sprintf("credential %s belongs to VM %s; agent %s on listener %s may not use it", [c.id, openclaw_vms[owner].vm, openclaw_agent(input.identity), input.listener.name])
+    }
+
+    openclaw_may_use(owner) if {
+    	owner == input.listener.name
+    	is_object(input.identity)
+    	input.identity.agent_id == openclaw_vms[owner].agent
+    }
+
+    openclaw_agent(identity) := identity.agent_id if is_object(identity)
+
+    openclaw_agent(identity) := "(none)" if not is_object(identity)
+
+    deny_reasons contains msg if {
+    	vm := openclaw_vms[input.listener.name]
+    	not openclaw_domain_allowed(vm.domains, input.request.host)
+    	msg := sprintf("VM %s may not reach %s (its allowedDomains: %s)", [vm.vm, input.request.host, concat(", ", vm.domains)])
+    }
+
+    openclaw_domain_allowed(domains, host) if host in domains
+
+    # "*.example.com" matches exactly one extra label, as credproxy's allowlist does.
+    openclaw_domain_allowed(domains, host) if {
+    	some d in domains
+    	startswith(d, "*.")
+    	suffix := substring(d, 1, -1)
+    	endswith(host, suffix)
+    	label := trim_suffix(host, suffix)
+    	label != ""
+    	not contains(label, ".")
+    }
+  '';
+
+  # Unit tests of the generated rules for `credproxy policy test` (never served).
+  policyTests = let
+    id = n: lib.replaceStrings ["-"] ["_"] n;
+    # A whole input document (docs/policy.md, version 1), as the proxy would build it.
+    input = vm: host: creds:
+      builtins.toJSON {
+        version = 1;
+        listener = {
+          name = listenerName vm.name;
+          kind = "vsock";
+          peer = "vsock:${toString vm.cid}:1024";
+        };
+        identity = {
+          agent_id = vm.agentId;
+          subject = vm.agentId;
+          roles = ["proxy-user"];
+          groups = [];
+          issuer = "test";
+        };
+        request = {
+          method = "GET";
+          inherit host;
+          authority = "${host}:443";
+          port = 443;
+          scheme = "https";
+          path = "/";
+          query_keys = [];
+          allowlisted = true;
+        };
+        credentials =
+          map (c: {
+            id = c;
+            type = "api_key";
+            location = "header:x-api-key";
+            bound_domains = [host];
+            bound = true;
+            allowed_roles = ["proxy-user"];
+          })
+          creds;
+        time = "2025-01-01T00:00:00Z";
+      };
+    ownDomain = vm: lib.findFirst (d: !(lib.hasPrefix "*." d)) null (map lower vm.allowedDomains);
+  in
+    ''
+      package credproxy.openclaw_vms_test
+
+      import data.credproxy.authz
+    ''
+    + lib.concatMapStrings (vm:
+      lib.optionalString (ownDomain vm != null) ''
+
+        test_${id vm.name}_reaches_its_own_domain if {
+        	reasons := authz.deny_reasons with input as ${input vm (ownDomain vm) (lib.attrNames vm.credentials)}
+        	count(reasons) == 0
+        }
+
+        test_${id vm.name}_may_not_reach_other_domains if {
+        	reasons := authz.deny_reasons with input as ${input vm "not-allowed.invalid" []}
+        	some msg in reasons
+        	contains(msg, "may not reach not-allowed.invalid")
+        }
+      '')
+    vmList
+    + lib.concatMapStrings (vm:
+      lib.concatMapStrings (other:
+        lib.concatMapStrings (c: ''
+
+          test_${id vm.name}_may_not_use_${id c}_of_${id other.name} if {
+          	reasons := authz.deny_reasons with input as ${input vm "not-allowed.invalid" [c]}
+          	some msg in reasons
+          	contains(msg, "credential ${c} belongs to VM ${other.name}")
+          }
+        '') (lib.attrNames other.credentials)) (lib.filter (o: o.name != vm.name) vmList))
+    vmList;
+
+  adminPort = let
+    a = cp.settings.admin.tcp or null;
+  in
+    if a == null
+    then null
+    else lib.toInt (lib.last (lib.splitString ":" a));
+  tcpListenerPorts = map (l: lib.toInt (lib.last (lib.splitString ":" l.tcp))) (lib.filter (l: l.tcp != null) cp.settings.listeners);
+  gatewayPorts = lib.filter (p: p != null) (map (vm: vm.gateway.hostPort) vmList);
+  unique = xs: lib.length xs == lib.length (lib.unique xs);
+
+  guestModule = vm: {
+    lib,
+    config,
+    ...
+  }: let
+    m = config.microvm;
+    pci = !(lib.hasPrefix "microvm" m.qemu.machine) || m.shares != [];
+  in {
     imports = [./credproxy-guest.nix ./openclaw-vm-guest.nix vm.config];
 
     networking.hostName = lib.mkDefault vm.name;
     system.stateVersion = lib.mkDefault "25.11";
 
-    microvm =
+    microvm = lib.mkMerge [
       {
         inherit (vm) hypervisor;
         vcpu = vm.vcpus;
         mem = vm.memory;
-        vsock.cid = vm.cid;
+        # QEMU with vhost-user-vsock: the device comes from the extra arguments below; a CID
+        # here would add the kernel vhost-vsock device as well.
+        vsock.cid =
+          if isVhostUser vm
+          then null
+          else vm.cid;
         interfaces = lib.optional (vm.network != null) {
           type = "tap";
           id = vm.network.tap;
           inherit (vm.network) mac;
         };
+        volumes = lib.optional (vm.stateVolumeSize != null) {
+          image = "openclaw-state.img";
+          mountPoint = "/var/lib/openclaw";
+          size = vm.stateVolumeSize;
+          label = "openclaw-state";
+        };
       }
-      // lib.optionalAttrs (vm.hypervisor == "qemu") {
+      (lib.mkIf (vm.hypervisor == "qemu") {
         credentialFiles = guestFiles vm;
-      }
-      // lib.optionalAttrs (vm.hypervisor == "cloud-hypervisor") {
+      })
+      (lib.mkIf (isVhostUser vm) {
+        qemu.extraArgs =
+          # vhost-user devices need guest memory the backend can map.
+          lib.optionals (m.shares == []) [
+            "-object"
+            "memory-backend-memfd,id=mem,size=${toString vm.memory}M,share=on"
+            "-numa"
+            "node,memdev=mem"
+          ]
+          ++ [
+            "-chardev"
+            "socket,id=openclaw-vsock,path=${vhostUserSocket vm.name}"
+            "-device"
+            "vhost-user-vsock-${
+              if pci
+              then "pci"
+              else "device"
+            },chardev=openclaw-vsock"
+          ];
+      })
+      (lib.mkIf (vm.hypervisor == "cloud-hypervisor") {
         shares = [
           {
             proto = "virtiofs";
             tag = "credproxy-host";
-            source = exportDir vm.name;
-            mountPoint = "/mnt/credproxy-host";
+            source = guestDir vm.name;
+            mountPoint = "/run/credproxy-host";
             readOnly = true;
           }
         ];
-      };
+        cloud-hypervisor.extraArgs = ["--vsock" "socket=${hybridPath vm.name}"];
+      })
+      (lib.mkIf (vm.hypervisor == "firecracker") {
+        firecracker.extraConfig.vsock.uds_path = hybridPath vm.name;
+      })
+      # dangerousDevMode: the serial console on a socket (`openclaw-vm-console <name>`).
+      (lib.mkIf cfg.dangerousDevMode.enable (lib.mkMerge [
+        (lib.mkIf (vm.hypervisor == "qemu") {
+          qemu.serialConsole = false;
+          qemu.extraArgs = [
+            "-chardev"
+            "socket,id=openclaw-console,path=${consoleSocket vm.name},server=on,wait=off"
+            "-serial"
+            "chardev:openclaw-console"
+          ];
+          kernelParams = ["console=ttyS0"];
+        })
+        (lib.mkIf (vm.hypervisor == "cloud-hypervisor") {
+          cloud-hypervisor.extraArgs = ["--serial" "socket=${consoleSocket vm.name}"];
+          kernelParams = ["console=ttyS0"];
+        })
+      ]))
+    ];
 
     services.credproxy-guest = {
       enable = true;
@@ -352,26 +694,14 @@
         if vm.hypervisor == "cloud-hypervisor"
         then {
           method = "directory";
-          directory = "/mnt/credproxy-host";
+          directory = "/run/credproxy-host";
         }
         else {method = "systemd-credentials";};
-      oidc =
-        {
-          tokenUrl = tokenUrl vm;
-          inherit (vm.oidc) clientId;
-        }
-        // lib.optionalAttrs (cfg.dangerousDevMode.enable && vm.oidc.tokenUrl == null) {
-          tokenEndpointBridge = {
-            localPort = 8200;
-            hostVsockPort = devTokenPort;
-          };
-        };
     };
 
     services.openclaw-guest = {
-      enable = true;
+      enable = lib.mkDefault true;
       gatewayVsockPort = vm.gateway.guestVsockPort;
-      configCredential = lib.mkIf (vm.gateway.configFile != null) "openclaw-config";
     };
 
     networking.useDHCP = false;
@@ -387,8 +717,10 @@
     };
 
     # dangerousDevMode: console autologin for the agent user; nothing else is opened.
-    services.getty.autologinUser = lib.mkIf cfg.dangerousDevMode.enable (lib.mkDefault "openclaw");
+    services.getty.autologinUser = lib.mkIf cfg.dangerousDevMode.enable (lib.mkDefault config.services.openclaw-guest.agentUser);
   };
+
+  guestConfig = vm: config.microvm.vms.${vm.name}.config.config;
 in {
   options.services.openclaw-vm = {
     enable = lib.mkEnableOption "OpenClaw agent microVMs whose only egress is credproxy";
@@ -400,6 +732,21 @@ in {
       example = "cloud-hypervisor";
     };
 
+    runtimeDir = mkOption {
+      type = types.str;
+      default = "/run/openclaw-vm";
+      description = ''
+        Per-VM runtime directories: `<name>/guest` (the files a guest receives at boot) and
+        `<name>/sockets` (hybrid-vsock, vhost-user and console sockets), created at boot and
+        before credproxy starts.
+      '';
+      example = "/run/openclaw-vm";
+    };
+
+    vhostDeviceVsockPackage = lib.mkPackageOption pkgs "vhost-device-vsock" {
+      extraDescription = "Used for QEMU VMs with `proxy.transport = \"vsock_uds\"`.";
+    };
+
     vms = mkOption {
       type = types.attrsOf (types.submodule vmOptions);
       default = {};
@@ -408,12 +755,17 @@ in {
         {
           agent1 = {
             cid = 4;
+            identity = {
+              issuer = "https://id.example/realms/openclaw";
+              clientSecretFile = "/run/secrets/openclaw-agent1-client-secret";
+            };
             credentials.anthropic = {
               placeholder = "agent-vault-00000000-0000-0000-0000-000000000001";
               envVar = "ANTHROPIC_API_KEY";
               settings = {
                 header_name = "x-api-key";
                 bound_domains = [ "api.anthropic.com" ];
+                allowed_roles = [ "proxy-user" ];
                 source.openbao.path = "openclaw/credentials/anthropic";
               };
             };
@@ -429,9 +781,10 @@ in {
         default = false;
         description = ''
           Development only. Turns on the OpenBao and Temporal dev servers, a generated CA,
-          provisioning (AppRole, a dev OIDC client per VM, the credentials' `devDummyValue`s),
-          a dev identity issued by the dev OpenBao (reachable from each guest over VSOCK), and
-          console autologin in the guests.
+          provisioning (AppRole, the credentials' `devDummyValue`s), agent identities from
+          credproxy's dev issuer (`identity.devRoles`) for VMs without a client secret, a
+          serial console socket per VM (`openclaw-vm-console <name>`) and console autologin
+          in the guests.
         '';
         example = true;
       };
@@ -447,63 +800,110 @@ in {
             message = "services.openclaw-vm needs microvm.nix's host module (inputs.microvm.nixosModules.host).";
           }
           {
-            assertion = let cids = map (vm: vm.cid) vmList; in lib.length cids == lib.length (lib.unique cids);
+            assertion = unique (map (vm: vm.cid) vmList);
             message = "services.openclaw-vm.vms: every VM needs its own cid.";
           }
           {
-            assertion = let taps = map (vm: vm.network.tap) netVms; in lib.length taps == lib.length (lib.unique taps);
+            assertion = unique (map (vm: vm.agentId) vmList);
+            message = "services.openclaw-vm.vms: every VM needs its own agentId (a listener, its credentials and its domains are bound to it).";
+          }
+          {
+            assertion = unique (map (vm: vm.network.tap) netVms);
             message = "services.openclaw-vm.vms: every VM needs its own network.tap.";
           }
           {
-            assertion = let
-              ports = map (vm: vm.proxy.port) (lib.filter (vm: vm.proxy.transport == "vsock") vmList);
-            in
-              lib.length ports == lib.length (lib.unique ports);
-            message = "services.openclaw-vm.vms: VMs with proxy.transport = \"vsock\" share the host's AF_VSOCK port space; give each its own proxy.port.";
+            assertion = unique (map (vm: vm.proxy.port) (lib.filter (vm: vm.proxy.transport == "vsock") vmList));
+            message = "services.openclaw-vm.vms: two AF_VSOCK listeners on one port (proxy.port of VMs with proxy.transport = \"vsock\" share the host's port space); give each its own proxy.port.";
           }
           {
-            assertion = !cfg.dangerousDevMode.enable || lib.all (vm: vm.proxy.transport != "vsock" || vm.proxy.port != devTokenPort) vmList;
-            message = "services.openclaw-vm: VSOCK port ${toString devTokenPort} is taken by the dev token endpoint bridge.";
+            assertion = unique gatewayPorts && !(lib.elem adminPort gatewayPorts) && lib.all (p: !(lib.elem p tcpListenerPorts)) gatewayPorts;
+            message = "services.openclaw-vm.vms: gateway.hostPort must differ between VMs and from credproxy's admin port (${toString adminPort}) and TCP listeners (${lib.concatMapStringsSep ", " toString tcpListenerPorts}); in use: ${lib.concatMapStringsSep ", " toString gatewayPorts}.";
+          }
+          {
+            assertion = lib.length (lib.unique (map (vm: vm.network.tailscale.interface) tsVms)) <= 1;
+            message = "services.openclaw-vm.vms: every VM with network.tailscale.enable must use the same network.tailscale.interface (NAT has one external interface).";
+          }
+          {
+            assertion = unique (lib.attrNames credentialOwner) && lib.length (lib.attrNames credentialOwner) == lib.length (lib.concatMap (vm: lib.attrNames vm.credentials) vmList);
+            message = "services.openclaw-vm.vms: a credential id is used by two VMs; credentials are per VM, give each its own id.";
+          }
+          {
+            assertion = cp.settings.policy.dir == cp.policyDirectory;
+            message = ''
+              services.openclaw-vm: services.credproxy.settings.policy.dir is set to ${toString cp.settings.policy.dir}, so the
+              generated per-VM rules (credentials and domains of each VM are its own) would not be served.
+              Put your Rego files into services.credproxy.policyFiles instead (name -> text; an "authz.rego"
+              there replaces the built-in default policy).
+            '';
           }
         ]
-        ++ lib.concatMap (vm: [
-          {
-            assertion =
-              if vm.proxy.transport == "vsock"
-              then vm.hypervisor == "qemu"
-              else lib.elem vm.hypervisor ["cloud-hypervisor" "firecracker"];
-            message = ''
-              services.openclaw-vm.vms.${vm.name}: hypervisor "${vm.hypervisor}" does not support proxy.transport = "${vm.proxy.transport}".
-              QEMU uses the vhost-vsock kernel device (AF_VSOCK on the host: transport "vsock");
-              Cloud Hypervisor and Firecracker expose a hybrid-vsock Unix socket (transport "vsock_uds").
-            '';
-          }
-          {
-            assertion = vm.hypervisor != "firecracker" || (vm.caCertificate != null && clientSecretFile vm == null && vm.gateway.configFile == null);
-            message = ''
-              services.openclaw-vm.vms.${vm.name}: microvm.nix gives Firecracker neither credentialFiles nor shares,
-              so the guest cannot receive the CA certificate, its OIDC client secret or the gateway config at boot.
-              Set caCertificate (build time) and no client secret/config file, or use qemu or cloud-hypervisor.
-            '';
-          }
-          {
-            assertion = tokenUrl vm == null || clientSecretFile vm != null;
-            message = "services.openclaw-vm.vms.${vm.name}: oidc.tokenUrl is set but oidc.clientSecretFile is not.";
-          }
-          {
-            assertion = vm.network == null || config.systemd.network.enable;
-            message = "services.openclaw-vm.vms.${vm.name}.network: the host TAP is configured with systemd-networkd; set systemd.network.enable = true.";
-          }
-        ])
+        ++ lib.concatMap (vm: let
+          at = "services.openclaw-vm.vms.${vm.name}";
+        in
+          [
+            {
+              assertion = vm.proxy.transport == "vsock_uds" || vm.hypervisor == "qemu";
+              message = ''
+                ${at}: hypervisor "${vm.hypervisor}" does not support proxy.transport = "vsock".
+                Cloud Hypervisor and Firecracker expose a hybrid-vsock Unix socket: use proxy.transport = "vsock_uds".
+              '';
+            }
+            {
+              assertion = !(vm.hypervisor == "cloud-hypervisor" && vm.proxy.port == 8888);
+              message = "${at}: proxy.port 8888 is Cloud Hypervisor's systemd-notify port in microvm.nix; choose another.";
+            }
+            {
+              assertion = !(vm.hypervisor == "qemu" && vm.memory == 2048);
+              message = "${at}: memory = 2048 hangs QEMU (microvm.nix issue 171); use another size.";
+            }
+            {
+              assertion = vm.hypervisor != "firecracker" || (vm.caCertificate != null && !(guestConfig vm).services.openclaw-guest.enable);
+              message = ''
+                ${at}: microvm.nix gives Firecracker neither credentialFiles nor shares, so the guest can receive
+                neither the CA certificate nor the gateway token at boot. Set caCertificate (build time) and
+                services.openclaw-guest.enable = false in config, or use qemu or cloud-hypervisor.
+              '';
+            }
+            {
+              assertion = agentToken vm != null;
+              message = ''
+                ${at}.identity: the VM's listener needs an identity: set identity.clientSecretFile with
+                identity.tokenUrl or identity.issuer (the proxy obtains the agent's token; the secret stays on
+                the host), or enable dangerousDevMode (dev issuer).
+              '';
+            }
+            {
+              assertion = devIdentity vm || vm.identity.clientSecretFile == null || ((vm.identity.tokenUrl != null) != (vm.identity.issuer != null));
+              message = "${at}.identity: give exactly one of tokenUrl, issuer.";
+            }
+            {
+              assertion = !(devIdentity vm) || vm.identity.clientSecretFile == null;
+              message = "${at}.identity.clientSecretFile is set, but dangerousDevMode gives every VM an identity from credproxy's dev issuer (and credproxy then trusts only that issuer); remove it, or turn dangerousDevMode off.";
+            }
+            {
+              assertion = vm.network == null || config.systemd.network.enable;
+              message = "${at}.network: the host TAP is configured with systemd-networkd; set systemd.network.enable = true.";
+            }
+          ]
+          ++ lib.mapAttrsToList (id: c: {
+            assertion = (c.settings.allowed_roles or []) != [];
+            message = "${at}.credentials.${id}.settings.allowed_roles is empty: the default policy refuses every use of a credential no role may use. List the roles (from your identity provider, or identity.devRoles in dangerousDevMode).";
+          })
+          vm.credentials
+          ++ lib.optionals (devIdentity vm) (lib.mapAttrsToList (id: c: {
+              assertion = lib.any (r: lib.elem r vm.identity.devRoles) (c.settings.allowed_roles or []);
+              message = "${at}.credentials.${id}: none of its allowed_roles (${lib.concatStringsSep ", " (c.settings.allowed_roles or [])}) is in identity.devRoles (${lib.concatStringsSep ", " vm.identity.devRoles}); the dev agent could never use it.";
+            })
+            vm.credentials))
         vmList
         ++ cplib.secretPathAssertions (lib.concatMap (vm: [
             {
-              what = "services.openclaw-vm.vms.${vm.name}.oidc.clientSecretFile";
-              value = vm.oidc.clientSecretFile;
+              what = "services.openclaw-vm.vms.${vm.name}.identity.clientSecretFile";
+              value = vm.identity.clientSecretFile;
             }
             {
-              what = "services.openclaw-vm.vms.${vm.name}.gateway.configFile";
-              value = vm.gateway.configFile;
+              what = "services.openclaw-vm.vms.${vm.name}.gateway.tokenFile";
+              value = vm.gateway.tokenFile;
             }
           ])
           vmList);
@@ -511,27 +911,7 @@ in {
       services.credproxy = {
         enable = true;
         settings = {
-          listeners = map (vm:
-            {
-              name = "vm-${vm.name}";
-              agent = vm.agentId;
-            }
-            // (
-              if vm.proxy.transport == "vsock"
-              then {
-                vsock = {
-                  cid = "any";
-                  inherit (vm.proxy) port;
-                };
-              }
-              else {
-                vsock_uds = {
-                  path = udsPath vm.name;
-                  inherit (vm.proxy) port;
-                };
-              }
-            ))
-          vmList;
+          listeners = map listener vmList;
           allowed_domains = lib.unique (lib.concatMap (vm: vm.allowedDomains) vmList);
           credentials = lib.concatMap (vm:
             lib.mapAttrsToList (id: c:
@@ -543,94 +923,155 @@ in {
             vm.credentials)
           vmList;
         };
+        policyFiles = lib.mkIf (vmList != []) {
+          "openclaw_vms.rego" = policyRules;
+          "openclaw_vms_test.rego" = policyTests;
+        };
+        loadCredential =
+          lib.listToAttrs (map (vm: lib.nameValuePair (clientSecretCredential vm.name) vm.identity.clientSecretFile)
+            (lib.filter (vm: !(devIdentity vm) && vm.identity.clientSecretFile != null) vmList));
       };
 
-      # Declared only when microvm.nix's host module is imported (asserted above), so a missing
-      # module gives the assertion's message rather than "option does not exist".
-      microvm = lib.optionalAttrs (options ? microvm.vms) {
-        vms =
-          lib.mapAttrs (name: vm: {
-            inherit (vm) autostart;
-            config = guestModule (vm // {inherit name;});
-          })
-          vms;
-      };
+      users.groups = lib.listToAttrs (map (vm: lib.nameValuePair (group vm.name) {}) vmList);
+      # credproxy listens in, and the gateway bridges connect to, each VM's socket directory.
+      users.users.credproxy.extraGroups = map (vm: group vm.name) (lib.filter (vm: vm.proxy.transport == "vsock_uds") vmList);
 
-      # Per-VM host directory: development client secrets, and the export for Cloud Hypervisor.
       systemd.tmpfiles.rules =
-        ["d ${hostStateDir} 0755 root root - -"]
-        ++ lib.concatMap (vm:
-          ["d ${vmDir vm.name} 0750 root kvm - -"]
-          # credproxy creates <notify.vsock>_<port> next to the hypervisor's socket.
-          ++ lib.optional (vm.proxy.transport == "vsock_uds") "a+ ${microvmStateDir}/${vm.name} - - - - u:credproxy:rwx")
+        [
+          "d ${cfg.runtimeDir} 0755 root root - -"
+          "d ${hostStateDir} 0755 root root - -"
+        ]
+        ++ lib.concatMap (vm: [
+          "d ${vmRunDir vm.name} 0750 root ${group vm.name} - -"
+          "d ${guestDir vm.name} 0750 root ${group vm.name} - -"
+          "d ${socketDir vm.name} 2770 root ${group vm.name} - -"
+          "d ${vmStateDir vm.name} 0700 root root - -"
+        ])
         vmList;
 
-      # The hypervisor (user microvm) connects to credproxy's hybrid-vsock sockets.
-      users.users = lib.optionalAttrs (options ? microvm.vms) {
-        microvm.extraGroups = lib.mkIf (lib.any (vm: vm.proxy.transport == "vsock_uds") vmList) ["credproxy"];
-      };
-
-      systemd.services = lib.mkMerge (map (vm:
-        lib.mkMerge [
+      # The listener directories exist before credproxy binds (also after a manual cleanup):
+      # one VM's missing directory must not stop the proxy for every VM.
+      systemd.services = lib.mkMerge ([
           {
-            "microvm@${vm.name}" = {
-              after = ["credproxy.service"] ++ devUnits ++ lib.optional (vm.hypervisor == "cloud-hypervisor") "openclaw-vm-${vm.name}-export.service";
-              wants = ["credproxy.service"] ++ devUnits ++ lib.optional (vm.hypervisor == "cloud-hypervisor") "openclaw-vm-${vm.name}-export.service";
+            credproxy = {
+              serviceConfig.ExecStartPre = ["+${lib.getExe' pkgs.systemd "systemd-tmpfiles"} --create --prefix=${cfg.runtimeDir}"];
+              after = ["systemd-tmpfiles-setup.service"];
             };
           }
-          (lib.mkIf (vm.hypervisor == "cloud-hypervisor") {
-            "openclaw-vm-${vm.name}-export" = {
-              description = "Files for the ${vm.name} guest's read-only share (Cloud Hypervisor has no credentialFiles)";
-              after = ["credproxy-ca-init.service"] ++ lib.optional cfg.dangerousDevMode.enable "credproxy-openbao-provision.service";
-              path = [pkgs.coreutils];
-              script = ''
-                set -euo pipefail
-                d=${exportDir vm.name}
-                rm -rf "$d.new"; install -d -m 0750 -g kvm "$d.new"
-                ${lib.concatStrings (lib.mapAttrsToList (n: src: ''
-                    install -m 0440 -g kvm ${lib.escapeShellArg src} "$d.new/${n}"
-                  '')
-                  (guestFiles vm))}
-                rm -rf "$d"; mv "$d.new" "$d"
-              '';
-              serviceConfig = {
-                Type = "oneshot";
-                RemainAfterExit = true;
-                ProtectSystem = "strict";
-                ReadWritePaths = [(vmDir vm.name)];
-                ProtectHome = true;
-                PrivateTmp = true;
-                PrivateNetwork = true;
-                NoNewPrivileges = true;
-                UMask = "0077";
-              };
-            };
-          })
-          (lib.mkIf (vm.gateway.hostPort != null) {
-            "openclaw-vm-${vm.name}-gateway" = {
-              description = "Host access to the ${vm.name} gateway (loopback TCP to guest VSOCK)";
-              wantedBy = ["multi-user.target"];
-              after = ["microvm@${vm.name}.service"];
-              partOf = ["microvm@${vm.name}.service"];
-              serviceConfig =
-                cplib.hardening.bridge
-                // {
-                  ExecStart = lib.escapeShellArgs [
-                    (lib.getExe' cp.package "credproxy")
-                    "bridge"
-                    (cplib.endpoint.tcp "127.0.0.1" vm.gateway.hostPort)
-                    (guestEndpoint vm vm.gateway.guestVsockPort)
-                  ];
-                  DynamicUser = true;
-                  SupplementaryGroups = lib.optional (vm.proxy.transport == "vsock_uds") "kvm";
-                  Restart = "always";
-                  RestartSec = 2;
-                  RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"] ++ lib.optional (vm.proxy.transport == "vsock") "AF_VSOCK";
+        ]
+        ++ map (vm:
+          lib.mkMerge [
+            {
+              "microvm@${vm.name}" = {
+                after = ["credproxy.service" "openclaw-vm-${vm.name}-guest-files.service"] ++ lib.optional (isVhostUser vm) "openclaw-vm-${vm.name}-vhost-vsock.service";
+                wants = ["credproxy.service"];
+                requires = ["openclaw-vm-${vm.name}-guest-files.service"] ++ lib.optional (isVhostUser vm) "openclaw-vm-${vm.name}-vhost-vsock.service";
+                serviceConfig = {
+                  # This VM's files and sockets, and no other VM's.
+                  SupplementaryGroups = [(group vm.name)];
+                  # Sockets the hypervisor creates are usable by the VM's group.
+                  UMask = "0007";
                 };
-            };
-          })
-        ])
-      vmList);
+              };
+
+              "openclaw-vm-${vm.name}-guest-files" = {
+                description = "Files the ${vm.name} guest receives at boot (CA certificate, placeholders, gateway token)";
+                partOf = ["microvm@${vm.name}.service"];
+                after = ["credproxy-ca-init.service" "systemd-tmpfiles-setup.service"];
+                path = [pkgs.coreutils];
+                script = ''
+                  set -euo pipefail
+                  umask 0077
+                  ${lib.optionalString (vm.gateway.tokenFile == null) ''
+                    # A gateway token of its own, generated once, kept on the host.
+                    if [ ! -s ${generatedTokenFile vm.name} ]; then
+                      head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > ${generatedTokenFile vm.name}.new
+                      mv ${generatedTokenFile vm.name}.new ${generatedTokenFile vm.name}
+                    fi
+                  ''}
+                  d=${guestDir vm.name}
+                  install -d -m 0750 -o root -g ${group vm.name} "$d"
+                  ${lib.concatStrings (lib.mapAttrsToList (n: src: ''
+                      install -m 0440 -o root -g ${group vm.name} "${src}" "$d/${n}.new"
+                      mv -f "$d/${n}.new" "$d/${n}"
+                    '')
+                    (guestFileSources vm))}
+                '';
+                serviceConfig = {
+                  Type = "oneshot";
+                  RemainAfterExit = true;
+                  LoadCredential = lib.optional (vm.gateway.tokenFile != null) "gateway-token:${toString vm.gateway.tokenFile}";
+                  ProtectSystem = "strict";
+                  ReadWritePaths = [(vmRunDir vm.name) (vmStateDir vm.name)];
+                  ProtectHome = true;
+                  PrivateTmp = true;
+                  PrivateNetwork = true;
+                  NoNewPrivileges = true;
+                  CapabilityBoundingSet = ["CAP_CHOWN" "CAP_FOWNER" "CAP_DAC_OVERRIDE"];
+                  RestrictAddressFamilies = "none";
+                  SystemCallArchitectures = "native";
+                  UMask = "0077";
+                };
+              };
+            }
+            (lib.mkIf (isVhostUser vm) {
+              "openclaw-vm-${vm.name}-vhost-vsock" = {
+                description = "vhost-user-vsock device of ${vm.name} (hybrid vsock on ${hybridPath vm.name})";
+                partOf = ["microvm@${vm.name}.service"];
+                before = ["microvm@${vm.name}.service"];
+                after = ["systemd-tmpfiles-setup.service"];
+                serviceConfig =
+                  cplib.hardening.bridge
+                  // {
+                    ExecStart = lib.escapeShellArgs [
+                      (lib.getExe' cfg.vhostDeviceVsockPackage "vhost-device-vsock")
+                      "--guest-cid"
+                      (toString vm.cid)
+                      "--socket"
+                      (vhostUserSocket vm.name)
+                      "--uds-path"
+                      (hybridPath vm.name)
+                    ];
+                    # QEMU connects to the socket as soon as it starts: wait until it exists.
+                    ExecStartPost = "${pkgs.writeShellScript "wait-for-vhost-user-socket" ''
+                      for _ in $(seq 1 200); do [ -S ${vhostUserSocket vm.name} ] && exit 0; sleep 0.05; done
+                      echo "vhost-device-vsock did not create ${vhostUserSocket vm.name}" >&2; exit 1
+                    ''}";
+                    DynamicUser = true;
+                    SupplementaryGroups = [(group vm.name)];
+                    ReadWritePaths = [(socketDir vm.name)];
+                    UMask = "0007";
+                    RestrictAddressFamilies = ["AF_UNIX"];
+                    Restart = "on-failure";
+                  };
+              };
+            })
+            (lib.mkIf (vm.gateway.hostPort != null) {
+              "openclaw-vm-${vm.name}-gateway" = {
+                description = "Host access to the ${vm.name} gateway (loopback TCP to the guest over VSOCK)";
+                wantedBy = ["multi-user.target"];
+                after = ["microvm@${vm.name}.service"];
+                partOf = ["microvm@${vm.name}.service"];
+                serviceConfig =
+                  cplib.hardening.bridge
+                  // {
+                    ExecStart = lib.escapeShellArgs [
+                      (lib.getExe' cp.package "credproxy")
+                      "bridge"
+                      (cplib.endpoint.tcp "127.0.0.1" vm.gateway.hostPort)
+                      (guestEndpoint vm vm.gateway.guestVsockPort)
+                    ];
+                    DynamicUser = true;
+                    SupplementaryGroups = lib.optional (vm.proxy.transport == "vsock_uds") (group vm.name);
+                    ReadWritePaths = lib.optional (vm.proxy.transport == "vsock_uds") (socketDir vm.name);
+                    Restart = "always";
+                    RestartSec = 2;
+                    RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"] ++ lib.optional (vm.proxy.transport == "vsock") "AF_VSOCK";
+                  };
+              };
+            })
+          ])
+        vmList);
 
       # TAP devices: host address via networkd, and the lockdown table.
       systemd.network.networks = lib.listToAttrs (map (vm:
@@ -649,9 +1090,9 @@ in {
           content = cplib.nftRuleset (map (vm: {
               inherit (vm.network) tap allowDns;
               hostAddress = cplib.addressOf vm.network.hostAddress;
-              tailscaleInterface =
+              tailscale =
                 if vm.network.tailscale.enable
-                then vm.network.tailscale.interface
+                then {inherit (vm.network.tailscale) interface destinations;}
                 else null;
             })
             netVms);
@@ -665,24 +1106,32 @@ in {
         })
       netVms);
 
-      networking.nat = let
-        ts = lib.filter (vm: vm.network.tailscale.enable) netVms;
-      in
-        lib.mkIf (ts != []) {
-          enable = true;
-          internalInterfaces = map (vm: vm.network.tap) ts;
-          externalInterface = (builtins.head ts).network.tailscale.interface;
-        };
+      networking.nat = lib.mkIf (tsVms != []) {
+        enable = true;
+        internalInterfaces = map (vm: vm.network.tap) tsVms;
+        externalInterface = (builtins.head tsVms).network.tailscale.interface;
+      };
     }
+
+    # Declared only when microvm.nix's host module is imported (asserted above), so a missing
+    # module gives the assertion's message rather than "option does not exist".
+    (lib.optionalAttrs (options ? microvm.vms) {
+      microvm.vms =
+        lib.mapAttrs (name: vm: {
+          inherit (vm) autostart;
+          config = guestModule (vm // {inherit name;});
+        })
+        vms;
+    })
 
     (lib.mkIf cfg.dangerousDevMode.enable {
       warnings = [
         ''
           ############################################################################
           services.openclaw-vm.dangerousDevMode is ON. This host runs an in-memory OpenBao
-          with a root token, a Temporal dev server, dummy credentials, and exposes the dev
-          OpenBao to every agent VM over VSOCK port ${toString devTokenPort} (for the dev
-          identity). Guests autologin on the console. NEVER use this with real credentials.
+          with a root token, a Temporal dev server, dummy credentials, agent identities
+          from credproxy's dev issuer, and a root console socket per VM with autologin
+          in the guest. NEVER use this with real credentials.
           ############################################################################
         ''
       ];
@@ -690,57 +1139,33 @@ in {
       services.credproxy = {
         ca.generate = true;
         temporal.dev.enable = true;
+        # The dev issuer's key (created by credproxy on first start, 0600) signs each VM
+        # listener's agent tokens; a listener with agent_token.dev_issuer makes the proxy
+        # trust it. Nothing else can mint these tokens.
+        settings.identity.oidc = lib.mkDefault {
+          issuer = "credproxy-dev";
+          audiences = ["credproxy"];
+        };
         openbao.dev = {
           enable = true;
-          oidcClients =
-            lib.listToAttrs (map (vm: lib.nameValuePair vm.oidc.clientId (devClientSecret vm.name))
-              (lib.filter (vm: vm.oidc.clientSecretFile == null) vmList));
           seed = lib.listToAttrs (lib.concatMap (vm:
             lib.mapAttrsToList (_: c: lib.nameValuePair c.settings.source.openbao.path {key = c.devDummyValue;})
             (lib.filterAttrs (_: c: c.devDummyValue != null && (c.settings.source or {}) ? openbao) vm.credentials))
           vmList);
         };
-        settings.identity.oidc = lib.mkDefault {
-          issuer = "http://127.0.0.1:${toString openbaoDevPort}/v1/identity/oidc/provider/credproxy";
-          audiences = ["credproxy"];
-          agent_claim = "client_id";
-        };
       };
 
-      # Dev identity: each guest reaches the dev OpenBao's token endpoint through this bridge.
-      systemd.services = lib.listToAttrs (map (vm:
-        lib.nameValuePair "openclaw-vm-${vm.name}-dev-token-endpoint" {
-          description = "DEV: ${vm.name} guest -> OpenBao dev token endpoint";
-          wantedBy = ["multi-user.target"];
-          after = ["credproxy-openbao-dev.service"] ++ lib.optional (vm.proxy.transport == "vsock_uds") "microvm@${vm.name}.service";
-          serviceConfig = {
-            ExecStart = lib.escapeShellArgs [
-              (lib.getExe' cp.package "credproxy")
-              "bridge"
-              (hostListenEndpoint vm devTokenPort)
-              (cplib.endpoint.tcp "127.0.0.1" openbaoDevPort)
-            ];
-            User = "credproxy";
-            Group = "credproxy";
-            Restart = "always";
-            RestartSec = 2;
-            ReadWritePaths = lib.optional (vm.proxy.transport == "vsock_uds") "${microvmStateDir}/${vm.name}";
-            CapabilityBoundingSet = "";
-            NoNewPrivileges = true;
-            ProtectSystem = "strict";
-            ProtectHome = true;
-            PrivateTmp = true;
-            PrivateDevices = true;
-            MemoryDenyWriteExecute = true;
-            RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6"] ++ lib.optional (vm.proxy.transport == "vsock") "AF_VSOCK";
-            SystemCallArchitectures = "native";
-            SystemCallFilter = ["@system-service" "~@privileged" "~@resources"];
-            LimitCORE = 0;
-            MemorySwapMax = 0;
-            UMask = "0077";
-          };
-        })
-      (lib.filter (vm: vm.oidc.tokenUrl == null) vmList));
+      # `openclaw-vm-console <name>`: the guest's serial console (Ctrl-] to leave).
+      environment.systemPackages = [
+        (pkgs.writeShellScriptBin "openclaw-vm-console" ''
+          set -eu
+          if [ $# -ne 1 ]; then
+            echo "usage: openclaw-vm-console VM  (one of: ${lib.concatMapStringsSep " " (vm: vm.name) vmList})" >&2
+            exit 64
+          fi
+          exec ${lib.getExe' pkgs.socat "socat"} -,rawer,escape=0x1d UNIX-CONNECT:${cfg.runtimeDir}/"$1"/sockets/console.sock
+        '')
+      ];
     })
   ]);
 }

@@ -1,6 +1,7 @@
 # nixosConfigurations.test-vm: a development host with one agent VM (QEMU, VSOCK only) that
-# can use a seeded dummy credential for httpbin.org through credproxy. Everything runs in
-# dangerousDevMode: never put real credentials here.
+# can use a seeded dummy credential for httpbin.org through credproxy, authenticated as agent1
+# by credproxy's dev issuer. Everything runs in dangerousDevMode: never put real credentials
+# here.
 {
   lib,
   pkgs,
@@ -27,7 +28,8 @@
     dangerousDevMode.enable = true;
     vms.agent1 = {
       cid = 4;
-      memory = 2048;
+      # Not 2048: QEMU hangs with exactly 2 GiB (microvm.nix issue 171).
+      memory = 2560;
       vcpus = 2;
       allowedDomains = ["httpbin.org"];
       gateway.hostPort = 18789;
@@ -38,8 +40,9 @@
         settings = {
           type = "bearer";
           header_name = "Authorization";
-          header_prefix = "Bearer ";
           bound_domains = ["httpbin.org"];
+          # The dev issuer gives agent1 this role (identity.devRoles' default).
+          allowed_roles = ["proxy-user"];
           source.openbao = {
             path = "openclaw/credentials/httpbin";
             field = "key";
