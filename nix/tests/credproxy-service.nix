@@ -1,7 +1,12 @@
 # (a) The host service: starts (Type=notify), its generated config passes check-config, the
 # CA is generated with the right owner and modes, only the certificate is published, the
-# admin listener answers, and a reload keeps the process.
-{self, ...}: {
+# admin listener answers, agents are authenticated (a dev-issuer token is accepted, none is
+# refused), a reload keeps the process and a listener change restarts it.
+{self, ...}: let
+  # credproxy creates the dev issuer's key here (0600) for the listener below and trusts it;
+  # `credproxy token --dev --state-dir /var/lib/credproxy/dev` mints tokens with it.
+  devState = "/var/lib/credproxy/dev";
+in {
   name = "credproxy-service";
 
   nodes.machine = {...}: {
@@ -14,7 +19,20 @@
             name = "local";
             tcp = "127.0.0.1:18790";
           }
+          {
+            name = "agent";
+            unix = "/run/credproxy/agent.sock";
+            agent = "test-agent";
+            agent_token.dev_issuer = {
+              key_file = "${devState}/identity/dev-issuer-key.pem";
+              roles = ["proxy-user"];
+            };
+          }
         ];
+        identity.oidc = {
+          issuer = "credproxy-dev";
+          audiences = ["credproxy"];
+        };
         allowed_domains = ["example.com"];
       };
     };
@@ -22,6 +40,7 @@
 
   testScript = ''
     machine.wait_for_unit("credproxy.service")
+    # On PATH, and the generated config is valid.
     machine.succeed("credproxy check-config /etc/credproxy/config.yaml")
 
     # CA: key 0400 owned by the service user; only the certificate is public.
@@ -30,6 +49,8 @@
     machine.succeed("test \"$(stat -c '%a' /var/lib/credproxy)\" = '750'")
     machine.fail("sudo -u nobody cat /var/lib/credproxy/ca/ca.key")
     machine.succeed("sudo -u nobody cat /var/lib/credproxy-public/ca.crt")
+    # The dev issuer's key is private too.
+    machine.succeed("test \"$(stat -c '%a %U' ${devState}/identity/dev-issuer-key.pem)\" = '600 credproxy'")
 
     # Admin endpoints.
     machine.wait_until_succeeds("curl -sf http://127.0.0.1:18791/healthz")
@@ -42,9 +63,12 @@
     assert "AF_VSOCK" not in props, props
     assert "User=credproxy" in props, props
 
-    # A denied destination is refused by the proxy with a readable body.
-    out = machine.succeed("curl -s -o /dev/null -w '%{http_code}' -x http://127.0.0.1:18790 https://not-allowed.test/ || true")
-    assert out.strip() in ("403", "407"), out
+    # Without a token: 407. With a dev-issuer token for a host not on the allowlist: 403.
+    out = machine.succeed("curl -s -o /dev/null -w '%{http_code}' -x http://127.0.0.1:18790 https://example.com/ || true")
+    assert out.strip() == "407", out
+    url = machine.succeed("credproxy token --dev --state-dir ${devState} --agent test-agent --role proxy-user --proxy-url http://127.0.0.1:18790").strip()
+    out = machine.succeed(f"curl -s -o /dev/null -w '%{{http_code}}' -x '{url}' https://not-allowed.test/ || true")
+    assert out.strip() == "403", out
 
     # Reload (SIGHUP) keeps the same process.
     pid = machine.succeed("systemctl show -p MainPID --value credproxy").strip()

@@ -1,6 +1,7 @@
 # (b) Without microVMs: an agent user on `client` whose only route out is credproxy (nftables
-# by uid) calls an HTTPS API on `upstream` with a placeholder. The upstream must receive the
-# real secret; the agent must get the placeholder back wherever the upstream echoes it.
+# by uid) calls an HTTPS API on `upstream` with a placeholder, authenticated with a token from
+# credproxy's dev issuer. The upstream must receive the real secret; the agent must get the
+# placeholder back wherever the upstream echoes it.
 {
   pkgs,
   self,
@@ -8,6 +9,7 @@
 }: let
   placeholder = "agent-vault-00000000-0000-0000-0000-000000000001";
   secret = "real-secret-8d1f0c2e";
+  devState = "/var/lib/credproxy/dev";
   # A throwaway CA and a leaf for the upstream, made at build time (public test material).
   certs = pkgs.runCommand "credproxy-test-certs" {nativeBuildInputs = [pkgs.openssl];} ''
     mkdir $out && cd $out
@@ -44,7 +46,12 @@ in {
 
   nodes.client = {nodes, ...}: {
     imports = [self.nixosModules.credproxy];
-    users.users.agent.isNormalUser = true;
+    users.users.agent = {
+      isNormalUser = true;
+      # By number in the ruleset below, so the ruleset also loads where no "agent" exists
+      # (nft resolves user names when it parses).
+      uid = 1500;
+    };
     # The secret file is test data; in production it comes from sops/agenix/OpenBao.
     systemd.tmpfiles.rules = ["f /run/keys/upstream-secret 0400 root root - ${secret}"];
     services.credproxy = {
@@ -56,7 +63,22 @@ in {
             name = "agents";
             tcp = "127.0.0.1:18790";
           }
+          # Makes credproxy create (and trust) the dev issuer's key, with which the test
+          # mints the agent's token (`credproxy token --dev`).
+          {
+            name = "dev-key";
+            unix = "/run/credproxy/dev.sock";
+            agent = "agent";
+            agent_token.dev_issuer = {
+              key_file = "${devState}/identity/dev-issuer-key.pem";
+              roles = ["proxy-user"];
+            };
+          }
         ];
+        identity.oidc = {
+          issuer = "credproxy-dev";
+          audiences = ["credproxy"];
+        };
         allowed_domains = ["api.example.test"];
         upstream = {
           extra_ca_files = ["${certs}/ca.crt"];
@@ -69,8 +91,8 @@ in {
             inherit placeholder;
             type = "bearer";
             header_name = "Authorization";
-            header_prefix = "Bearer ";
             bound_domains = ["api.example.test"];
+            allowed_roles = ["proxy-user"];
             source.file = "/run/credentials/credproxy.service/upstream";
           }
         ];
@@ -85,7 +107,7 @@ in {
         content = ''
           chain output {
             type filter hook output priority filter; policy accept;
-            meta skuid != "agent" accept
+            meta skuid != 1500 accept
             oifname "lo" tcp dport 18790 accept
             oifname "lo" udp dport 53 accept
             counter drop
@@ -106,8 +128,11 @@ in {
     # The agent cannot reach the upstream directly.
     client.fail("sudo -u agent curl -sS --max-time 5 --cacert ${certs}/ca.crt https://api.example.test/echo --resolve api.example.test:443:$(getent hosts upstream | cut -d' ' -f1)")
 
+    # The agent's token (dev issuer), as a proxy URL: http://agent:<jwt>@127.0.0.1:18790.
+    proxy = client.succeed("credproxy token --dev --state-dir ${devState} --agent agent --role proxy-user --proxy-url http://127.0.0.1:18790").strip()
+
     # Through the proxy: injected upstream, scrubbed on the way back (body and headers).
-    out = client.succeed(f"sudo -u agent curl -sS -D - --cacert {ca} --proxy http://127.0.0.1:18790 -H 'Authorization: Bearer ${placeholder}' https://api.example.test/echo")
+    out = client.succeed(f"sudo -u agent curl -sS -D - --cacert {ca} --proxy '{proxy}' -H 'Authorization: Bearer ${placeholder}' https://api.example.test/echo")
     assert "${secret}" not in out, out
     assert "${placeholder}" in out, out
     upstream.succeed("grep -q 'Bearer ${secret}' /var/log/nginx/auth.log")
