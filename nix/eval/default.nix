@@ -1,0 +1,148 @@
+# The evaluation harness (scripts/check-nix runs it through nix/eval/run): evaluates the
+# flake's outputs and the project's NixOS modules over nixpkgs' real `lib` and microvm.nix's
+# real options (both vendored, see ../shared/vendor/README.md), with stand-ins for the
+# nixpkgs options and packages (nix/eval/nixos.nix, nix/eval/pkgs.nix).
+#
+#   nix-instantiate --read-write-mode --eval --strict --json nix/eval -A report \
+#     --arg vendor ../shared/vendor --argstr credproxyPrefix DIR
+#
+# `report` is JSON for nix/eval/run, which realises what it lists (configs, scripts, policy
+# directories, the hosts' top levels) and runs it with the real binary. Every case is
+# evaluated under tryEval; `raw.<case>` evaluates one without it, to see the error.
+{
+  vendor ? ../../../shared/vendor,
+  credproxyPrefix ? null,
+}: let
+  root = ../..;
+  h = import ./lib.nix {inherit vendor credproxyPrefix;};
+  inherit (h) lib;
+  flake = h.flake root;
+  hosts = import ./hosts.nix {inherit lib;};
+  cases = import ./cases.nix {inherit lib hosts flake;};
+
+  hostModules = [h.microvmHost flake.nixosModules.default];
+  evalHost = modules: h.evalNixos {modules = hostModules ++ modules;};
+
+  # Everything the runner needs from one evaluated host (or guest).
+  report = c: let
+    cfg = c.config;
+    s = cfg.system.build.summary;
+    cp = cfg.services.credproxy or {enable = false;};
+    vms = cfg.microvm.vms or {};
+  in
+    s
+    // {
+      toplevel =
+        if s.failedAssertions == []
+        then cfg.system.build.toplevel.drvPath
+        else null;
+      credproxy =
+        if cp.enable
+        then {
+          configFile = toString cp.configFile;
+          configDrv = cp.configFile.drvPath;
+          settings = builtins.fromJSON (builtins.unsafeDiscardStringContext cp.configFile.text);
+          policyDir =
+            if cp.policyFiles != {}
+            then {
+              path = toString cp.policyDirectory;
+              drv = cp.policyDirectory.drvPath;
+            }
+            else null;
+          loadCredential = cp.loadCredential;
+          restartTriggers = s.services.credproxy.restartTriggers;
+          reloadTriggers = s.services.credproxy.reloadTriggers;
+        }
+        else null;
+      guests = lib.mapAttrs (_: vm: let
+        g = vm.config.config;
+      in
+        report vm.config
+        // {
+          runner = g.microvm.declaredRunner.standInRunner;
+          proxyEnvironment = g.services.credproxy-guest.environment or {};
+          openclaw =
+            if g.services.openclaw-guest.enable or false
+            then {
+              settings = g.services.openclaw-guest.settings;
+              toolPackages = map (p: p.pname or p.name) g.services.openclaw-guest.toolPackages;
+            }
+            else null;
+        })
+      vms;
+    };
+
+  # A host's failed assertions and its guests' (a guest's fail its top level, which the
+  # host's install unit needs, as with microvm.nix).
+  failedAssertions = c:
+    c.config.system.build.summary.failedAssertions
+    ++ lib.concatLists (lib.mapAttrsToList (n: vm: map (m: "guest ${n}: ${m}") vm.config.config.system.build.summary.failedAssertions) (c.config.microvm.vms or {}));
+
+  guarded = x: let
+    r = builtins.tryEval (builtins.deepSeq x x);
+  in
+    if r.success
+    then r.value
+    else {evalError = true;};
+
+  hostCases = lib.mapAttrs (_: modules: evalHost modules) cases.hosts;
+  assertionCases = lib.mapAttrs (_: a:
+    if a.noMicrovm or false
+    then h.evalNixos {modules = [flake.nixosModules.default] ++ a.modules;}
+    else evalHost a.modules)
+  cases.assertions;
+
+  # The NixOS tests' node configurations, as pkgs.testers.runNixOSTest would evaluate them.
+  nixosTests = lib.mapAttrs (_: t: h.evalTest t.nixosTest) (lib.filterAttrs (_: v: v ? nixosTest) flake.checks.x86_64-linux);
+
+  flakeOutputs = {
+    packages = lib.mapAttrs (_: ps: lib.mapAttrs (_: p: p.name) ps) flake.packages;
+    packageSrc = toString flake.packages.x86_64-linux.credproxy.src;
+    nixosModules = lib.attrNames flake.nixosModules;
+    nixosConfigurations = lib.mapAttrs (_: c: c.config.system.build.toplevel.drvPath) flake.nixosConfigurations;
+    checks = lib.mapAttrs (_: cs:
+      lib.mapAttrs (_: c:
+        if c ? nixosTest
+        then "nixos-test ${c.name}"
+        else if c ? drvPath
+        then c.drvPath
+        else c.name)
+      cs)
+    flake.checks;
+    # Derivations to build here (their builders need only /bin/sh and coreutils).
+    buildable = [flake.checks.x86_64-linux.nftables-ruleset.drvPath flake.checks.x86_64-linux.eval-test-vm.drvPath flake.checks.x86_64-linux.eval-test-vm-guest.drvPath];
+    devShells = lib.mapAttrs (_: d: d.default.name) flake.devShells;
+    formatter = lib.mapAttrs (_: f: f.name) flake.formatter;
+    overlay = (flake.overlays.default (h.pkgsFor "x86_64-linux") (h.pkgsFor "x86_64-linux")).credproxy.name;
+    test-vm = report flake.nixosConfigurations.test-vm;
+  };
+in {
+  report = {
+    flake = guarded flakeOutputs;
+    hosts = lib.mapAttrs (_: c: guarded (report c)) hostCases;
+    assertions = lib.mapAttrs (n: c:
+      guarded {
+        expect = cases.assertions.${n}.expect;
+        failed = failedAssertions c;
+      })
+    assertionCases;
+    nixosTests = lib.mapAttrs (_: t:
+      guarded {
+        nodes = lib.mapAttrs (_: report) t.nodes;
+        inherit (t) testScript;
+      })
+    nixosTests;
+    checks = guarded (cases.checks {
+      hosts = lib.mapAttrs (_: report) hostCases;
+      inherit evalHost report flake nixosTests;
+    });
+  };
+
+  # Unguarded, to see an evaluation error: nix-instantiate ... -A raw.hosts.three-vms
+  raw = {
+    flake = flakeOutputs;
+    hosts = lib.mapAttrs (_: report) hostCases;
+    assertions = lib.mapAttrs (_: failedAssertions) assertionCases;
+    nixosTests = lib.mapAttrs (_: t: lib.mapAttrs (_: report) t.nodes) nixosTests;
+  };
+}
