@@ -688,6 +688,18 @@ in {
       };
     };
 
+    credentialsDirectory = mkOption {
+      type = types.str;
+      default = "/run/credentials/credproxy.service";
+      internal = true;
+      description = ''
+        Where systemd puts the {option}`services.credproxy.loadCredential` files for the
+        service; modules refer to them there. Changed only to run the generated configuration
+        outside systemd (the microVM test plays systemd's part).
+      '';
+      example = "/run/credentials/credproxy.service";
+    };
+
     ca = {
       generate = mkOption {
         type = types.bool;

@@ -232,6 +232,14 @@
           };
         });
       };
+      placeholderEnvironment = mkOption {
+        type = types.attrsOf types.str;
+        readOnly = true;
+        default = lib.mapAttrs' (_: c: lib.nameValuePair c.envVar c.placeholder) (lib.filterAttrs (_: c: c.envVar != null) config.credentials);
+        defaultText = literalExpression "{ <envVar> = <placeholder>; } of the credentials";
+        description = "The variables the guest's services and login shells get (placeholders, not secrets).";
+        example = {ANTHROPIC_API_KEY = "agent-vault-00000000-0000-0000-0000-000000000001";};
+      };
       network = mkOption {
         default = null;
         description = "A TAP device for this VM (none: VSOCK only). Locked down by nftables: default drop.";
@@ -398,7 +406,7 @@
         token_url = vm.identity.tokenUrl;
         inherit (vm.identity) issuer audience scope;
         client_id = vm.identity.clientId;
-        client_secret_file = "/run/credentials/credproxy.service/${clientSecretCredential vm.name}";
+        client_secret_file = "${cp.credentialsDirectory}/${clientSecretCredential vm.name}";
         ca_files = vm.identity.caFiles;
       };
     }
@@ -429,10 +437,7 @@
     );
 
   placeholderEnv = vm:
-    pkgs.writeText "credproxy-placeholder-env-${vm.name}" (lib.concatStrings (lib.mapAttrsToList (
-        _: c: lib.optionalString (c.envVar != null) "${c.envVar}=${c.placeholder}\n"
-      )
-      vm.credentials));
+    pkgs.writeText "credproxy-placeholder-env-${vm.name}" (lib.concatStrings (lib.mapAttrsToList (n: v: "${n}=${v}\n") vm.placeholderEnvironment));
 
   # What the guest receives at boot, by credential name -> host source file.
   guestFileSources = vm:

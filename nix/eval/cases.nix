@@ -47,6 +47,8 @@ in {
   hosts = {
     base = [base];
     inherit (hosts) three-vms dev-two-vms vhost-user firecracker;
+    # The microVM test's host, with its default parameters.
+    test-host = [(import ./test-host.nix {})];
     # Lifecycle: the base host with a second VM, and with only a credential changed.
     base-plus-vm = [
       base

@@ -12,6 +12,11 @@
 {
   vendor ? ../../../shared/vendor,
   credproxyPrefix ? null,
+  # Parameters of the microVM test's host (nix/eval/test-host.nix; the `testHost` attribute).
+  runDir ? "/run/credproxy-microvm-test",
+  issuer ? "http://127.0.0.1:1",
+  upstreamCa ? "/dev/null",
+  upstreamAddr ? "127.0.0.1:1",
 }: let
   root = ../..;
   h = import ./lib.nix {inherit vendor credproxyPrefix;};
@@ -137,6 +142,47 @@ in {
       inherit evalHost report flake nixosTests;
     });
   };
+
+  # What crates/bridge/tests/microvm.rs runs: the test host, evaluated with its parameters.
+  testHost = let
+    c = evalHost [(import ./test-host.nix {inherit runDir issuer upstreamCa upstreamAddr;})];
+    r = report c;
+    cp = c.config.services.credproxy;
+    # Generated Exec lines are escapeShellArgs of plain words here; refuse anything quoted.
+    argv = line:
+      if lib.hasInfix "'" line
+      then throw "nix/eval: cannot split the quoted command line ${line}"
+      else lib.filter (w: w != "") (lib.splitString " " line);
+    vmInfo = name: let
+      vm = c.config.services.openclaw-vm.vms.${name};
+      g = r.guests.${name};
+      listener = lib.findFirst (l: l.name == "vm-${name}") null r.credproxy.settings.listeners;
+    in {
+      inherit (vm) cid agentId;
+      inherit listener;
+      clientId = vm.identity.clientId;
+      clientSecretFile = vm.identity.clientSecretFile;
+      vhostDeviceVsock = argv r.services."openclaw-vm-${name}-vhost-vsock".serviceConfig.ExecStart;
+      qemuArgs = g.runner.qemuExtraArgs;
+      guestBridge = argv g.services.credproxy-bridge.serviceConfig.ExecStart;
+      environment = g.proxyEnvironment;
+      placeholders = lib.mapAttrs (_: cr: cr.placeholder) vm.credentials;
+      inherit (vm) placeholderEnvironment;
+      # The directories the host's tmpfiles rules create for this VM.
+      directories = map (rule: builtins.elemAt (lib.splitString " " rule) 1) (lib.filter (rule: lib.hasInfix "/${name}" rule && lib.hasPrefix "d ${runDir}/" rule) r.tmpfiles);
+    };
+  in
+    if r.failedAssertions != []
+    then throw "nix/eval: the test host has failed assertions:\n${lib.concatStringsSep "\n" r.failedAssertions}"
+    else {
+      config = {
+        file = r.credproxy.configFile;
+        drv = r.credproxy.configDrv;
+      };
+      inherit (r.credproxy) policyDir loadCredential;
+      inherit (cp) credentialsDirectory;
+      vms = lib.genAttrs ["a" "b"] vmInfo;
+    };
 
   # Unguarded, to see an evaluation error: nix-instantiate ... -A raw.hosts.three-vms
   raw = {
