@@ -49,6 +49,9 @@ in {
       identity.oidc = {
         inherit issuer;
         audiences = ["credproxy"];
+        # The test provider's client-credentials tokens name the client in `client_id`
+        # (RFC 9068); Keycloak's carry `azp`, the default.
+        agent_claim = "client_id";
       };
       ca = {
         cert_file = "${runDir}/ca/ca.crt";
