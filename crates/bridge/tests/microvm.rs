@@ -1,23 +1,38 @@
-//! The microVM deployment end to end, as a user runs it: a Debian kernel and a busybox
-//! initramfs (built here) boot under QEMU with no network device, only a
-//! `vhost-user-vsock-pci` device served by `vhost-device-vsock`. In the guest, the static
-//! `credproxy-bridge` turns `tcp:127.0.0.1:18790` into `vsock:2:18790` and adds the agent's
-//! token; a tiny static client (`src/bin/microvm-client.rs`) uses it as `HTTPS_PROXY` with a
-//! credential placeholder. On the host, the proxy listens on a `vsock_uds` listener bound to
-//! agent `vm-a` and forwards to a local TLS upstream pinned as `api.anthropic.com`.
+//! The microVM deployment end to end, driven by the NixOS modules: what runs here is what
+//! the evaluation of the test host (`nix/eval/test-host.nix`, through `nix/eval`'s
+//! `testHost`) generates, with the paths this test owns (sockets, state, secrets) and the
+//! addresses it picks (the OIDC provider, the upstream) as parameters:
 //!
-//! Asserted: the upstream received the real secret; the guest got only the placeholder back
-//! from the echo; the request was attributed to `vm-a` on that VM's listener (the policy
-//! allows nothing else and says what it saw otherwise); the guest has no interface but `lo`
-//! and a direct TCP connection fails. The other direction too: the host reaches a guest port
-//! (the gateway's, served in the guest by busybox `httpd` behind `credproxy-bridge
-//! vsock:any:P tcp:127.0.0.1:P`) with `credproxy bridge tcp:… vsock_uds:<uds>:P`, the
-//! hybrid-vsock `CONNECT P` handshake against vhost-device-vsock.
+//! - credproxy's configuration and its policy directory (realised in a private Nix store)
+//!   run in-process; this test plays systemd's part for `LoadCredential` (the evaluated sources
+//!   copied to the evaluated credentials directory), tmpfiles (the evaluated directories)
+//!   and `credproxy-ca-init` (a CA at the configured paths);
+//! - VM `a`'s `vhost-device-vsock` command line and QEMU's vsock arguments (a
+//!   `vhost-user-vsock-pci` device: the hybrid-vsock contract, as there is no
+//!   /dev/vhost-vsock here), with a Debian kernel and a busybox initramfs built here (QEMU
+//!   under TCG, no network device);
+//! - in the guest, the bridge's command line (the static `credproxy-bridge`) and the agent's
+//!   environment (proxy variables, the CA path, the placeholder variables) as the modules
+//!   give them to the guest's services; a tiny static client (`src/bin/microvm-client.rs`)
+//!   plays the agent.
+//!
+//! Identities come from the real OIDC provider (`testsupport/oidc-provider`): the proxy
+//! obtains VM a's token itself for a's listener (client credentials, the client secret on the
+//! host; decision D1); the guest holds no token and no secret.
+//!
+//! Asserted: the request with a's placeholder is injected (the upstream received a's secret,
+//! once) and its echo scrubbed (the guest saw only the placeholder), attributed to agent vm-a
+//! on a's listener; VM b's placeholder is refused on a's listener (403, "belongs to VM b") and
+//! VM b's token is refused there too; neither secret reaches the guest; the guest has no
+//! interface but `lo` and a direct TCP connection fails.
 //!
 //! Tools: `qemu-system-x86_64` (apt `qemu-system-x86`), `busybox` (apt `busybox-static`),
 //! `vhost-device-vsock` (`cargo install vhost-device-vsock --locked --root .cache/tools`),
-//! `apt-get`/`dpkg-deb` for the kernel. Everything downloaded or built is cached under
-//! `<workspace>/.cache/microvm/` (override with `CREDPROXY_MICROVM_CACHE`).
+//! `apt-get`/`dpkg-deb` for the kernel, `nix-instantiate`/`nix-store` (apt `nix-bin`), Node
+//! with `npm ci --prefix testsupport/oidc-provider`, and the vendored nixpkgs lib and
+//! microvm.nix (`../shared/vendor`, or `CREDPROXY_NIX_VENDOR`; without it the test fails when
+//! `CI=true` and is skipped with a loud message otherwise). Everything downloaded or built is
+//! cached under `<workspace>/.cache/microvm/` (override with `CREDPROXY_MICROVM_CACHE`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
@@ -26,24 +41,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use credproxy_config::Config;
-use credproxy_identity::DevIssuer;
 use credproxy_proxy::{Proxy, ProxyOptions};
-use credproxy_testkit::{TestPki, Upstream, UpstreamOptions, Validity};
+use credproxy_testkit::{
+    OidcProvider, OidcProviderOptions, TestClient, TestPki, Upstream, UpstreamOptions, Validity,
+};
+use serde_json::Value;
 
 const HOST: &str = "api.anthropic.com";
-const PORT: u32 = 18790;
-/// The guest port the host reaches through the hypervisor's socket (the gateway's).
-const GATEWAY: u32 = 18789;
-const AGENT: &str = "vm-a";
 const ROLE: &str = "proxy-user";
-const PLACEHOLDER: &str = "agent-vault-00000000-0000-0000-0000-0000000000a1";
-const SECRET: &str = "sk-ant-CANARY-microvm-5d1c0e9b7a3f";
+const SECRET_A: &str = "sk-ant-CANARY-microvm-a-5d1c0e9b7a3f";
+const SECRET_B: &str = "sk-ant-CANARY-microvm-b-91f0c2a7e4d8";
 /// The slirp gateway address a user-mode NIC would have; with no NIC it is unreachable.
 const DIRECT: &str = "10.0.2.2:443";
 /// Boot, run the client and power off. A boot takes ~10 s under TCG; the rest is slack for
 /// a loaded 2-core machine.
 const VM_TIMEOUT: Duration = Duration::from_secs(90);
-/// Debian builds virtio and vsock as modules; this is their load order.
 const MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
@@ -250,18 +262,102 @@ fn find_module(dir: &Path, file: &str) -> Option<PathBuf> {
     None
 }
 
+/// The vendored nixpkgs lib and microvm.nix: `$CREDPROXY_NIX_VENDOR`, else `../shared/vendor`
+/// from the workspace (or `../../shared/vendor` from a git worktree one level down).
+fn vendor() -> Option<PathBuf> {
+    if let Some(v) = std::env::var_os("CREDPROXY_NIX_VENDOR") {
+        return Some(PathBuf::from(v));
+    }
+    ["../shared/vendor", "../../shared/vendor"]
+        .iter()
+        .map(|p| workspace().join(p))
+        .find(|p| p.join("nixpkgs-lib/lib").is_dir() && p.join("microvm.nix").is_dir())
+}
+
+/// A private Nix store under `dir` (no daemon, nothing under /nix), as `nix/eval/run` uses.
+fn nix(dir: &Path, tool_name: &str) -> Command {
+    let mut cmd = Command::new(tool(tool_name, "apt-get install nix-bin"));
+    cmd.env("NIX_STORE_DIR", dir.join("store"))
+        .env("NIX_STATE_DIR", dir.join("state"))
+        .env("NIX_LOG_DIR", dir.join("log"))
+        .env("NIX_REMOTE", "local")
+        .env(
+            "NIX_CONFIG",
+            "build-users-group =\nsandbox = false\nsubstituters =\n",
+        )
+        .env("HOME", dir.join("home"));
+    cmd
+}
+
+/// Evaluate the test host with these parameters (`nix/eval`, attribute `testHost`) and
+/// realise its policy directory.
+fn evaluate_test_host(store: &Path, vendor: &Path, params: &[(&str, String)]) -> Value {
+    for d in ["store", "state", "log", "home"] {
+        std::fs::create_dir_all(store.join(d)).unwrap();
+    }
+    let mut cmd = nix(store, "nix-instantiate");
+    cmd.args(["--read-write-mode", "--eval", "--strict", "--json"])
+        .arg(workspace().join("nix/eval"))
+        .args(["-A", "testHost", "--arg", "vendor"])
+        .arg(vendor);
+    for (name, value) in params {
+        cmd.args(["--argstr", name, value]);
+    }
+    let host: Value = serde_json::from_str(&run(&mut cmd, "evaluating the test host")).unwrap();
+    run(
+        nix(store, "nix-store").arg("--realise").arg(
+            host["policyDir"]["drv"]
+                .as_str()
+                .expect("a derivation path"),
+        ),
+        "realising the test host's policy directory",
+    );
+    host
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Single-quoted for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 struct Guest<'a> {
     bridge: &'a Path,
     client: &'a Path,
     modules: &'a Path,
     proxy_ca: &'a Path,
-    token: &'a str,
+    /// Where the agent's environment expects the CA (`SSL_CERT_FILE`).
+    ca_path: &'a str,
+    /// The guest bridge's arguments, after `credproxy bridge`.
+    bridge_args: &'a [String],
+    /// The agent's environment: proxy variables, CA paths, placeholders.
+    environment: &'a [(String, String)],
+    /// The client's arguments.
+    client_args: &'a [String],
+    /// Another VM's token, for the client to try.
+    foreign_token: &'a str,
 }
 
 /// Build the initramfs (an uncompressed newc cpio, which the kernel takes as is).
 fn initramfs(dir: &Path, g: &Guest<'_>) -> PathBuf {
     let root = dir.join("root");
-    for d in ["bin", "dev", "proc", "sys", "etc", "tmp", "lib/modules"] {
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "etc",
+        "tmp",
+        "run",
+        "lib/modules",
+    ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     let busybox = tool("busybox", "apt-get install busybox-static");
@@ -272,24 +368,17 @@ fn initramfs(dir: &Path, g: &Guest<'_>) -> PathBuf {
     );
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "mount", "insmod", "ip", "poweroff", "cat", "ls", "sleep", "echo", "httpd", "touch",
-        "mkdir",
+        "sh", "mount", "insmod", "ip", "poweroff", "cat", "ls", "sleep", "echo", "mkdir",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     std::fs::copy(g.bridge, root.join("bin/credproxy-bridge")).unwrap();
     std::fs::copy(g.client, root.join("bin/microvm-client")).unwrap();
-    std::fs::copy(g.proxy_ca, root.join("etc/proxy-ca.pem")).unwrap();
-    std::fs::write(root.join("etc/agent-token"), g.token).unwrap();
-    // The "gateway": a CGI page that also tells init the host has been served.
-    std::fs::create_dir_all(root.join("www/cgi-bin")).unwrap();
-    let cgi = root.join("www/cgi-bin/gateway");
-    std::fs::write(
-        &cgi,
-        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho MICROVM_GATEWAY_OK\ntouch /tmp/gateway-served\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // What credproxy-guest-files installs from the host's delivery: the CA certificate.
+    let ca = root.join(g.ca_path.trim_start_matches('/'));
+    std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+    std::fs::copy(g.proxy_ca, &ca).unwrap();
+    std::fs::write(root.join("etc/foreign-token"), g.foreign_token).unwrap();
     let builtin = std::fs::read_to_string(g.modules.join("modules.builtin")).unwrap_or_default();
     let mut order = Vec::new();
     for m in MODULES {
@@ -306,6 +395,17 @@ fn initramfs(dir: &Path, g: &Guest<'_>) -> PathBuf {
             ),
         }
     }
+    let exports: String = g
+        .environment
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", sh_quote(v)))
+        .collect();
+    let quote_all = |args: &[String]| -> String {
+        args.iter()
+            .map(|a| sh_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let init = format!(
         r#"#!/bin/sh
 export PATH=/bin
@@ -318,19 +418,16 @@ for m in {modules}; do insmod /lib/modules/$m.ko || echo "MICROVM_INSMOD_FAILED 
 i=0
 while [ ! -e /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 ip link set lo up
-httpd -p 127.0.0.1:{GATEWAY} -h /www
-/bin/credproxy-bridge vsock:any:{GATEWAY} tcp:127.0.0.1:{GATEWAY} &
-echo MICROVM_GATEWAY_STARTED
-/bin/credproxy-bridge --token-file /etc/agent-token tcp:127.0.0.1:{PORT} vsock:2:{PORT} &
-HTTPS_PROXY=http://127.0.0.1:{PORT} /bin/microvm-client /etc/proxy-ca.pem {HOST} {PLACEHOLDER} {DIRECT}
-# Wait (bounded) for the host to fetch the gateway page.
-i=0
-while [ ! -e /tmp/gateway-served ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-[ -e /tmp/gateway-served ] && echo MICROVM_GATEWAY_SERVED
+# credproxy-bridge.service, as the guest module runs it (no token, no secret).
+/bin/credproxy-bridge {bridge} &
+# The agent's environment, as the guest module gives it to the agent services.
+{exports}/bin/microvm-client {client}
 echo MICROVM_DONE
 poweroff -f
 "#,
-        modules = order.join(" ")
+        modules = order.join(" "),
+        bridge = quote_all(g.bridge_args),
+        client = quote_all(g.client_args),
     );
     let init_path = root.join("init");
     std::fs::write(&init_path, init).unwrap();
@@ -389,24 +486,21 @@ async fn wait_for_path(p: &Path, what: &str, procs: &mut Procs) {
     }
 }
 
-const POLICY: &str = r#"package credproxy.authz
-
-default allow := false
-
-# Attribution: only the agent bound to this VM's listener, arriving over vsock on it.
-allow if {
-	input.identity.agent_id == "vm-a"
-	input.listener.name == "vm-a"
-	input.listener.kind == "vsock"
-	startswith(input.listener.peer, "vsock_uds:18790")
-}
-
-deny_reasons contains sprintf("attribution check failed: listener %v kind %v peer %v", [input.listener.name, input.listener.kind, input.listener.peer]) if not allow
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_microvm_reaches_the_upstream_only_through_credproxy() {
+async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy() {
     let total = Instant::now();
+    let Some(vendor) = vendor() else {
+        let msg = "the microVM test evaluates nix/eval/test-host.nix and needs the vendored nixpkgs lib and \
+                   microvm.nix (../shared/vendor from the repository root, or CREDPROXY_NIX_VENDOR)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{msg}: missing (CI=true)");
+        }
+        eprintln!(
+            "\n{bar}\nmicrovm: SKIPPED: {msg}: missing\n{bar}\n",
+            bar = "#".repeat(78)
+        );
+        return;
+    };
     let qemu = tool("qemu-system-x86_64", "apt-get install qemu-system-x86");
     let vhost = tool(
         "vhost-device-vsock",
@@ -416,70 +510,149 @@ async fn a_microvm_reaches_the_upstream_only_through_credproxy() {
     let (vmlinuz, modules) = kernel(&cache);
     let (bridge, client) = static_binaries(&cache);
 
-    // Host side: upstream, proxy (vsock_uds listener bound to vm-a), dev identity.
+    // What the host's operator brings: the identity provider (one client per VM), the
+    // upstream, the secrets.
+    let clients = [
+        TestClient::new("vm-a", &[ROLE]),
+        TestClient::new("vm-b", &[ROLE]),
+    ];
+    let provider = OidcProvider::start(OidcProviderOptions {
+        clients: clients.to_vec(),
+        ..OidcProviderOptions::default()
+    })
+    .await;
     let pki = TestPki::new();
     let upstream = Upstream::start(UpstreamOptions::tls(pki.issue(&[HOST], Validity::Valid))).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = credproxy_tls::init_ca(&d.join("ca"), false).unwrap();
-    let dev = DevIssuer::load_or_create(&d.join("dev")).unwrap();
-    std::fs::write(d.join("jwks.json"), dev.jwks_json()).unwrap();
-    std::fs::create_dir_all(d.join("policy")).unwrap();
-    std::fs::write(d.join("policy/attribution.rego"), POLICY).unwrap();
-    let uds = d.join("vm-a.vsock");
-    let yaml = format!(
-        r#"listeners:
-  - name: vm-a
-    vsock_uds: {{path: {uds}, port: {PORT}}}
-    agent: {AGENT}
-ca: {{cert_file: {cert}, key_file: {key}}}
-allowed_domains: [{HOST}]
-upstream:
-  extra_ca_files: [{pki_ca}]
-  resolve: {{{HOST}: "{up}"}}
-identity:
-  oidc: {{issuer: "{iss}", audiences: [{aud}], jwks_file: {jwks}}}
-policy: {{dir: {policy}}}
-credentials:
-  - id: anthropic
-    placeholder: {PLACEHOLDER}
-    type: api_key
-    header_name: x-api-key
-    bound_domains: [{HOST}]
-    allowed_roles: [{ROLE}]
-    source: {{env: ANTHROPIC_API_KEY}}
-audit: {{path: {audit}}}
-limits:
-  shutdown_grace: 1s
-"#,
-        uds = uds.display(),
-        cert = ca.cert_file.display(),
-        key = ca.key_file.display(),
-        pki_ca = pki.ca_cert_path().display(),
-        up = upstream.addr(),
-        iss = credproxy_identity::DEV_ISSUER,
-        aud = credproxy_identity::DEV_AUDIENCE,
-        jwks = d.join("jwks.json").display(),
-        policy = d.join("policy").display(),
-        audit = d.join("audit.db").display(),
+    let run_dir = d.join("host");
+
+    // The test host, evaluated with this test's paths and addresses.
+    let evaluated = Instant::now();
+    let host = evaluate_test_host(
+        &d.join("nix"),
+        &vendor,
+        &[
+            ("runDir", run_dir.display().to_string()),
+            ("issuer", provider.issuer()),
+            ("upstreamCa", pki.ca_cert_path().display().to_string()),
+            ("upstreamAddr", upstream.addr().to_string()),
+        ],
     );
-    let config = Config::parse(&yaml, d).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let env = Env([("ANTHROPIC_API_KEY".to_string(), SECRET.to_string())].into());
-    let _proxy = Proxy::bind(
+    eprintln!(
+        "microvm: test host evaluated and realised in {:?}",
+        evaluated.elapsed()
+    );
+    let (a, b) = (&host["vms"]["a"], &host["vms"]["b"]);
+    // The generated configuration, as /etc/credproxy/config.yaml holds it.
+    let config_text = host["config"]["text"].as_str().unwrap();
+    let config_file = d.join("config.yaml");
+    std::fs::write(&config_file, config_text).unwrap();
+    let settings: Value = serde_json::from_str(config_text).unwrap();
+
+    // Play systemd: tmpfiles, the secrets' sources, LoadCredential, credproxy-ca-init.
+    for vm in [a, b] {
+        for dir in strings(&vm["directories"]) {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+    }
+    let load = host["loadCredential"].as_object().unwrap();
+    let secret_sources = [
+        ("anthropic-a", SECRET_A.to_string()),
+        ("anthropic-b", SECRET_B.to_string()),
+        ("vm-a-client-secret", clients[0].secret.clone()),
+        ("vm-b-client-secret", clients[1].secret.clone()),
+    ];
+    assert_eq!(
+        load.len(),
+        secret_sources.len(),
+        "the test host's LoadCredential entries changed: {load:?}"
+    );
+    let credentials_dir = PathBuf::from(host["credentialsDirectory"].as_str().unwrap());
+    std::fs::create_dir_all(&credentials_dir).unwrap();
+    for (name, value) in &secret_sources {
+        let source = PathBuf::from(
+            load.get(*name)
+                .unwrap_or_else(|| panic!("no LoadCredential {name}: {load:?}"))
+                .as_str()
+                .unwrap(),
+        );
+        std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+        std::fs::write(&source, value).unwrap();
+        std::fs::copy(&source, credentials_dir.join(name)).unwrap();
+    }
+    let ca_cert = PathBuf::from(settings["ca"]["cert_file"].as_str().unwrap());
+    let ca = credproxy_tls::init_ca(ca_cert.parent().unwrap(), false).unwrap();
+    assert_eq!(ca.cert_file, ca_cert);
+
+    // credproxy with the evaluated configuration, as credproxy.service runs it.
+    let config = Config::load(&config_file)
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&config_file).unwrap()));
+    let proxy = Proxy::bind(
         config,
         ProxyOptions {
             resolver: None,
-            env: Some(std::sync::Arc::new(env)),
+            env: None,
         },
     )
     .await
     .unwrap()
     .spawn();
-    assert!(d.join(format!("vm-a.vsock_{PORT}")).exists());
+    assert!(
+        proxy.wait_ready(Duration::from_secs(30)).await,
+        "credproxy did not get ready (the agents' tokens from {})",
+        provider.issuer()
+    );
+    let listener = &a["listener"];
+    let uds = format!(
+        "{}_{}",
+        listener["vsock_uds"]["path"].as_str().unwrap(),
+        listener["vsock_uds"]["port"]
+    );
+    assert!(Path::new(&uds).exists(), "credproxy did not bind {uds}");
 
-    let token = dev
-        .issue(AGENT, &[ROLE.to_string()], Duration::from_secs(3600))
-        .unwrap();
+    // The guest: the evaluated bridge command line and agent environment.
+    let bridge_argv = strings(&a["guestBridge"]);
+    assert_eq!(bridge_argv[1], "bridge", "{bridge_argv:?}");
+    let bridge_args = &bridge_argv[2..];
+    assert!(
+        !bridge_args.iter().any(|x| x.starts_with("--")),
+        "the guest bridge must carry no token options: {bridge_args:?}"
+    );
+    let mut environment: Vec<(String, String)> = Vec::new();
+    for key in ["environment", "placeholderEnvironment"] {
+        for (k, v) in a[key].as_object().unwrap() {
+            environment.push((k.clone(), v.as_str().unwrap().to_string()));
+        }
+    }
+    let ca_path = a["environment"]["SSL_CERT_FILE"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own_placeholder = a["placeholders"]["anthropic-a"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let placeholder_var = a["placeholderEnvironment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, v)| v.as_str() == Some(&own_placeholder))
+        .map(|(k, _)| k.clone())
+        .expect("the placeholder's variable");
+    let foreign_placeholder = b["placeholders"]["anthropic-b"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // VM b's identity, as an agent in VM a might have got hold of it.
+    let foreign_token = provider.token("vm-b").await;
+    let client_args = [
+        HOST.to_string(),
+        DIRECT.to_string(),
+        placeholder_var,
+        foreign_placeholder.clone(),
+        "/etc/foreign-token".to_string(),
+    ];
     let cpio = initramfs(
         d,
         &Guest {
@@ -487,21 +660,22 @@ limits:
             client: &client,
             modules: &modules,
             proxy_ca: &ca.cert_file,
-            token: &token,
+            ca_path: &ca_path,
+            bridge_args,
+            environment: &environment,
+            client_args: &client_args,
+            foreign_token: &foreign_token,
         },
     );
 
-    // vhost-device-vsock, then QEMU.
+    // vhost-device-vsock and QEMU's vsock device, as the evaluated units run them.
     let mut procs = Procs::default();
-    let control = d.join("vhost.sock");
+    let vhost_argv = strings(&a["vhostDeviceVsock"]);
+    let control =
+        PathBuf::from(&vhost_argv[vhost_argv.iter().position(|x| x == "--socket").unwrap() + 1]);
     procs.0.push(
         Command::new(&vhost)
-            .arg("--guest-cid")
-            .arg("3")
-            .arg("--socket")
-            .arg(&control)
-            .arg("--uds-path")
-            .arg(&uds)
+            .args(&vhost_argv[1..])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("vhost.log")).unwrap())
             .spawn()
@@ -512,17 +686,8 @@ limits:
     let boot = Instant::now();
     procs.0.push(
         Command::new(&qemu)
-            .args([
-                "-accel",
-                "tcg",
-                "-M",
-                "q35,memory-backend=mem",
-                "-m",
-                "256M",
-                "-smp",
-                "1",
-            ])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+            .args(["-accel", "tcg", "-M", "q35", "-m", "256M", "-smp", "1"])
+            .args(strings(&a["qemuArgs"]))
             .args([
                 "-nodefaults",
                 "-no-user-config",
@@ -542,9 +707,6 @@ limits:
                 "-append",
                 "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4",
             ])
-            .arg("-chardev")
-            .arg(format!("socket,id=c,path={}", control.display()))
-            .args(["-device", "vhost-user-vsock-pci,chardev=c"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("qemu.log")).unwrap())
@@ -552,17 +714,12 @@ limits:
             .unwrap(),
     );
 
-    // Wait for the guest to finish (bounded; no fixed sleeps). Once its gateway is started,
-    // the host fetches the page through the hypervisor's socket.
+    // Wait for the guest to finish (bounded; no fixed sleeps).
     let mut init_seen = None;
-    let mut gateway = None;
     let text = loop {
         let text = std::fs::read_to_string(&console).unwrap_or_default();
         if init_seen.is_none() && text.contains("MICROVM_INIT_START") {
             init_seen = Some(boot.elapsed());
-        }
-        if gateway.is_none() && text.contains("MICROVM_GATEWAY_STARTED") {
-            gateway = Some(tokio::spawn(fetch_gateway(uds.clone())));
         }
         if text.contains("MICROVM_DONE") {
             break text;
@@ -584,20 +741,13 @@ limits:
         total.elapsed()
     );
     let context = || format!("--- console ---\n{text}");
-
-    // Host → guest through vhost-device-vsock's socket: the handshake and the bytes after it.
-    let page = gateway
-        .unwrap_or_else(|| panic!("the guest never started its gateway\n{}", context()))
-        .await
-        .unwrap();
-    let status = page.lines().next().unwrap_or_default();
-    assert!(
-        status.starts_with("HTTP/1.") && status.contains(" 200 "),
-        "{page}\n{}",
-        context()
-    );
-    assert!(page.contains("MICROVM_GATEWAY_OK"), "{page}");
-    assert!(text.contains("MICROVM_GATEWAY_SERVED"), "{}", context());
+    let block = |label: &str| -> String {
+        text.split(&format!("MICROVM_{label}_BEGIN"))
+            .nth(1)
+            .and_then(|r| r.split(&format!("MICROVM_{label}_END")).next())
+            .unwrap_or_else(|| panic!("no {label} result in the console\n{}", context()))
+            .to_string()
+    };
 
     // The guest has no way out but vsock.
     assert!(!text.contains("MICROVM_INSMOD_FAILED"), "{}", context());
@@ -611,123 +761,107 @@ limits:
         "{}",
         context()
     );
-
-    // Through the bridge, the proxy and the upstream, and back.
-    assert!(
-        text.contains("MICROVM_CONNECT_STATUS HTTP/1.1 200"),
-        "{}",
-        context()
-    );
     assert!(!text.contains("MICROVM_CLIENT_ERROR"), "{}", context());
-    let response = text
-        .split("MICROVM_RESPONSE_BEGIN")
-        .nth(1)
-        .and_then(|r| r.split("MICROVM_RESPONSE_END").next())
-        .unwrap_or_else(|| panic!("no response in the console\n{}", context()));
-    assert!(response.contains("HTTP/1.1 200"), "{}", context());
+
+    // Its own placeholder: injected upstream, scrubbed on the way back, with no token in the
+    // guest (the proxy authenticated the listener's connection as vm-a itself).
+    let own = block("OWN");
     assert!(
-        response.contains(&format!("x-api-key: {PLACEHOLDER}")),
+        own.contains("MICROVM_CONNECT_STATUS HTTP/1.1 200"),
         "{}",
         context()
     );
+    assert!(own.contains("HTTP/1.1 200"), "{}", context());
     assert!(
-        !text.contains(SECRET),
-        "the secret reached the guest\n{}",
+        own.contains(&format!("x-api-key: {own_placeholder}")),
+        "{}",
         context()
     );
 
-    // The upstream got the real secret, exactly once.
+    // VM b's placeholder on VM a's listener: refused, and says why.
+    let foreign = block("FOREIGN_PLACEHOLDER");
+    assert!(foreign.contains("HTTP/1.1 403"), "{}", context());
+    assert!(foreign.contains("belongs to VM b"), "{}", context());
+
+    // VM b's token on VM a's listener: refused (the listener is bound to vm-a).
+    let foreign_token_result = block("FOREIGN_TOKEN");
+    assert!(
+        !foreign_token_result.contains("x-api-key:")
+            && (foreign_token_result.contains(" 403") || foreign_token_result.contains(" 407")),
+        "{}",
+        context()
+    );
+
+    // No secret ever reached the guest.
+    for secret in [SECRET_A, SECRET_B] {
+        assert!(
+            !text.contains(secret),
+            "a secret reached the guest\n{}",
+            context()
+        );
+    }
+
+    // The upstream got a's secret, exactly once, and nothing of b's.
     let received = upstream.received();
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(
         received[0].header_all("x-api-key"),
-        vec![SECRET.to_string()]
+        vec![SECRET_A.to_string()]
     );
     assert!(received[0].header("proxy-authorization").is_none());
 
-    // Attribution: the audit record names the agent bound to this VM's listener and the
-    // hybrid-vsock peer (the policy above also allowed nothing else).
+    // Attribution: the audit records name the agent bound to a's listener and the
+    // hybrid-vsock peer; b's placeholder was denied there; nothing acted as vm-b.
+    proxy.flush_audit().await;
     let records = credproxy_audit::query::list(
-        &d.join("audit.db"),
+        Path::new(settings["audit"]["path"].as_str().unwrap()),
         &credproxy_audit::query::Filter::default(),
     )
     .unwrap();
     let used: Vec<_> = records
         .iter()
-        .filter(|r| !r.credentials.is_empty())
+        .filter(|r| r.decision == credproxy_audit::Decision::Allow && !r.credentials.is_empty())
         .collect();
     assert_eq!(used.len(), 1, "{records:#?}");
-    assert_eq!(used[0].agent_id.as_deref(), Some(AGENT), "{:#?}", used[0]);
-    assert_eq!(used[0].listener, "vm-a", "{:#?}", used[0]);
-    assert!(
-        used[0].peer.starts_with(&format!("vsock_uds:{PORT}")),
+    assert_eq!(used[0].agent_id.as_deref(), Some("vm-a"), "{:#?}", used[0]);
+    assert_eq!(
+        used[0].listener,
+        listener["name"].as_str().unwrap(),
         "{:#?}",
         used[0]
+    );
+    assert!(
+        used[0]
+            .peer
+            .starts_with(&format!("vsock_uds:{}", listener["vsock_uds"]["port"])),
+        "{:#?}",
+        used[0]
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.decision == credproxy_audit::Decision::Deny
+                && r.agent_id.as_deref() == Some("vm-a")
+                && r.deny_reasons.iter().any(|m| m.contains("belongs to VM b"))),
+        "{records:#?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.decision == credproxy_audit::Decision::Deny
+                && r.outcome
+                    .as_ref()
+                    .is_some_and(|o| o.reason == "listener_agent_mismatch")),
+        "{records:#?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.agent_id.as_deref() == Some("vm-b")),
+        "{records:#?}"
     );
     assert!(
         run_time < Duration::from_secs(45),
         "the guest took {run_time:?}; the budget is about 15 s per boot"
     );
-}
-
-/// GET the guest's gateway page through `credproxy bridge tcp:127.0.0.1:0
-/// vsock_uds:<uds>:GATEWAY`. The guest's bridge may not listen yet when its init says the
-/// gateway started, so a refused handshake is retried (bounded).
-async fn fetch_gateway(uds: PathBuf) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let args = credproxy_bridge::BridgeArgs {
-        from: "tcp:127.0.0.1:0".into(),
-        to: format!("vsock_uds:{}:{GATEWAY}", uds.display()),
-        max_connections: 4,
-        buffer_size: 64 * 1024,
-        shutdown_grace: Duration::from_secs(1),
-        token_file: None,
-        oidc_token_url: None,
-        oidc_issuer: None,
-        client_id: None,
-        client_secret_file: None,
-        audience: None,
-        scope: None,
-        oidc_ca_files: vec![],
-        check: false,
-        log: "info".into(),
-    };
-    let bridge =
-        credproxy_bridge::Bridge::bind(credproxy_bridge::BridgeConfig::from_args(&args).unwrap())
-            .await
-            .unwrap();
-    let credproxy_core::ListenAddr::Tcp(addr) = bridge.local_addr().clone() else {
-        panic!()
-    };
-    let task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let page = loop {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /cgi-bin/gateway HTTP/1.0\r\nHost: gateway\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        if !out.is_empty() {
-            break String::from_utf8_lossy(&out).into_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest's gateway never answered through {}",
-            uds.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    task.abort();
-    page
-}
-
-/// `env:` secret sources read from this map, never from the process environment.
-#[derive(Debug)]
-struct Env(std::collections::HashMap<String, String>);
-
-impl credproxy_secrets::EnvSource for Env {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
-    }
 }

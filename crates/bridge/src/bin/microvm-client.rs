@@ -1,10 +1,17 @@
 //! The guest side of the microVM test (`crates/bridge/tests/microvm.rs`): a tiny static
-//! client that behaves like an agent. It lists the guest's network interfaces, tries a
-//! direct TCP connection (which must fail: the guest has no network device), then makes
-//! an HTTPS request through `HTTPS_PROXY` (the guest's `credproxy bridge`) with a credential
-//! placeholder, trusting the proxy CA, and prints what came back between marker lines.
+//! client that behaves like an agent with the environment the NixOS modules give one. It
+//! lists the guest's network interfaces, tries a direct TCP connection (which must fail: the
+//! guest has no network device), then makes HTTPS requests through `HTTPS_PROXY` (the
+//! guest's `credproxy bridge`), trusting the CA in `SSL_CERT_FILE`:
 //!
-//! Usage: `microvm-client CA_FILE HOST PLACEHOLDER DIRECT_ADDR`
+//! - `OWN`: with its own placeholder (the value of the variable `PLACEHOLDER_VAR`), no token;
+//! - `FOREIGN_PLACEHOLDER`: with another VM's placeholder, no token;
+//! - `FOREIGN_TOKEN`: with its own placeholder and another VM's token in
+//!   `Proxy-Authorization` (read from `FOREIGN_TOKEN_FILE`).
+//!
+//! Each result is printed between `MICROVM_<LABEL>_BEGIN` and `MICROVM_<LABEL>_END`.
+//!
+//! Usage: `microvm-client HOST DIRECT_ADDR PLACEHOLDER_VAR FOREIGN_PLACEHOLDER FOREIGN_TOKEN_FILE`
 #![allow(clippy::print_stdout)]
 
 use std::io::{ErrorKind, Read, Write};
@@ -14,8 +21,12 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, ca, host, placeholder, direct] = args.as_slice() else {
-        println!("MICROVM_CLIENT_ERROR usage: microvm-client CA_FILE HOST PLACEHOLDER DIRECT_ADDR");
+    let [_, host, direct, placeholder_var, foreign_placeholder, foreign_token_file] =
+        args.as_slice()
+    else {
+        println!(
+            "MICROVM_CLIENT_ERROR usage: microvm-client HOST DIRECT_ADDR PLACEHOLDER_VAR FOREIGN_PLACEHOLDER FOREIGN_TOKEN_FILE"
+        );
         return;
     };
     let ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
@@ -32,18 +43,29 @@ fn main() {
         },
         Err(e) => println!("MICROVM_CLIENT_ERROR bad direct address: {e}"),
     }
-    match request(ca, host, placeholder) {
-        Ok(text) => {
-            println!("MICROVM_RESPONSE_BEGIN");
-            println!("{text}");
-            println!("MICROVM_RESPONSE_END");
+    let own = std::env::var(placeholder_var).unwrap_or_default();
+    let foreign_token = std::fs::read_to_string(foreign_token_file).unwrap_or_default();
+    let runs: [(&str, &str, Option<&str>); 3] = [
+        ("OWN", &own, None),
+        ("FOREIGN_PLACEHOLDER", foreign_placeholder, None),
+        ("FOREIGN_TOKEN", &own, Some(foreign_token.trim())),
+    ];
+    for (label, placeholder, token) in runs {
+        println!("MICROVM_{label}_BEGIN");
+        match request(host, placeholder, token) {
+            Ok(text) => println!("{text}"),
+            Err(e) => println!("MICROVM_REQUEST_ERROR {e}"),
         }
-        Err(e) => println!("MICROVM_CLIENT_ERROR {e}"),
+        println!("MICROVM_{label}_END");
     }
     println!("MICROVM_CLIENT_DONE");
 }
 
-fn request(ca: &str, host: &str, placeholder: &str) -> Result<String, String> {
+/// One request: CONNECT (with `token` as `Proxy-Authorization` when given), then
+/// `GET /echo` with `x-api-key: placeholder` over TLS. Returns the CONNECT status line and
+/// either the response or the refusal.
+fn request(host: &str, placeholder: &str, token: Option<&str>) -> Result<String, String> {
+    let ca = std::env::var("SSL_CERT_FILE").map_err(|_| "SSL_CERT_FILE is not set".to_string())?;
     let proxy = std::env::var("HTTPS_PROXY").map_err(|_| "HTTPS_PROXY is not set".to_string())?;
     let proxy = proxy
         .strip_prefix("http://")
@@ -64,9 +86,12 @@ fn request(ca: &str, host: &str, placeholder: &str) -> Result<String, String> {
     };
     tcp.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
+    let auth = token
+        .map(|t| format!("Proxy-Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         tcp,
-        "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n"
+        "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n{auth}\r\n"
     )
     .map_err(|e| format!("sending CONNECT: {e}"))?;
     let mut head = Vec::new();
@@ -87,17 +112,17 @@ fn request(ca: &str, host: &str, placeholder: &str) -> Result<String, String> {
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
-    println!(
+    let status = format!(
         "MICROVM_CONNECT_STATUS {}",
         head.lines().next().unwrap_or("")
     );
     if !head.starts_with("HTTP/1.1 200") {
         let mut rest = String::new();
         let _ = tcp.read_to_string(&mut rest);
-        return Err(format!("CONNECT refused: {head}{rest}"));
+        return Ok(format!("{status}\n{head}{rest}"));
     }
 
-    let pem = std::fs::read(ca).map_err(|e| format!("reading {ca}: {e}"))?;
+    let pem = std::fs::read(&ca).map_err(|e| format!("reading {ca}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -127,5 +152,5 @@ fn request(ca: &str, host: &str, placeholder: &str) -> Result<String, String> {
         Err(e) if e.kind() == ErrorKind::UnexpectedEof && !body.is_empty() => {}
         Err(e) => return Err(format!("reading the response: {e}")),
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok(format!("{status}\n{}", String::from_utf8_lossy(&body)))
 }
