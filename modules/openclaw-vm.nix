@@ -983,6 +983,7 @@ in {
                 description = "Files the ${vm.name} guest receives at boot (CA certificate, placeholders, gateway token)";
                 partOf = ["microvm@${vm.name}.service"];
                 after = ["credproxy-ca-init.service" "systemd-tmpfiles-setup.service"];
+                wants = ["credproxy-ca-init.service"];
                 path = [pkgs.coreutils];
                 script = ''
                   set -euo pipefail

@@ -49,6 +49,20 @@ in {
     inherit (hosts) three-vms dev-two-vms vhost-user firecracker;
     # The microVM test's host, with its default parameters.
     test-host = [(import ./test-host.nix {})];
+    # The guest modules on their own (a VM defined elsewhere), through the flake's wrapper.
+    guest-modules = [
+      flake.nixosModules.openclaw-vm-guest
+      openclawPackage
+      {
+        networking.hostName = "guest";
+        system.stateVersion = "25.11";
+        services.openclaw-guest.enable = true;
+        services.credproxy-guest = {
+          enable = true;
+          hostVsockPort = 18794;
+        };
+      }
+    ];
     # Lifecycle: the base host with a second VM, and with only a credential changed.
     base-plus-vm = [
       base
