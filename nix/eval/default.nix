@@ -17,6 +17,7 @@
   issuer ? "http://127.0.0.1:1",
   upstreamCa ? "/dev/null",
   upstreamAddr ? "127.0.0.1:1",
+  gatewayHostPort ? "0",
 }: let
   root = ../..;
   h = import ./lib.nix {inherit vendor credproxyPrefix;};
@@ -145,7 +146,12 @@ in {
 
   # What crates/bridge/tests/microvm.rs runs: the test host, evaluated with its parameters.
   testHost = let
-    c = evalHost [(import ./test-host.nix {inherit runDir issuer upstreamCa upstreamAddr;})];
+    c = evalHost [
+      (import ./test-host.nix {
+        inherit runDir issuer upstreamCa upstreamAddr;
+        gatewayHostPort = lib.toInt gatewayHostPort;
+      })
+    ];
     r = report c;
     cp = c.config.services.credproxy;
     # Generated Exec lines are escapeShellArgs of plain words here; refuse anything quoted.
@@ -165,6 +171,16 @@ in {
       vhostDeviceVsock = argv r.services."openclaw-vm-${name}-vhost-vsock".serviceConfig.ExecStart;
       qemuArgs = g.runner.qemuExtraArgs;
       guestBridge = argv g.services.credproxy-bridge.serviceConfig.ExecStart;
+      # Host -> guest gateway: the host's bridge, the guest's VSOCK listener, the gateway port.
+      hostGatewayBridge =
+        if r.services ? "openclaw-vm-${name}-gateway"
+        then argv r.services."openclaw-vm-${name}-gateway".serviceConfig.ExecStart
+        else null;
+      guestGatewayBridge =
+        if g.services ? openclaw-gateway-vsock
+        then argv g.services.openclaw-gateway-vsock.serviceConfig.ExecStart
+        else null;
+      gatewayPort = c.config.microvm.vms.${name}.config.config.services.openclaw-guest.settings.gateway.port;
       environment = g.proxyEnvironment;
       placeholders = lib.mapAttrs (_: cr: cr.placeholder) vm.credentials;
       inherit (vm) placeholderEnvironment;

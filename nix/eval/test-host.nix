@@ -5,8 +5,9 @@
 # picks are parameters (`--argstr runDir DIR` ...).
 #
 # Two VMs: `a` boots in the test (QEMU with vhost-user-vsock, served by vhost-device-vsock:
-# the hybrid-vsock contract, as there is no /dev/vhost-vsock on CI machines); `b` only has a
-# listener, an identity and a credential of its own, which VM a must not be able to use.
+# the hybrid-vsock contract, as there is no /dev/vhost-vsock on CI machines), and the host
+# reaches its gateway; `b` only has a listener, an identity and a credential of its own,
+# which VM a must not be able to use.
 # Identities come from the real OIDC provider the test starts (client credentials, client
 # secrets on the host).
 {
@@ -14,7 +15,13 @@
   issuer ? "http://127.0.0.1:1",
   upstreamCa ? "/dev/null",
   upstreamAddr ? "127.0.0.1:1",
-}: {lib, ...}: let
+  # The host's loopback port for VM a's gateway; 0: chosen by the OS when it binds.
+  gatewayHostPort ? 0,
+}: {
+  lib,
+  pkgs,
+  ...
+}: let
   credentials = "${runDir}/credentials";
   vm = name: cid: credential: {
     inherit cid;
@@ -30,9 +37,10 @@
     credentials = credential;
     stateVolumeSize = null;
     config = {
-      # The test's guest is a busybox initramfs with the static bridge and a client.
+      # The test's guest is a busybox initramfs with the static bridge, a client playing
+      # the agent and busybox httpd playing the gateway (OpenClaw itself is not run).
       microvm.qemu.machine = "q35";
-      services.openclaw-guest.enable = false;
+      services.openclaw-guest.package = pkgs.standIn.package "openclaw" {};
     };
   };
 in {
@@ -70,7 +78,7 @@ in {
   services.openclaw-vm = {
     enable = true;
     runtimeDir = "${runDir}/run";
-    vms.a = vm "a" 3 {
+    vms.a = lib.recursiveUpdate (vm "a" 3 {
       anthropic-a = {
         placeholder = "agent-vault-00000000-0000-0000-0000-0000000000a1";
         envVar = "ANTHROPIC_API_KEY";
@@ -82,7 +90,7 @@ in {
           source.file = "${credentials}/anthropic-a";
         };
       };
-    };
+    }) {gateway.hostPort = gatewayHostPort;};
     vms.b = vm "b" 4 {
       anthropic-b = {
         placeholder = "agent-vault-00000000-0000-0000-0000-0000000000b2";
