@@ -7,7 +7,7 @@
 //!   run in-process; this test plays systemd's part for `LoadCredential` (the evaluated sources
 //!   copied to the evaluated credentials directory), tmpfiles (the evaluated directories)
 //!   and `credproxy-ca-init` (a CA at the configured paths);
-//! - VM `a`'s `vhost-device-vsock` command line and QEMU's vsock arguments (a
+//! - VM `a`'s `vhost-device-vsock` command line, its gateway bridge, and QEMU's vsock arguments (a
 //!   `vhost-user-vsock-pci` device: the hybrid-vsock contract, as there is no
 //!   /dev/vhost-vsock here), with a Debian kernel and a busybox initramfs built here (QEMU
 //!   under TCG, no network device);
@@ -24,7 +24,11 @@
 //! once) and its echo scrubbed (the guest saw only the placeholder), attributed to agent vm-a
 //! on a's listener; VM b's placeholder is refused on a's listener (403, "belongs to VM b") and
 //! VM b's token is refused there too; neither secret reaches the guest; the guest has no
-//! interface but `lo` and a direct TCP connection fails.
+//! interface but `lo` and a direct TCP connection fails. The other direction too: the host
+//! reaches the guest's gateway (busybox `httpd` in OpenClaw's place, behind the evaluated
+//! `openclaw-gateway-vsock` bridge) with the evaluated host gateway bridge, `credproxy bridge
+//! tcp:… vsock_uds:<socket>:P`, the hybrid-vsock `CONNECT P` handshake against
+//! vhost-device-vsock.
 //!
 //! Tools: `qemu-system-x86_64` (apt `qemu-system-x86`), `busybox` (apt `busybox-static`),
 //! `vhost-device-vsock` (`cargo install vhost-device-vsock --locked --root .cache/tools`),
@@ -343,6 +347,10 @@ struct Guest<'a> {
     client_args: &'a [String],
     /// Another VM's token, for the client to try.
     foreign_token: &'a str,
+    /// The gateway's port (busybox httpd plays the gateway) and the guest's VSOCK listener
+    /// for it (`openclaw-gateway-vsock`), after `credproxy bridge`.
+    gateway_port: u64,
+    gateway_bridge_args: &'a [String],
 }
 
 /// Build the initramfs (an uncompressed newc cpio, which the kernel takes as is).
@@ -368,7 +376,8 @@ fn initramfs(dir: &Path, g: &Guest<'_>) -> PathBuf {
     );
     std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "mount", "insmod", "ip", "poweroff", "cat", "ls", "sleep", "echo", "mkdir",
+        "sh", "mount", "insmod", "ip", "poweroff", "cat", "ls", "sleep", "echo", "mkdir", "httpd",
+        "touch",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -379,6 +388,15 @@ fn initramfs(dir: &Path, g: &Guest<'_>) -> PathBuf {
     std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
     std::fs::copy(g.proxy_ca, &ca).unwrap();
     std::fs::write(root.join("etc/foreign-token"), g.foreign_token).unwrap();
+    // The "gateway": a CGI page that also tells init the host has been served.
+    std::fs::create_dir_all(root.join("www/cgi-bin")).unwrap();
+    let cgi = root.join("www/cgi-bin/gateway");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho MICROVM_GATEWAY_OK\ntouch /tmp/gateway-served\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let builtin = std::fs::read_to_string(g.modules.join("modules.builtin")).unwrap_or_default();
     let mut order = Vec::new();
     for m in MODULES {
@@ -418,16 +436,26 @@ for m in {modules}; do insmod /lib/modules/$m.ko || echo "MICROVM_INSMOD_FAILED 
 i=0
 while [ ! -e /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 ip link set lo up
+# The gateway (busybox httpd in OpenClaw's place) and openclaw-gateway-vsock.service.
+httpd -p 127.0.0.1:{gateway_port} -h /www
+/bin/credproxy-bridge {gateway_bridge} &
+echo MICROVM_GATEWAY_STARTED
 # credproxy-bridge.service, as the guest module runs it (no token, no secret).
 /bin/credproxy-bridge {bridge} &
 # The agent's environment, as the guest module gives it to the agent services.
 {exports}/bin/microvm-client {client}
+# Wait (bounded) for the host to fetch the gateway page.
+i=0
+while [ ! -e /tmp/gateway-served ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+[ -e /tmp/gateway-served ] && echo MICROVM_GATEWAY_SERVED
 echo MICROVM_DONE
 poweroff -f
 "#,
         modules = order.join(" "),
         bridge = quote_all(g.bridge_args),
         client = quote_all(g.client_args),
+        gateway_port = g.gateway_port,
+        gateway_bridge = quote_all(g.gateway_bridge_args),
     );
     let init_path = root.join("init");
     std::fs::write(&init_path, init).unwrap();
@@ -653,6 +681,8 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
         foreign_placeholder.clone(),
         "/etc/foreign-token".to_string(),
     ];
+    let gateway_bridge = strings(&a["guestGatewayBridge"]);
+    assert_eq!(gateway_bridge[1], "bridge", "{gateway_bridge:?}");
     let cpio = initramfs(
         d,
         &Guest {
@@ -665,6 +695,8 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
             environment: &environment,
             client_args: &client_args,
             foreign_token: &foreign_token,
+            gateway_port: a["gatewayPort"].as_u64().unwrap(),
+            gateway_bridge_args: &gateway_bridge[2..],
         },
     );
 
@@ -714,12 +746,19 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
             .unwrap(),
     );
 
-    // Wait for the guest to finish (bounded; no fixed sleeps).
+    // Wait for the guest to finish (bounded; no fixed sleeps). Once its gateway is started,
+    // the host fetches a page through the evaluated gateway bridge (openclaw-vm-a-gateway).
     let mut init_seen = None;
+    let mut gateway = None;
     let text = loop {
         let text = std::fs::read_to_string(&console).unwrap_or_default();
         if init_seen.is_none() && text.contains("MICROVM_INIT_START") {
             init_seen = Some(boot.elapsed());
+        }
+        if gateway.is_none() && text.contains("MICROVM_GATEWAY_STARTED") {
+            gateway = Some(tokio::spawn(fetch_gateway(strings(
+                &a["hostGatewayBridge"],
+            ))));
         }
         if text.contains("MICROVM_DONE") {
             break text;
@@ -748,6 +787,20 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
             .unwrap_or_else(|| panic!("no {label} result in the console\n{}", context()))
             .to_string()
     };
+
+    // Host -> guest through the hypervisor's socket (vhost-device-vsock's hybrid vsock).
+    let page = gateway
+        .unwrap_or_else(|| panic!("the guest never started its gateway\n{}", context()))
+        .await
+        .unwrap();
+    let status = page.lines().next().unwrap_or_default();
+    assert!(
+        status.starts_with("HTTP/1.") && status.contains(" 200 "),
+        "{page}\n{}",
+        context()
+    );
+    assert!(page.contains("MICROVM_GATEWAY_OK"), "{page}");
+    assert!(text.contains("MICROVM_GATEWAY_SERVED"), "{}", context());
 
     // The guest has no way out but vsock.
     assert!(!text.contains("MICROVM_INSMOD_FAILED"), "{}", context());
@@ -864,4 +917,53 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
         run_time < Duration::from_secs(45),
         "the guest took {run_time:?}; the budget is about 15 s per boot"
     );
+}
+
+/// `credproxy bridge`'s command line, parsed as the binary parses it.
+#[derive(clap::Parser)]
+struct BridgeCommand {
+    #[command(flatten)]
+    args: credproxy_bridge::BridgeArgs,
+}
+
+/// GET the guest's gateway page through the host's evaluated gateway bridge (`credproxy
+/// bridge tcp:127.0.0.1:<port> vsock_uds:<hybrid socket>:<gateway port>`, the test host's
+/// port being 0: chosen by the OS). The guest's bridge may not listen yet when its init says
+/// the gateway started, so a refused handshake is retried (bounded).
+async fn fetch_gateway(argv: Vec<String>) -> String {
+    use clap::Parser as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert_eq!(argv[1], "bridge", "{argv:?}");
+    let command = BridgeCommand::try_parse_from(
+        std::iter::once("bridge".to_string()).chain(argv[2..].iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("the evaluated gateway bridge {argv:?}: {e}"));
+    let bridge = credproxy_bridge::Bridge::bind(
+        credproxy_bridge::BridgeConfig::from_args(&command.args).unwrap(),
+    )
+    .await
+    .unwrap();
+    let credproxy_core::ListenAddr::Tcp(addr) = bridge.local_addr().clone() else {
+        panic!("the gateway bridge does not listen on TCP: {argv:?}")
+    };
+    let task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /cgi-bin/gateway HTTP/1.0\r\nHost: gateway\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        if !out.is_empty() {
+            break String::from_utf8_lossy(&out).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's gateway never answered through {argv:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    task.abort();
+    page
 }
