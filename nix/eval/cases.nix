@@ -472,7 +472,7 @@ in {
       ls = byName three;
       gid = vm: "openclaw-vm-${vm}";
     in [
-      (check "each AF_VSOCK listener accepts its VM's CID only" (ls.vm-agent1.vsock.peer_cid == 4 && ls.vm-agent3.vsock.peer_cid == 6) (builtins.toJSON [ls.vm-agent1 ls.vm-agent3]))
+      (check "each AF_VSOCK listener accepts its VM's CID only" ((ls.vm-agent1.vsock.peer_cid or null) == 4 && (ls.vm-agent3.vsock.peer_cid or null) == 6) (builtins.toJSON [ls.vm-agent1 ls.vm-agent3]))
       (check "each hybrid-vsock VM has a socket path of its own" (lib.length (lib.unique (map (l: l.vsock_uds.path) (lib.filter (l: l ? vsock_uds) (listeners three)))) == lib.length (lib.filter (l: l ? vsock_uds) (listeners three))) "")
       (check "each listener carries its own VM's agent" (lib.all (vm: ls."vm-${vm}".agent == vm) ["agent1" "agent2" "agent3"]) "")
       (check "the policy directory holds the generated per-VM rules" (three.credproxy.policyDir != null) "")
