@@ -7,6 +7,7 @@
 
 mod allowlist;
 mod authority;
+pub mod h1;
 mod listen_addr;
 mod reject;
 mod secret;

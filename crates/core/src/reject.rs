@@ -104,6 +104,24 @@ pub enum Reject {
         authority: Authority,
         encoding: String,
     },
+    /// The request's HTTP/1 framing is ambiguous or malformed (CL+TE, duplicate
+    /// Content-Length, an obfuscated Transfer-Encoding, bare LF, a bad chunk size …):
+    /// request smuggling is refused, never interpreted (A18).
+    Framing { what: String },
+    /// A `CONNECT` inside a tunnel: never forwarded upstream.
+    NestedConnect,
+    /// The request body is larger than `limits.max_body_bytes` where the proxy must read the
+    /// whole body (body injection).
+    BodyTooLarge { limit: u64 },
+    /// The request body stalled for `limits.body_idle_timeout`.
+    BodyTimeout,
+    /// This identity holds `limits.max_connections_per_identity` connections already.
+    IdentityConnectionLimit,
+    /// This identity has `limits.max_streams_per_identity` requests in flight already.
+    IdentityStreamLimit,
+    /// The agent's own proxy token appeared in the request it asked to forward (a header
+    /// other than `Proxy-Authorization`, the target): it never leaves the proxy (A21).
+    AgentTokenInRequest { location: String },
     /// A bug or an unexpected local failure; details are logged, never sent.
     Internal,
 }
@@ -116,6 +134,9 @@ pub enum MisuseKind {
     Cleartext,
     NearMiss,
     LateInBody,
+    /// A value that is not the placeholder in a credential's own header, for a host the
+    /// credential is bound to (the agent's own key, A27), with `foreign_value: refuse`.
+    ForeignValue,
 }
 
 impl MisuseKind {
@@ -126,6 +147,7 @@ impl MisuseKind {
             MisuseKind::Cleartext => "credential_cleartext",
             MisuseKind::NearMiss => "placeholder_near_miss",
             MisuseKind::LateInBody => "placeholder_late_in_body",
+            MisuseKind::ForeignValue => "credential_foreign_value",
         }
     }
 }
@@ -159,6 +181,11 @@ impl Reject {
             | Reject::SecretInvalid { .. }
             | Reject::UpstreamEncoding { .. } => 502,
             Reject::UpstreamTimeout { .. } => 504,
+            Reject::Framing { .. } | Reject::NestedConnect => 400,
+            Reject::BodyTooLarge { .. } => 413,
+            Reject::BodyTimeout => 408,
+            Reject::IdentityConnectionLimit | Reject::IdentityStreamLimit => 429,
+            Reject::AgentTokenInRequest { .. } => 403,
             Reject::Internal => 500,
         }
     }
@@ -196,6 +223,13 @@ impl Reject {
             Reject::SecretInvalid { .. } => "secret_invalid",
             Reject::AuditUnavailable => "audit_unavailable",
             Reject::UpstreamEncoding { .. } => "upstream_encoding",
+            Reject::Framing { .. } => "request_framing",
+            Reject::NestedConnect => "nested_connect",
+            Reject::BodyTooLarge { .. } => "body_too_large",
+            Reject::BodyTimeout => "body_timeout",
+            Reject::IdentityConnectionLimit => "identity_connection_limit",
+            Reject::IdentityStreamLimit => "identity_stream_limit",
+            Reject::AgentTokenInRequest { .. } => "agent_token_in_request",
             Reject::Internal => "internal",
         }
     }
@@ -208,7 +242,14 @@ impl Reject {
             | Reject::IpLiteral { .. }
             | Reject::AuthorityMismatch { .. }
             | Reject::UpgradeNotAllowed { .. }
-            | Reject::HeadersTooLarge => RejectSource::Agent,
+            | Reject::HeadersTooLarge
+            | Reject::Framing { .. }
+            | Reject::NestedConnect
+            | Reject::BodyTooLarge { .. }
+            | Reject::BodyTimeout
+            | Reject::IdentityConnectionLimit
+            | Reject::IdentityStreamLimit
+            | Reject::AgentTokenInRequest { .. } => RejectSource::Agent,
             Reject::DestinationNotAllowed { .. }
             | Reject::PrivateAddress { .. }
             | Reject::PolicyDenied { .. }
@@ -241,6 +282,11 @@ impl Reject {
                 | Reject::TooManyConnections
                 | Reject::Internal
                 | Reject::ListenerAgentMismatch { .. }
+                | Reject::Framing { .. }
+                | Reject::NestedConnect
+                | Reject::BodyTooLarge { .. }
+                | Reject::BodyTimeout
+                | Reject::AgentTokenInRequest { .. }
         ) || matches!(self, Reject::ProxyAuthRequired { reason, .. } if *reason == "expired")
     }
 
@@ -273,6 +319,13 @@ impl Reject {
             Reject::SecretInvalid { credential } => format!("the value of credential {credential} cannot be sent safely (invalid characters); ask the operator to fix it"),
             Reject::AuditUnavailable => "the audit log cannot record this credential use, so it was not sent; retry later".into(),
             Reject::UpstreamEncoding { authority, encoding } => format!("{authority} answered with content encoding {encoding:?}, which cannot be checked for secrets; the response was withheld"),
+            Reject::Framing { what } => format!("the request's HTTP framing is ambiguous or malformed ({what}); it was refused and the connection closed"),
+            Reject::NestedConnect => "CONNECT inside a tunnel is not allowed; open a new connection to the proxy for another destination".into(),
+            Reject::BodyTooLarge { limit } => format!("the request body is larger than {limit} bytes, the most this proxy reads for a credential placed in the body"),
+            Reject::BodyTimeout => "the request body stalled; the proxy stopped waiting for it".into(),
+            Reject::IdentityConnectionLimit => "your identity has too many connections open through the proxy; close some and retry".into(),
+            Reject::IdentityStreamLimit => "your identity has too many requests in flight through the proxy; retry when some have finished".into(),
+            Reject::AgentTokenInRequest { location } => format!("the request carries your proxy token in {location}; it is only ever sent to the proxy (Proxy-Authorization) and was not forwarded"),
             Reject::Internal => "internal proxy error; the operator can find details in the proxy log by request id".into(),
         }
     }
