@@ -417,6 +417,17 @@ pub(crate) fn credentials(
         if !(inject_in.header || inject_in.query || inject_in.body) {
             cx.err(at("inject_in"), "must name at least one location");
         }
+        let foreign_value = match c.foreign_value.as_deref() {
+            None | Some("refuse") => crate::ForeignValue::Refuse,
+            Some("replace") => crate::ForeignValue::Replace,
+            Some(other) => {
+                cx.err(
+                    at("foreign_value"),
+                    format!("expected refuse or replace, got {other:?}"),
+                );
+                crate::ForeignValue::Refuse
+            }
+        };
         let source = match c.source {
             None => {
                 cx.err(at("source"), "required: one of file, env, openbao");
@@ -475,6 +486,7 @@ pub(crate) fn credentials(
             bound_domains: Allowlist::new(bound),
             allowed_roles: c.allowed_roles,
             inject_in,
+            foreign_value,
             source,
         });
     }
@@ -523,7 +535,7 @@ pub fn check_placeholder(p: &str) -> Result<(), String> {
     {
         return Err("may contain only letters, digits, '.', '-' and '_'".into());
     }
-    let lower = p.to_ascii_lowercase();
+    let lower = p.to_ascii_lowercase().replace('_', "-");
     if let Some(pos) = lower.find("agent-vault") {
         let uuid = p.strip_prefix(DEFAULT_PLACEHOLDER_PREFIX);
         let ok = pos == 0 && uuid.is_some_and(is_lower_uuid);

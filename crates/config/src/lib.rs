@@ -222,7 +222,20 @@ pub struct CredentialConfig {
     pub bound_domains: Allowlist,
     pub allowed_roles: Vec<String>,
     pub inject_in: InjectIn,
+    /// What to do with a value in the credential's header that is not its placeholder, on a
+    /// host the credential is bound to (the agent's own key, threat A27).
+    pub foreign_value: ForeignValue,
     pub source: SecretSourceConfig,
+}
+
+/// `credentials[].foreign_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForeignValue {
+    /// 403 `credential_foreign_value`, counted as a misuse alarm and audited (default).
+    #[default]
+    Refuse,
+    /// Drop the agent's value and inject the credential's secret in its place (recorded).
+    Replace,
 }
 
 /// `audit`.
@@ -278,6 +291,22 @@ pub struct Limits {
     /// How much of a request body is read and checked for placeholders before anything is
     /// sent upstream (when credentials are configured).
     pub body_scan_window: usize,
+    /// A request body that sends nothing for this long is abandoned (408 before anything
+    /// was forwarded, the upstream request aborted after).
+    pub body_idle_timeout: Duration,
+    /// The largest request body accepted by a host that a body-injecting credential is
+    /// bound to (413 above it): such bodies are scanned and rewritten in full.
+    pub max_injected_body_bytes: u64,
+    /// Connections (tunnels and plain-HTTP connections) one identity may hold at once (429).
+    pub max_connections_per_identity: usize,
+    /// Requests one identity may have in flight at once, across its connections (429).
+    pub max_streams_per_identity: usize,
+    /// HTTP/2 streams one agent connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// Bytes of request-body scan windows held at once by one connection's requests; a
+    /// request waits for room (bounded by `body_idle_timeout`), so many HTTP/2 streams cannot
+    /// each hold a full window.
+    pub body_scan_memory_per_connection: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +331,12 @@ impl Default for Limits {
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
             body_scan_window: 1024 * 1024,
+            body_idle_timeout: Duration::from_secs(30),
+            max_injected_body_bytes: 32 * 1024 * 1024,
+            max_connections_per_identity: 256,
+            max_streams_per_identity: 1024,
+            max_streams_per_connection: 100,
+            body_scan_memory_per_connection: 8 * 1024 * 1024,
         }
     }
 }

@@ -136,6 +136,12 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub shutdown_grace: Option<String>,
     pub body_scan_window: Option<usize>,
+    pub body_idle_timeout: Option<String>,
+    pub max_injected_body_bytes: Option<u64>,
+    pub max_connections_per_identity: Option<usize>,
+    pub max_streams_per_identity: Option<usize>,
+    pub max_streams_per_connection: Option<u32>,
+    pub body_scan_memory_per_connection: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +233,7 @@ pub struct RawCredential {
     #[serde(default)]
     pub allowed_roles: Vec<String>,
     pub inject_in: Option<Vec<String>>,
+    pub foreign_value: Option<String>,
     pub source: Option<RawSource>,
 }
 

@@ -22,7 +22,7 @@ ca:
   key_file: ca/ca.key
 allowed_domains:
   - api.anthropic.com
-  - "*.githubusercontent.com"
+  - "*.cdn.example.com"
   - API.OpenAI.com.
   - api.github.com
 upstream:
@@ -88,7 +88,7 @@ fn parses_a_full_config() {
         .allows(&Authority::parse_connect("api.openai.com:443").unwrap()));
     assert!(c
         .allowed_domains
-        .allows(&Authority::parse_connect("raw.githubusercontent.com:443").unwrap()));
+        .allows(&Authority::parse_connect("raw.cdn.example.com:443").unwrap()));
     assert_eq!(
         c.upstream.resolve["api.anthropic.com"].to_string(),
         "127.0.0.1:8443"
@@ -447,6 +447,40 @@ identity: {oidc: {issuer: "https://id.example", audiences: [credproxy]}}
 }
 
 #[test]
+fn request_limits_and_foreign_value_parse_and_are_validated() {
+    let base = "listeners: [{name: a, tcp: '127.0.0.1:1'}]\nca: {cert_file: /c, key_file: /k}\nallowed_domains: [api.example.com]\nidentity: {danger_allow_anonymous: true}\naudit: {path: /a.db}\n";
+    let ok = format!(
+        "{base}limits:\n  body_idle_timeout: 5s\n  max_injected_body_bytes: 2097152\n  max_connections_per_identity: 3\n  max_streams_per_identity: 7\n  max_streams_per_connection: 9\n  body_scan_memory_per_connection: 4194304\ncredentials:\n  - id: k\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000001\n    type: api_key\n    bound_domains: [api.example.com]\n    foreign_value: replace\n    source: {{env: K}}\n  - id: j\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000002\n    type: api_key\n    header_name: x-j\n    bound_domains: [api.example.com]\n    source: {{env: J}}\n"
+    );
+    let c = Config::parse(&ok, Path::new("/")).unwrap();
+    assert_eq!(c.limits.body_idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.max_injected_body_bytes, 2 * 1024 * 1024);
+    assert_eq!(c.limits.max_connections_per_identity, 3);
+    assert_eq!(c.limits.max_streams_per_identity, 7);
+    assert_eq!(c.limits.max_streams_per_connection, 9);
+    assert_eq!(c.limits.body_scan_memory_per_connection, 4 * 1024 * 1024);
+    assert_eq!(c.credentials[0].foreign_value, crate::ForeignValue::Replace);
+    assert_eq!(c.credentials[1].foreign_value, crate::ForeignValue::Refuse);
+
+    let bad = format!(
+        "{base}limits:\n  body_idle_timeout: 0s\n  max_injected_body_bytes: 10\n  max_connections_per_identity: 0\n  max_streams_per_identity: 0\n  max_streams_per_connection: 0\n  body_scan_memory_per_connection: 100\ncredentials:\n  - id: k\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000001\n    type: api_key\n    bound_domains: [api.example.com]\n    foreign_value: ignore\n    source: {{env: K}}\n  - id: u\n    placeholder: agent_vault_00000000_0000_0000_0000_000000000003\n    type: api_key\n    header_name: x-u\n    bound_domains: [api.example.com]\n    source: {{env: U}}\n"
+    );
+    let e = Config::parse(&bad, Path::new("/")).unwrap_err().to_string();
+    for expected in [
+        "limits.body_idle_timeout: must be greater than zero",
+        "limits.max_injected_body_bytes: must be at least limits.body_scan_window",
+        "limits.max_connections_per_identity: must be at least 1",
+        "limits.max_streams_per_identity: must be at least 1",
+        "limits.max_streams_per_connection: must be at least 1",
+        "limits.body_scan_memory_per_connection: must be at least limits.body_scan_window",
+        "credentials[0].foreign_value: expected refuse or replace, got \"ignore\"",
+        "credentials[1].placeholder: a placeholder using \"agent-vault\" must be exactly",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+}
+
+#[test]
 fn agent_token_must_be_verifiable_by_the_identity_config() {
     let listener = |token: &str| {
         format!(
@@ -502,4 +536,18 @@ fn agent_token_must_be_verifiable_by_the_identity_config() {
         listener(dev)
     );
     Config::parse(&dev_ok, Path::new("/")).unwrap();
+}
+
+#[test]
+fn wildcards_across_public_suffixes_are_refused_with_their_key_path() {
+    let y = "listeners: [{name: a, tcp: '127.0.0.1:1'}]\nca: {cert_file: /c, key_file: /k}\nallowed_domains: [\"*.co.uk\", \"*.github.io\", \"*.amazonaws.com\", \"*.example.co.uk\"]\nidentity: {danger_allow_anonymous: true}\n";
+    let e = Config::parse(y, Path::new("/")).unwrap_err().to_string();
+    for expected in [
+        "allowed_domains[0]: wildcard \"*.co.uk\" spans a public suffix",
+        "allowed_domains[1]: wildcard \"*.github.io\" spans a public suffix",
+        "allowed_domains[2]: wildcard \"*.amazonaws.com\" spans a public suffix",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+    assert!(!e.contains("allowed_domains[3]"), "{e}");
 }

@@ -252,6 +252,62 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         limits.max_header_bytes = l.max_header_bytes.unwrap_or(d.max_header_bytes);
         limits.max_connections = l.max_connections.unwrap_or(d.max_connections);
         limits.body_scan_window = l.body_scan_window.unwrap_or(d.body_scan_window);
+        limits.body_idle_timeout = cx.duration(
+            "limits.body_idle_timeout",
+            l.body_idle_timeout.as_deref(),
+            d.body_idle_timeout,
+        );
+        limits.max_injected_body_bytes = l
+            .max_injected_body_bytes
+            .unwrap_or(d.max_injected_body_bytes);
+        limits.max_connections_per_identity = l
+            .max_connections_per_identity
+            .unwrap_or(d.max_connections_per_identity);
+        limits.max_streams_per_identity = l
+            .max_streams_per_identity
+            .unwrap_or(d.max_streams_per_identity);
+        limits.max_streams_per_connection = l
+            .max_streams_per_connection
+            .unwrap_or(d.max_streams_per_connection);
+        limits.body_scan_memory_per_connection = l
+            .body_scan_memory_per_connection
+            .unwrap_or(d.body_scan_memory_per_connection);
+    }
+    if limits.max_injected_body_bytes < limits.body_scan_window as u64 {
+        cx.err(
+            "limits.max_injected_body_bytes",
+            format!(
+                "must be at least limits.body_scan_window ({} bytes)",
+                limits.body_scan_window
+            ),
+        );
+    }
+    if limits.body_scan_memory_per_connection < limits.body_scan_window {
+        cx.err(
+            "limits.body_scan_memory_per_connection",
+            format!(
+                "must be at least limits.body_scan_window ({} bytes): one request's window must fit",
+                limits.body_scan_window
+            ),
+        );
+    }
+    for (key, v) in [
+        (
+            "limits.max_connections_per_identity",
+            limits.max_connections_per_identity,
+        ),
+        (
+            "limits.max_streams_per_identity",
+            limits.max_streams_per_identity,
+        ),
+        (
+            "limits.max_streams_per_connection",
+            limits.max_streams_per_connection as usize,
+        ),
+    ] {
+        if v == 0 {
+            cx.err(key, "must be at least 1");
+        }
     }
     if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
         cx.err(
@@ -271,6 +327,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     for (key, d) in [
         ("limits.header_read_timeout", limits.header_read_timeout),
         ("limits.idle_timeout", limits.idle_timeout),
+        ("limits.body_idle_timeout", limits.body_idle_timeout),
     ] {
         if d.is_zero() {
             cx.err(key, "must be greater than zero");

@@ -211,6 +211,7 @@ impl Reject {
             Reject::ProxyAuthRequired { reason, .. } => match *reason {
                 "missing" => "identity_missing",
                 "expired" => "identity_expired",
+                "revoked" => "identity_revoked",
                 _ => "identity_invalid",
             },
             Reject::IdentityUnavailable => "identity_unavailable",
@@ -287,7 +288,7 @@ impl Reject {
                 | Reject::BodyTooLarge { .. }
                 | Reject::BodyTimeout
                 | Reject::AgentTokenInRequest { .. }
-        ) || matches!(self, Reject::ProxyAuthRequired { reason, .. } if *reason == "expired")
+        ) || matches!(self, Reject::ProxyAuthRequired { reason, .. } if *reason == "expired" || *reason == "revoked")
     }
 
     /// One line for the agent: what was refused, why, and what to do.

@@ -62,6 +62,8 @@ struct Inner {
     cache: Mutex<LruCache<[u8; 32], Arc<AgentIdentity>>>,
     verifications: AtomicU64,
     jwks_fetches: AtomicU64,
+    /// Incremented whenever a key id is withdrawn from the JWKS (see [`Verifier::key_epoch`]).
+    key_epoch: AtomicU64,
     loader: Mutex<Option<AbortHandle>>,
 }
 
@@ -135,6 +137,7 @@ impl Verifier {
                 cache: Mutex::new(LruCache::new(capacity)),
                 verifications: AtomicU64::new(0),
                 jwks_fetches: AtomicU64::new(0),
+                key_epoch: AtomicU64::new(0),
                 loader: Mutex::new(None),
             }),
         }
@@ -167,6 +170,14 @@ impl Verifier {
     /// unknown-`kid` refetches).
     pub fn jwks_fetches(&self) -> u64 {
         self.inner.jwks_fetches.load(Ordering::Relaxed)
+    }
+
+    /// A number that changes whenever the issuer withdraws a signing key. A holder of an
+    /// identity verified earlier (a long-lived tunnel) compares it with the value it saw at
+    /// verification and, when it changed, verifies the token again: a token signed with a
+    /// withdrawn key then stops being accepted inside connections already open too.
+    pub fn key_epoch(&self) -> u64 {
+        self.inner.key_epoch.load(Ordering::Acquire)
     }
 
     /// Verify `token` and return who it identifies.
@@ -320,6 +331,7 @@ impl Inner {
             .replace(Arc::clone(&keys));
         if previous.is_some_and(|old| old.lost_keys_in(&keys)) {
             lock(&self.cache).clear();
+            self.key_epoch.fetch_add(1, Ordering::AcqRel);
         }
         let first = !self.ready.send_replace(true);
         if first {

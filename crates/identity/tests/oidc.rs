@@ -479,6 +479,7 @@ async fn unknown_kid_refetches_once_and_accepts_a_rotated_key() {
     assert_eq!(provider.jwks_requests().await, 1);
 
     let old_kid = provider.key().kid().to_owned();
+    let epoch = verifier.key_epoch();
     let new_kid = provider.restart_with_new_key().await.kid().to_owned();
     assert_ne!(old_kid, new_kid);
     let new_token = provider.token("agent-a").await;
@@ -486,6 +487,12 @@ async fn unknown_kid_refetches_once_and_accepts_a_rotated_key() {
     let id = verifier.verify(&new_token).await.unwrap();
     assert_eq!(id.agent_id, "agent-a");
     assert_eq!(provider.jwks_requests().await, 2, "exactly one refetch");
+    // Holders of identities verified before the withdrawal can tell.
+    assert_ne!(
+        verifier.key_epoch(),
+        epoch,
+        "the withdrawal changes the key epoch"
+    );
 
     // The old key was withdrawn: its token no longer verifies (even though it was cached),
     // and asking again within the interval does not fetch again.

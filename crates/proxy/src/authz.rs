@@ -114,3 +114,19 @@ pub(crate) fn decide(
         }
     }
 }
+
+/// Whether the request carries a placeholder of a credential whose `allowed_roles` this
+/// identity holds none of (another agent's placeholder).
+pub(crate) fn uses_ungranted(
+    identity: Option<&AgentIdentity>,
+    creds: &Credentials,
+    scan: &Scan,
+) -> bool {
+    let roles: &[String] = identity.map_or(&[], |i| &i.roles);
+    scan.uses.iter().any(|u| {
+        !creds.configs[u.cred]
+            .allowed_roles
+            .iter()
+            .any(|r| roles.contains(r))
+    })
+}

@@ -7,7 +7,7 @@
 //! credential declares, over verified TLS, to a destination it is bound to.
 
 use base64::Engine as _;
-use credproxy_config::{CredentialConfig, CredentialKind};
+use credproxy_config::{CredentialConfig, CredentialKind, ForeignValue};
 use credproxy_core::{Authority, MisuseKind, Reject, Scheme, Secret};
 use credproxy_scrub::{NearMiss, PlaceholderSet};
 use http::{HeaderName, HeaderValue};
@@ -77,6 +77,8 @@ pub(crate) enum Location {
     Path,
     Query,
     Body,
+    /// A request trailer: never an injection location.
+    Trailer(HeaderName),
 }
 
 impl Location {
@@ -87,6 +89,7 @@ impl Location {
             Location::Path => "path".into(),
             Location::Query => "query".into(),
             Location::Body => "body".into(),
+            Location::Trailer(h) => format!("trailer:{h}"),
         }
     }
 }
@@ -138,6 +141,79 @@ pub(crate) fn scan_head(set: &PlaceholderSet, parts: &http::request::Parts) -> S
         }
     }
     scan
+}
+
+/// Scan a request's trailers (placeholders there are refused: trailers are no injection
+/// location, and many servers ignore them, so a placeholder there is probing or exfiltration).
+pub(crate) fn scan_trailers(set: &PlaceholderSet, trailers: &http::HeaderMap, scan: &mut Scan) {
+    for (name, value) in trailers {
+        scan.add(Location::Trailer(name.clone()), set.scan(value.as_bytes()));
+        if let Some(decoded) = credproxy_scrub::decode_basic(value.as_bytes()) {
+            scan.add(Location::Trailer(name.clone()), set.scan(&decoded));
+        }
+    }
+}
+
+/// The agent's own value in a credential's header (A27): for each header that credentials
+/// bound to `authority` are injected into, a non-empty value with no placeholder in it is
+/// refused (`foreign_value: refuse`, the default) or, when the header belongs to exactly one
+/// such credential and it says `foreign_value: replace`, recorded as a use of that credential
+/// (its secret then replaces the agent's value).
+pub(crate) fn foreign_values(
+    creds: &Credentials,
+    authority: &Authority,
+    headers: &http::HeaderMap,
+    scan: &mut Scan,
+) -> Result<(), Reject> {
+    let mut seen: Vec<&str> = Vec::new();
+    for i in creds.bound_to(authority) {
+        let cfg = &creds.configs[i];
+        if !cfg.inject_in.header || seen.contains(&cfg.header_name.as_str()) {
+            continue;
+        }
+        seen.push(&cfg.header_name);
+        let Ok(name) = HeaderName::from_bytes(cfg.header_name.as_bytes()) else {
+            continue;
+        };
+        let has_value = headers
+            .get_all(&name)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().is_empty());
+        let used = scan.uses.iter().any(
+            |u| matches!(&u.loc, Location::Header(h) | Location::BasicPassword(h) if *h == name),
+        );
+        if !has_value || used {
+            continue;
+        }
+        let owners: Vec<usize> = creds
+            .bound_to(authority)
+            .filter(|&j| {
+                creds.configs[j].inject_in.header && creds.configs[j].header_name == cfg.header_name
+            })
+            .collect();
+        match owners.as_slice() {
+            [only] if creds.configs[*only].foreign_value == ForeignValue::Replace => {
+                scan.uses.push(Use {
+                    cred: *only,
+                    loc: Location::Header(name),
+                });
+            }
+            _ => {
+                let ids: Vec<String> = owners
+                    .iter()
+                    .map(|&j| format!("`{}`", creds.configs[j].id))
+                    .collect();
+                return Err(Reject::PlaceholderMisuse {
+                    kind: MisuseKind::ForeignValue,
+                    message: format!(
+                        "header {name} carries a value of your own for {authority}, where the proxy injects credential {}; send its placeholder instead of a key",
+                        ids.join(" or ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a credential may be used, in words an agent can act on.
@@ -197,7 +273,7 @@ pub(crate) fn check(
             }
             Location::Query => cfg.inject_in.query,
             Location::Body => cfg.inject_in.body,
-            Location::Path => false,
+            Location::Path | Location::Trailer(_) => false,
         };
         if !allowed {
             return Err(Reject::PlaceholderMisuse {

@@ -2,8 +2,8 @@
 //! query and body, and wrapping the response for scrubbing.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use credproxy_core::{Authority, Reject, Secret};
@@ -15,7 +15,8 @@ use http_body_util::BodyExt;
 use crate::body::Body;
 use crate::creds::{self, Credentials, Location, Scan};
 use crate::decode;
-use crate::scrub_body::{scrub_headers, Counters, RequestTail, ScrubBody};
+use crate::request_body::{BodyFlags, RequestTail};
+use crate::scrub_body::{scrub_headers, Counters, ScrubBody};
 use crate::Shared;
 
 /// The first part of a request body, held so its placeholders are checked before anything
@@ -23,42 +24,76 @@ use crate::Shared;
 pub(crate) struct Window {
     pub frames: Vec<Frame<Bytes>>,
     pub rest: Option<Body>,
+    /// The connection's scan memory this window holds (released when its bytes are sent).
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Window {
     pub fn data(&self) -> impl Iterator<Item = &Bytes> {
         self.frames.iter().filter_map(|f| f.data_ref())
     }
+
+    pub fn trailers(&self) -> impl Iterator<Item = &http::HeaderMap> {
+        self.frames.iter().filter_map(|f| f.trailers_ref())
+    }
 }
 
-/// Read up to `limit` bytes of the body (whole frames), keeping trailers if they come.
-pub(crate) async fn read_window(mut body: Body, limit: usize) -> Result<Window, Reject> {
+/// Read up to `limit` bytes of the body (whole frames), keeping trailers if they come. Each
+/// frame's bytes are taken from the connection's scan memory `budget` first; a request waits
+/// for room at most `wait` (then 408), so the streams of one HTTP/2 connection together never
+/// hold more than the budget.
+pub(crate) async fn read_window(
+    mut body: Body,
+    limit: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+) -> Result<Window, Reject> {
     let mut frames = Vec::new();
     let mut len = 0usize;
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let unreadable = || Reject::BadRequest {
+        what: "the request body could not be read".into(),
+    };
     while len < limit {
         match body.frame().await {
             None => {
-                return Ok(Window { frames, rest: None });
+                return Ok(Window {
+                    frames,
+                    rest: None,
+                    permit,
+                });
             }
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     len += d.len();
+                    if !d.is_empty() {
+                        let n = u32::try_from(d.len()).map_err(|_| unreadable())?;
+                        let p = tokio::time::timeout(wait, budget.clone().acquire_many_owned(n))
+                            .await
+                            .map_err(|_| Reject::BodyTimeout)?
+                            .map_err(|_| Reject::Internal)?;
+                        match permit.as_mut() {
+                            Some(held) => held.merge(p),
+                            None => permit = Some(p),
+                        }
+                    }
                 }
                 frames.push(f);
             }
-            Some(Err(_)) => {
-                return Err(Reject::BadRequest {
-                    what: "the request body could not be read".into(),
-                })
-            }
+            Some(Err(_)) => return Err(unreadable()),
         }
     }
     if body.is_end_stream() {
-        return Ok(Window { frames, rest: None });
+        return Ok(Window {
+            frames,
+            rest: None,
+            permit,
+        });
     }
     Ok(Window {
         frames,
         rest: Some(body),
+        permit,
     })
 }
 
@@ -156,7 +191,7 @@ pub(crate) async fn inject(
                     plan.approved_body[i] = true;
                     plan.body_values[i] = Some(secret.clone());
                 }
-                Location::Path => {}
+                Location::Path | Location::Trailer(_) => {}
             }
         }
     }
@@ -176,14 +211,13 @@ pub(crate) async fn inject(
             }
         }
     }
-    // Responses to credential-bearing requests are scrubbed; ask for them uncompressed, and
-    // never let two Range requests reassemble a secret piecewise.
+    // Responses to credential-bearing requests are scrubbed; ask for them uncompressed.
+    // (Range and If-Range are removed from every request while credentials are configured,
+    // in `service::forward`.)
     parts.headers.insert(
         http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    parts.headers.remove(http::header::RANGE);
-    parts.headers.remove(http::header::IF_RANGE);
     Ok(plan)
 }
 
@@ -194,7 +228,7 @@ pub(crate) fn rebuild_body(
     window: Window,
     plan: &Plan,
     parts: &mut http::request::Parts,
-    late: Arc<AtomicBool>,
+    late: Arc<BodyFlags>,
 ) -> Body {
     let inject_body = plan.body_values.iter().any(Option::is_some);
     let enc = encoding_for(parts);

@@ -15,11 +15,14 @@ mod creds;
 mod decode;
 mod drain;
 pub mod explain;
+mod framing;
 mod inject;
+mod limits;
 mod listener_token;
 mod metrics;
 mod prefixed;
 mod recent;
+mod request_body;
 mod scrub_body;
 mod service;
 mod sse;
@@ -112,6 +115,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
     pub(crate) upstream: UpstreamConfig,
+    /// Connections each identity holds (`limits.max_connections_per_identity`).
+    pub(crate) identity_conns: Arc<limits::PerIdentity>,
+    /// Requests each identity has in flight (`limits.max_streams_per_identity`).
+    pub(crate) identity_streams: Arc<limits::PerIdentity>,
 }
 
 impl Shared {
@@ -128,6 +135,16 @@ impl Shared {
             })
             .inc();
         warn!(reason = reject.reason(), "placeholder misuse refused");
+    }
+
+    /// Count a misuse alarm refused under another reason (e.g. a placeholder the policy does
+    /// not grant this identity: the refusal is `policy_denied`, the alarm names the misuse).
+    pub(crate) fn misuse_alarm(&self, kind: &'static str) {
+        self.metrics
+            .misuse
+            .get_or_create(&metrics::MisuseLabels { kind })
+            .inc();
+        warn!(kind, "misuse alarm");
     }
 
     pub(crate) fn count(&self, outcome: &'static str, reason: &'static str) {
@@ -417,6 +434,10 @@ impl Proxy {
                 client,
                 ws_client,
                 metrics,
+                identity_conns: limits::PerIdentity::new(
+                    config.limits.max_connections_per_identity,
+                ),
+                identity_streams: limits::PerIdentity::new(config.limits.max_streams_per_identity),
                 limits: config.limits.clone(),
                 upstream: config.upstream,
             }),

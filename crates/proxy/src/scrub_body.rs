@@ -1,5 +1,5 @@
-//! Body wrappers on the credential path: the response scrubber (decode, scrub, count) and
-//! the request body injector/scanner (replace placeholders where allowed, refuse late ones).
+//! Body wrappers on the credential path: the response scrubber (decode, scrub, count). The
+//! request side (placeholders past the scan window, body limits) is in `request_body`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use credproxy_scrub::{
-    PlaceholderSet, ScrubPatterns, StreamReplacer, StreamScanner, StreamScrubber,
-};
+use credproxy_scrub::{ScrubPatterns, StreamScrubber};
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
@@ -181,122 +179,5 @@ impl HttpBody for ScrubBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-/// Why a request body stream was cut.
-#[derive(Debug)]
-pub struct LatePlaceholder;
-
-impl std::fmt::Display for LatePlaceholder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("placeholder found past the request body scan window")
-    }
-}
-
-impl std::error::Error for LatePlaceholder {}
-
-pin_project_lite::pin_project! {
-    /// The part of a request body past the scan window: placeholders of credentials approved
-    /// for body injection are replaced as they stream; any other placeholder or near miss
-    /// cuts the stream (the upstream sees an aborted request, never the placeholder's misuse
-    /// completed).
-    pub struct RequestTail {
-        #[pin]
-        inner: Body,
-        scanner: StreamScanner,
-        approved_body: Vec<bool>,
-        replacer: Option<StreamReplacer>,
-        late: Arc<std::sync::atomic::AtomicBool>,
-        done: bool,
-    }
-}
-
-impl RequestTail {
-    pub fn boxed(
-        inner: Body,
-        set: &PlaceholderSet,
-        approved_body: Vec<bool>,
-        replacer: Option<StreamReplacer>,
-        late: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Body {
-        use http_body_util::BodyExt;
-        RequestTail {
-            inner,
-            scanner: set.stream_scanner(),
-            approved_body,
-            replacer,
-            late,
-            done: false,
-        }
-        .boxed()
-    }
-}
-
-impl HttpBody for RequestTail {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        loop {
-            if *this.done {
-                return Poll::Ready(None);
-            }
-            match this.inner.as_mut().poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        let f = this.scanner.push(&data);
-                        let misuse = !f.near_misses.is_empty()
-                            || f.exact.iter().any(|u| {
-                                !this
-                                    .approved_body
-                                    .get(u.credential)
-                                    .copied()
-                                    .unwrap_or(false)
-                            });
-                        if misuse {
-                            this.late.store(true, Ordering::Release);
-                            return Poll::Ready(Some(Err(Box::new(LatePlaceholder))));
-                        }
-                        let out = match this.replacer.as_mut() {
-                            Some(r) => r.push(&data),
-                            None => data.to_vec(),
-                        };
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
-                    }
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
-                },
-                Poll::Ready(None) => {
-                    *this.done = true;
-                    let f = this.scanner.finish();
-                    if !f.near_misses.is_empty()
-                        || f.exact.iter().any(|u| {
-                            !this
-                                .approved_body
-                                .get(u.credential)
-                                .copied()
-                                .unwrap_or(false)
-                        })
-                    {
-                        this.late.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(LatePlaceholder))));
-                    }
-                    if let Some(r) = this.replacer.as_mut() {
-                        let rest = r.finish();
-                        if !rest.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
-                        }
-                    }
-                }
-            }
-        }
     }
 }

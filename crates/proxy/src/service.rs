@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use credproxy_core::{Authority, AuthorityError, PeerAddr, Reject, Scheme};
+use credproxy_core::{Authority, AuthorityError, PeerAddr, Reject, Scheme, Secret};
 use credproxy_identity::AgentIdentity;
 use credproxy_listen::{Accepted, ListenerInfo};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncReadExt;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::audit::Draft;
@@ -23,7 +24,10 @@ use crate::clock::{ConnClock, TimedIo};
 use crate::connector::ConnectError;
 use crate::creds;
 use crate::drain::Drain;
+use crate::framing::{Framed, FramingFlag};
+use crate::limits::{self, Held};
 use crate::prefixed::Prefixed;
+use crate::request_body::{BodyFlags, Guarded, Holding};
 use crate::Shared;
 
 /// What every request on one agent connection shares. It lives as long as the connection
@@ -33,6 +37,12 @@ struct ConnCtx {
     peer: PeerAddr,
     clock: Arc<ConnClock>,
     _slot: ConnSlot,
+    /// The first HTTP/1 framing violation on this connection (A18).
+    framing: Arc<FramingFlag>,
+    /// Scan-window memory of this connection's plain-HTTP requests.
+    budget: Arc<Semaphore>,
+    /// Identity slots taken by plain-HTTP requests on this connection.
+    held: std::sync::Mutex<Vec<Held>>,
 }
 
 /// A connection's place under `limits.max_connections`, counted in the open-connections
@@ -70,6 +80,26 @@ struct TunnelCtx {
     listener_token: bool,
     /// The SNI the agent sent, if any, as it sent it.
     sni: Option<String>,
+    /// The token the tunnel was opened with: never forwarded (A21), and verified again when
+    /// the issuer withdraws a key (`key_epoch` changed).
+    token: Option<Secret>,
+    key_epoch: u64,
+    /// The first HTTP/1 framing violation inside the tunnel.
+    framing: Arc<FramingFlag>,
+    /// Scan-window memory of the tunnel's requests (HTTP/2 streams share it).
+    budget: Arc<Semaphore>,
+    /// Notified when a refusal must close the tunnel's HTTP/2 connection (GOAWAY).
+    closer: Arc<Notify>,
+    /// The tunnel's place under `limits.max_connections_per_identity`.
+    _held: Option<Held>,
+}
+
+/// The agent's verified token and what it identifies.
+struct Auth {
+    identity: Arc<AgentIdentity>,
+    /// The token the agent presented (`None`: the listener's own token, `agent_token`, which
+    /// the agent never holds).
+    token: Option<Secret>,
 }
 
 /// A request id, also the audit record id and the Temporal workflow id. UUIDv7: time-ordered,
@@ -92,12 +122,22 @@ pub(crate) async fn serve_connection(
         shared.limits.header_read_timeout,
         shared.limits.idle_timeout,
     );
-    let io = TimedIo::new(accepted.stream, clock.clone());
+    let framing = Arc::new(FramingFlag::default());
+    let io = Framed::new(
+        TimedIo::new(accepted.stream, clock.clone()),
+        shared.limits.max_header_bytes,
+        framing.clone(),
+    );
     let ctx = Arc::new(ConnCtx {
         listener: accepted.listener,
         peer: accepted.peer,
         clock,
         _slot: slot,
+        framing,
+        budget: Arc::new(Semaphore::new(
+            shared.limits.body_scan_memory_per_connection,
+        )),
+        held: std::sync::Mutex::new(Vec::new()),
     });
     let svc_shared = shared.clone();
     let svc_watcher = watcher.clone();
@@ -142,6 +182,20 @@ async fn outer(
             .map(|p| p.as_str())
             .unwrap_or("/"),
     );
+    if let Some(violation) = ctx.framing.get() {
+        let reject = Reject::Framing {
+            what: violation.to_string(),
+        };
+        return finish(
+            &shared,
+            Err(reject),
+            &id,
+            version,
+            started,
+            guard,
+            Some(draft),
+        );
+    }
     if req.method() == Method::CONNECT {
         // A tunnel is not a request: the requests inside it are counted (and audited) one
         // by one. A refused CONNECT is a request and is recorded.
@@ -150,15 +204,22 @@ async fn outer(
                 let (parts, body) = resp.into_parts();
                 Response::from_parts(parts, Tracked::boxed(body, guard, None))
             }
-            Err(reject) => finish(
-                &shared,
-                Err(reject),
-                &id,
-                version,
-                started,
-                guard,
-                Some(draft),
-            ),
+            Err(reject) => {
+                let mut resp = finish(
+                    &shared,
+                    Err(reject),
+                    &id,
+                    version,
+                    started,
+                    guard,
+                    Some(draft),
+                );
+                // The bytes after a CONNECT head were meant for a tunnel: never read them as
+                // HTTP requests. A refused CONNECT ends the connection.
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
         };
     }
     let result = {
@@ -242,19 +303,20 @@ async fn connect(
         .ok_or_else(|| Reject::BadRequest {
             what: "CONNECT needs a host:port target".into(),
         })?;
-    let identity = authenticate(shared, ctx, &req).await?;
-    let listener_token = uses_listener_token(shared, ctx, &req);
+    let auth = authenticate(shared, ctx, &req).await?;
     let authority = Authority::parse_connect(&raw).map_err(|e| authority_error(e, &raw))?;
     check_allowed(shared, ctx, &authority)?;
+    let key = limits::key(auth.as_ref().map(|a| &*a.identity));
+    let Some(held) = shared.identity_conns.acquire(key) else {
+        warn!(listener = %ctx.listener.name, agent = key, "connection limit of this identity reached");
+        return Err(Reject::IdentityConnectionLimit);
+    };
     shared.metrics.tunnels.inc();
     let shared = shared.clone();
     let ctx = ctx.clone();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let auth = (identity, listener_token);
-                tunnel(shared, ctx, authority, auth, upgraded, watcher).await
-            }
+            Ok(upgraded) => tunnel(shared, ctx, authority, auth, held, upgraded, watcher).await,
             Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -267,11 +329,34 @@ async fn tunnel(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
     authority: Authority,
-    // The verified identity, and whether it came from the listener's own token.
-    (identity, listener_token): (Option<Arc<AgentIdentity>>, bool),
+    auth: Option<Auth>,
+    held: Held,
     upgraded: hyper::upgrade::Upgraded,
     watcher: Drain,
 ) {
+    let key_epoch = shared.verifier.as_ref().map_or(0, |v| v.key_epoch());
+    let (identity, token) = match auth {
+        Some(a) => (Some(a.identity), a.token),
+        None => (None, None),
+    };
+    // No presented token but an identity: it came from the listener's own token.
+    let listener_token = identity.is_some() && token.is_none();
+    let tctx = |scheme, sni| TunnelCtx {
+        conn: ctx.clone(),
+        authority: authority.clone(),
+        scheme,
+        identity: identity.clone(),
+        sni,
+        listener_token,
+        token: token.clone(),
+        key_epoch,
+        framing: Arc::new(FramingFlag::default()),
+        budget: Arc::new(Semaphore::new(
+            shared.limits.body_scan_memory_per_connection,
+        )),
+        closer: Arc::new(Notify::new()),
+        _held: None,
+    };
     let mut io = TokioIo::new(upgraded);
     let mut first = [0u8; 1];
     let n = match tokio::time::timeout(shared.limits.header_read_timeout, io.read(&mut first)).await
@@ -308,39 +393,46 @@ async fn tunnel(
                     return;
                 }
             };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let tctx = Arc::new(TunnelCtx {
-            conn: ctx,
-            authority,
-            scheme: Scheme::Https,
-            identity,
-            listener_token,
-            sni,
+            _held: Some(held),
+            ..tctx(Scheme::Https, sni)
         });
-        serve_inner(shared, tctx, tls, watcher).await;
+        serve_inner(shared, tctx, tls, watcher, h2).await;
     } else {
         let tctx = Arc::new(TunnelCtx {
-            conn: ctx,
-            authority,
-            scheme: Scheme::Http,
-            identity,
-            listener_token,
-            sni: None,
+            _held: Some(held),
+            ..tctx(Scheme::Http, None)
         });
-        serve_inner(shared, tctx, io, watcher).await;
+        serve_inner(shared, tctx, io, watcher, false).await;
     }
 }
 
-async fn serve_inner<I>(shared: Arc<Shared>, tctx: Arc<TunnelCtx>, io: I, watcher: Drain)
-where
+/// Serve the requests inside a tunnel: HTTP/2 when the agent negotiated it by ALPN, else
+/// HTTP/1.1 with its framing followed strictly (A18).
+async fn serve_inner<I>(
+    shared: Arc<Shared>,
+    tctx: Arc<TunnelCtx>,
+    io: I,
+    mut watcher: Drain,
+    h2: bool,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let closer = tctx.closer.clone();
+    let framing = tctx.framing.clone();
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| {
         let shared = svc_shared.clone();
         let tctx = tctx.clone();
         async move { Ok::<_, std::convert::Infallible>(inner(shared, tctx, req).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
     builder
         .http1()
         .max_buf_size(shared.limits.max_header_bytes)
@@ -348,14 +440,39 @@ where
     builder
         .http2()
         .max_header_list_size(shared.limits.max_header_bytes as u32)
+        .max_concurrent_streams(shared.limits.max_streams_per_connection)
         .timer(TokioTimer::new());
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn, |c| c.graceful_shutdown()).await {
+    let io: Box<dyn Io> = if h2 {
+        Box::new(io)
+    } else {
+        Box::new(Framed::new(io, shared.limits.max_header_bytes, framing))
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    // Drive the connection; on shutdown, or when a refusal must close it (HTTP/2: GOAWAY,
+    // in-flight streams finish), shut it down gracefully and keep driving it to the end.
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = watcher.signalled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = closer.notified(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    };
+    if let Err(e) = result {
         debug!(error = %e, "tunnel connection ended with an error");
     }
 }
+
+/// The byte stream a tunnel's HTTP server runs on (TLS or plain, framed or not).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// A request inside a tunnel.
 async fn inner(
@@ -380,12 +497,23 @@ async fn inner(
     );
     draft.identity(tctx.identity.as_deref());
     let result = async {
+        if let Some(violation) = tctx.framing.get() {
+            return Err(Reject::Framing { what: violation.to_string() });
+        }
+        if req.method() == Method::CONNECT {
+            return Err(Reject::NestedConnect);
+        }
         let mut identity = tctx.identity.clone();
-        if let Some(current) = &identity {
-            if current.expires_at <= std::time::SystemTime::now() {
+        if let Some(current) = identity.clone() {
+            let keys_changed = shared
+                .verifier
+                .as_ref()
+                .is_some_and(|v| v.key_epoch() != tctx.key_epoch);
+            let expired = current.expires_at <= std::time::SystemTime::now();
+            if expired || (tctx.listener_token && keys_changed) {
                 match shared.listener_tokens.get(&tctx.conn.listener.name) {
                     // Opened with the listener's own token: continue with its current one
-                    // (verified like any other).
+                    // (verified like any other, so a withdrawn key is noticed too).
                     Some(lt) if tctx.listener_token => {
                         let fresh = lt.identity(listener_verifier(&shared)?).await?;
                         draft.identity(Some(&fresh));
@@ -398,13 +526,67 @@ async fn inner(
                         message: "the token this tunnel was opened with has expired; reconnect with a fresh token".into(),
                     }),
                 }
+            } else {
+                still_trusted(&shared, &tctx, &current).await?;
             }
         }
         check_inner_authority(&tctx, &req)?;
-        forward(&shared, &tctx.conn, &tctx.authority, tctx.scheme, identity, &mut draft, req).await
+        let Some(stream) = shared.identity_streams.acquire(limits::key(identity.as_deref())) else {
+            return Err(Reject::IdentityStreamLimit);
+        };
+        let via = Via {
+            conn: &tctx.conn,
+            framing: &tctx.framing,
+            budget: &tctx.budget,
+            token: tctx.token.as_ref(),
+        };
+        let resp = forward(&shared, &via, &tctx.authority, tctx.scheme, identity, &mut draft, req).await?;
+        let (parts, body) = resp.into_parts();
+        Ok(Response::from_parts(parts, Holding::boxed(body, stream)))
     }
     .await;
+    if let Err(reject) = &result {
+        if reject.closes_connection() && version == Version::HTTP_2 {
+            // HTTP/1 closes with `Connection: close`; HTTP/2 with GOAWAY.
+            tctx.closer.notify_one();
+        }
+    }
     finish(&shared, result, &id, version, started, guard, Some(draft))
+}
+
+/// After the issuer withdrew a signing key, the tunnel's token is verified again: a token
+/// signed with the withdrawn key ends the tunnel (407, connection closed).
+async fn still_trusted(
+    shared: &Shared,
+    tctx: &TunnelCtx,
+    identity: &AgentIdentity,
+) -> Result<(), Reject> {
+    let (Some(verifier), Some(token)) = (&shared.verifier, &tctx.token) else {
+        return Ok(());
+    };
+    if verifier.key_epoch() == tctx.key_epoch {
+        return Ok(());
+    }
+    let token = std::str::from_utf8(token.expose()).unwrap_or("");
+    match verifier.verify(token).await {
+        Ok(again) if again.agent_id == identity.agent_id => Ok(()),
+        _ => {
+            info!(agent = %identity.agent_id, "tunnel token no longer verifies (signing key withdrawn); closing the tunnel");
+            Err(Reject::ProxyAuthRequired {
+                reason: "revoked",
+                message: "the token this tunnel was opened with is no longer valid (its signing key was withdrawn); reconnect with a fresh token".into(),
+            })
+        }
+    }
+}
+
+/// What `forward` needs of the connection or tunnel a request came on.
+struct Via<'a> {
+    conn: &'a Arc<ConnCtx>,
+    framing: &'a FramingFlag,
+    budget: &'a Arc<Semaphore>,
+    /// The agent's own token: never forwarded.
+    token: Option<&'a Secret>,
 }
 
 /// The inner request must be for the host the agent tunnelled to: SNI, `:authority` and
@@ -460,8 +642,19 @@ async fn plain(
         .ok_or_else(|| Reject::BadRequest {
             what: "absolute URI without a host".into(),
         })?;
-    let identity = authenticate(shared, ctx, &req).await?;
+    let auth = authenticate(shared, ctx, &req).await?;
+    let identity = auth.as_ref().map(|a| a.identity.clone());
     draft.identity(identity.as_deref());
+    let key = limits::key(identity.as_deref());
+    {
+        let mut held = ctx.held.lock().unwrap_or_else(|e| e.into_inner());
+        if !held.iter().any(|h| h.key() == key) {
+            match shared.identity_conns.acquire(key) {
+                Some(h) => held.push(h),
+                None => return Err(Reject::IdentityConnectionLimit),
+            }
+        }
+    }
     let authority =
         Authority::parse_with_default(&raw, Scheme::Http).map_err(|e| authority_error(e, &raw))?;
     draft.record.destination = authority.to_string();
@@ -479,15 +672,18 @@ async fn plain(
             }
         }
     }
-    forward(shared, ctx, &authority, Scheme::Http, identity, draft, req).await
-}
-
-/// Whether `req` is authenticated with the listener's own token: the listener has
-/// `agent_token` and the request carries no `Proxy-Authorization`.
-fn uses_listener_token(shared: &Shared, ctx: &ConnCtx, req: &Request<Incoming>) -> bool {
-    !req.headers()
-        .contains_key(http::header::PROXY_AUTHORIZATION)
-        && shared.listener_tokens.get(&ctx.listener.name).is_some()
+    let Some(stream) = shared.identity_streams.acquire(key) else {
+        return Err(Reject::IdentityStreamLimit);
+    };
+    let via = Via {
+        conn: ctx,
+        framing: &ctx.framing,
+        budget: &ctx.budget,
+        token: auth.as_ref().and_then(|a| a.token.as_ref()),
+    };
+    let resp = forward(shared, &via, &authority, Scheme::Http, identity, draft, req).await?;
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, Holding::boxed(body, stream)))
 }
 
 /// The verifier listener tokens go through; a listener token without identity is refused by
@@ -504,7 +700,7 @@ async fn authenticate(
     shared: &Shared,
     ctx: &ConnCtx,
     req: &Request<Incoming>,
-) -> Result<Option<Arc<AgentIdentity>>, Reject> {
+) -> Result<Option<Auth>, Reject> {
     let Some(verifier) = &shared.verifier else {
         return Ok(None);
     };
@@ -517,7 +713,12 @@ async fn authenticate(
     };
     let Some(value) = req.headers().get(http::header::PROXY_AUTHORIZATION) else {
         return match shared.listener_tokens.get(&ctx.listener.name) {
-            Some(lt) => lt.identity(verifier).await.map(Some),
+            Some(lt) => lt.identity(verifier).await.map(|identity| {
+                Some(Auth {
+                    identity,
+                    token: None,
+                })
+            }),
             None => Err(auth_reject(credproxy_identity::AuthError::Missing)),
         };
     };
@@ -535,7 +736,10 @@ async fn authenticate(
             });
         }
     }
-    Ok(Some(identity))
+    Ok(Some(Auth {
+        identity,
+        token: Some(Secret::new(token.as_bytes().to_vec())),
+    }))
 }
 
 fn is_websocket_upgrade(req: &Request<Incoming>) -> Result<bool, Reject> {
@@ -552,21 +756,76 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> Result<bool, Reject> {
     }
 }
 
+/// Where the agent's own token appears in a request it asked to forward, if anywhere: the
+/// target, a header value (raw or inside decoded `Basic` credentials), or the body window.
+fn agent_token_in(token: &Secret, parts: &http::request::Parts, body: &[&Bytes]) -> Option<String> {
+    let finder = memchr::memmem::Finder::new(token.expose());
+    if token.is_empty() {
+        return None;
+    }
+    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    if finder.find(target.as_bytes()).is_some() {
+        return Some("the request target".into());
+    }
+    for (name, value) in &parts.headers {
+        let inside_basic = || {
+            credproxy_scrub::decode_basic(value.as_bytes())
+                .is_some_and(|d| finder.find(&d).is_some())
+        };
+        if finder.find(value.as_bytes()).is_some() || inside_basic() {
+            return Some(format!("header {name}"));
+        }
+    }
+    if body.iter().any(|d| finder.find(d).is_some()) {
+        return Some("the request body".into());
+    }
+    None
+}
+
+/// Why a request body (or the upstream request carrying it) failed, when the proxy cut it.
+fn body_cut(flags: &BodyFlags, framing: &FramingFlag) -> Option<Reject> {
+    use std::sync::atomic::Ordering::Acquire;
+    if flags.late.load(Acquire) {
+        return Some(Reject::PlaceholderMisuse {
+            kind: credproxy_core::MisuseKind::LateInBody,
+            message: "a placeholder appeared in the request body past the part the proxy checks before sending (or in its trailers); the request was aborted".into(),
+        });
+    }
+    if flags.too_large.load(Acquire) {
+        return Some(Reject::BodyTooLarge { limit: 0 });
+    }
+    if flags.timed_out.load(Acquire) {
+        return Some(Reject::BodyTimeout);
+    }
+    framing.get().map(|v| Reject::Framing {
+        what: v.to_string(),
+    })
+}
+
 /// Send the request upstream and stream the response back, injecting credentials where
 /// the request carries their placeholders and scrubbing the response.
 async fn forward(
     shared: &Arc<Shared>,
-    ctx: &Arc<ConnCtx>,
+    via: &Via<'_>,
     authority: &Authority,
     scheme: Scheme,
     identity: Option<Arc<AgentIdentity>>,
     draft: &mut Draft,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Reject> {
+    let ctx = via.conn;
     let request_id = draft.record.id.clone();
     let id = request_id.as_str();
     let gen = shared.generation();
     draft.record.policy_hash = Some(gen.policy.hash().to_string());
+    // The allowlist of the request's generation, checked here and not only by the policy:
+    // a reload that removes a name refuses it inside open tunnels whatever the Rego says.
+    if !gen.allowlist.allows(authority) {
+        info!(request_id = id, %authority, "destination no longer allowed");
+        return Err(Reject::DestinationNotAllowed {
+            authority: authority.clone(),
+        });
+    }
     let websocket = is_websocket_upgrade(&req)?;
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let path = req
@@ -593,15 +852,73 @@ async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let method = parts.method.clone();
-    let mut body: Body = body.map_err(Into::into).boxed();
-    let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(token) = via.token {
+        if let Some(location) = agent_token_in(token, &parts, &[]) {
+            let reject = Reject::AgentTokenInRequest { location };
+            shared.misuse(&reject);
+            return Err(reject);
+        }
+    }
+    if gen.creds.set.is_some() {
+        // A secret stored upstream must not be fetched piecewise: each piece would be too
+        // short for the scrubber to recognise (A6). With credentials configured, no request
+        // asks for a range, on any host (stored content may be served by another host).
+        parts.headers.remove(http::header::RANGE);
+        parts.headers.remove(http::header::IF_RANGE);
+    }
+    // Every body: an idle timeout; where a credential bound here may be injected into the
+    // body (so the whole body is scanned and rewritten), a size cap.
+    let flags = Arc::new(BodyFlags::default());
+    let cap = gen
+        .creds
+        .bound_to(authority)
+        .any(|i| gen.creds.configs[i].inject_in.body)
+        .then_some(shared.limits.max_injected_body_bytes);
+    if let Some(cap) = cap {
+        let announced = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > cap) {
+            return Err(Reject::BodyTooLarge { limit: cap });
+        }
+    }
+    let body_limit = |r: Reject| match r {
+        Reject::BodyTooLarge { .. } => Reject::BodyTooLarge {
+            limit: cap.unwrap_or(0),
+        },
+        other => other,
+    };
+    let mut body: Body = Guarded::boxed(
+        body.map_err(Into::into).boxed(),
+        shared.limits.body_idle_timeout,
+        cap,
+        flags.clone(),
+    );
+    let late = flags.clone();
 
     // Find every placeholder (head, and the body's scan window) before anything is decided.
     let mut scan = creds::Scan::default();
     let mut window = None;
     if let Some(set) = &gen.creds.set {
         scan = creds::scan_head(set, &parts);
-        let w = crate::inject::read_window(body, shared.limits.body_scan_window).await?;
+        let w = crate::inject::read_window(
+            body,
+            shared.limits.body_scan_window,
+            via.budget,
+            shared.limits.body_idle_timeout,
+        )
+        .await
+        .map_err(|e| body_cut(&flags, via.framing).map(body_limit).unwrap_or(e))?;
+        if let Some(token) = via.token {
+            let data: Vec<&Bytes> = w.data().collect();
+            if let Some(location) = agent_token_in(token, &parts, &data) {
+                let reject = Reject::AgentTokenInRequest { location };
+                shared.misuse(&reject);
+                return Err(reject);
+            }
+        }
         let mut scanner = set.stream_scanner();
         for d in w.data() {
             scan.add_body(scanner.push(d));
@@ -609,8 +926,15 @@ async fn forward(
         if w.rest.is_none() {
             scan.add_body(scanner.finish());
         }
+        for t in w.trailers() {
+            creds::scan_trailers(set, t, &mut scan);
+        }
         window = Some(w);
         body = crate::body::empty();
+    }
+    if let Err(reject) = creds::foreign_values(&gen.creds, authority, &parts.headers, &mut scan) {
+        shared.misuse(&reject);
+        return Err(reject);
     }
     for u in &scan.uses {
         let c = &gen.creds.configs[u.cred];
@@ -639,9 +963,16 @@ async fn forward(
     let input = crate::authz::input(&facts, &gen.creds, &scan);
     if let Err(reject) = crate::authz::decide(&gen.policy, &input) {
         info!(request_id = id, %authority, reason = reject.reason(), "refused by policy");
+        // A placeholder of a credential this identity holds none of the roles for (another
+        // agent's placeholder, A28) is a misuse alarm, whatever the policy's words.
+        if crate::authz::uses_ungranted(identity.as_deref(), &gen.creds, &scan) {
+            shared.misuse_alarm("credential_not_granted");
+        }
         return Err(reject);
     }
-    if let (Some(set), Some(window)) = (&gen.creds.set, window) {
+    let mut permit = None;
+    if let (Some(set), Some(mut window)) = (&gen.creds.set, window) {
+        permit = window.permit.take();
         let plan = crate::inject::inject(shared, &gen.creds, &to_inject, &scan, &mut parts).await?;
         if !to_inject.is_empty() {
             // No credential leaves the proxy before its use is durably recorded.
@@ -656,6 +987,11 @@ async fn forward(
         body = crate::inject::rebuild_body(set, window, &plan, &mut parts, late.clone());
     }
     let body = crate::audit::count_body(body, draft.bytes_up.clone());
+    // The window's scan memory is released when the body has been sent (or dropped).
+    let body = match permit {
+        Some(p) => Holding::boxed(body, p),
+        None => body,
+    };
     if let Some(Some(up)) = ws_headers {
         parts.headers.insert(http::header::UPGRADE, up);
         parts.headers.insert(
@@ -674,12 +1010,11 @@ async fn forward(
     let mut resp = match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            if late.load(std::sync::atomic::Ordering::Acquire) {
-                let reject = Reject::PlaceholderMisuse {
-                        kind: credproxy_core::MisuseKind::LateInBody,
-                        message: "a placeholder appeared in the request body past the part the proxy checks before sending; the request was aborted".into(),
-                    };
-                shared.misuse(&reject);
+            if let Some(reject) = body_cut(&flags, via.framing).map(body_limit) {
+                if matches!(reject, Reject::PlaceholderMisuse { .. }) {
+                    shared.misuse(&reject);
+                }
+                warn!(request_id = id, %authority, reason = reject.reason(), "request body cut; upstream request aborted");
                 return Err(reject);
             }
             let reject = classify_upstream_error(&e, authority);
@@ -695,6 +1030,7 @@ async fn forward(
     };
     debug!(request_id = id, listener = %ctx.listener.name, %method, %authority, status = resp.status().as_u16(), "forwarded");
 
+    let mut close_after = false;
     if let Some(agent_upgrade) = agent_upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -710,10 +1046,17 @@ async fn forward(
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, empty()));
         }
-        // No 101: this is an ordinary response and the agent's connection stays HTTP.
+        // No 101: an ordinary response, after which the agent's connection closes (the
+        // bytes the agent sends after an upgrade request are not read as HTTP requests).
+        close_after = true;
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if close_after {
+        parts
+            .headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let body: Body = body.map_err(Into::into).boxed();
     match shared.recent.patterns_for(&gen.creds, authority) {
         None => Ok(Response::from_parts(parts, body)),

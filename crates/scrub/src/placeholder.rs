@@ -25,6 +25,9 @@ use crate::ScrubError;
 
 /// The default placeholder prefix; any token containing it is a placeholder or a near miss.
 const DEFAULT_PREFIX: &[u8] = b"agent-vault";
+/// The prefix with underscores (`agent_vault_<uuid>`), detected the same way: a separator
+/// swapped is as much a probe as a letter's case.
+const DEFAULT_PREFIX_UNDERSCORE: &[u8] = b"agent_vault";
 /// `excerpt` never holds more than this many characters of the near-miss text.
 const EXCERPT_LEN: usize = 24;
 /// Length of a uuid in its hyphenated form.
@@ -187,6 +190,7 @@ impl PlaceholderSet {
         }
         let mut patterns: Vec<&[u8]> = placeholders.iter().map(|p| p.as_bytes()).collect();
         patterns.push(DEFAULT_PREFIX);
+        patterns.push(DEFAULT_PREFIX_UNDERSCORE);
         let detector = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(true)
@@ -342,7 +346,25 @@ impl SetInner {
         if facts.placeholder_ci {
             return Verdict::Near(PADDED);
         }
-        let lower = head.to_ascii_lowercase();
+        // `_` and `-` are both token characters: compare with separators unified.
+        let lower: Vec<u8> = head
+            .iter()
+            .map(|b| {
+                if *b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        if complete
+            && self
+                .placeholders
+                .iter()
+                .any(|p| p.as_bytes().eq_ignore_ascii_case(&lower))
+        {
+            return Verdict::Near(ALTERED_CASE);
+        }
         if complete
             && self
                 .placeholders
@@ -663,6 +685,12 @@ mod tests {
                 PADDED,
             ),
             ("agent-vault-token".to_string(), UNKNOWN),
+            (PH1.replace('-', "_"), ALTERED_CASE),
+            (
+                "agent_vault_12345678_1234_1234_1234_123456789abc".to_string(),
+                UNKNOWN,
+            ),
+            ("agent_vault".to_string(), TRUNCATED),
             ("AGENT-VAULT".to_string(), TRUNCATED),
         ];
         for (text, shape) in cases {

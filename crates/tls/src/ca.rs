@@ -210,8 +210,8 @@ impl Ca {
     /// Loads and validates the CA certificate and its PKCS#8 private key.
     ///
     /// The key may be ECDSA P-256/P-384, Ed25519 or RSA (leaves are always
-    /// P-256). Every error names the offending file. Warns if the key file is
-    /// readable by group or other, because anyone who can read it can
+    /// P-256). Every error names the offending file. Refuses a key file that is
+    /// readable (or writable) by group or other (A31): anyone who can read it can
     /// impersonate every allowlisted host to the agents.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Ca, TlsError> {
         let cert_bytes = read_file(cert_file)?;
@@ -221,7 +221,7 @@ impl Ca {
         })?;
         let ca_public_key = check_ca_cert(cert_file, &cert_der)?;
 
-        warn_if_key_exposed(key_file);
+        refuse_if_key_exposed(key_file)?;
         let key_bytes = read_file(key_file)?;
         let key = load_key(key_file, &key_bytes)?;
         if key.public_key_raw() != ca_public_key.as_slice() {
@@ -352,17 +352,17 @@ fn check_ca_cert(path: &Path, der: &CertificateDer<'_>) -> Result<Vec<u8>, TlsEr
     Ok(x509.public_key().subject_public_key.data.to_vec())
 }
 
-fn warn_if_key_exposed(key_file: &Path) {
+fn refuse_if_key_exposed(key_file: &Path) -> Result<(), TlsError> {
     if let Ok(meta) = fs::metadata(key_file) {
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %key_file.display(),
-                mode = format!("{:o}", mode & 0o7777),
-                "ca private key is readable by group or other; chmod 0400 it"
-            );
+            return Err(TlsError::KeyExposed {
+                path: key_file.to_path_buf(),
+                mode: mode & 0o7777,
+            });
         }
     }
+    Ok(())
 }
 
 fn load_key(path: &Path, bytes: &[u8]) -> Result<KeyPair, TlsError> {

@@ -52,6 +52,10 @@ pub enum TlsError {
     #[error("{path} contains no pem certificate")]
     NoCertificate { path: PathBuf },
 
+    /// The CA key file's mode lets group or other read or write it.
+    #[error("ca private key {path} has mode {mode:o}: it must not be accessible to group or other; chmod 0400 it (owned by the service user)")]
+    KeyExposed { path: PathBuf, mode: u32 },
+
     #[error("{path} contains no pem private key (encrypted keys are not supported)")]
     NoPrivateKey { path: PathBuf },
 

@@ -15,6 +15,34 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// A private key file as an operator must leave it: readable by its owner only.
+fn write_key(path: &Path, pem: impl AsRef<[u8]>) {
+    fs::write(path, pem).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn load_refuses_a_key_readable_by_group_or_other() {
+    let (_dir, files, _) = new_ca();
+    for bad in [0o640, 0o604, 0o644, 0o660] {
+        fs::set_permissions(&files.key_file, fs::Permissions::from_mode(bad)).unwrap();
+        let err = Ca::load(&files.cert_file, &files.key_file).unwrap_err();
+        assert!(
+            matches!(err, TlsError::KeyExposed { .. }),
+            "{bad:o}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("chmod 0400") && msg.contains(&format!("{bad:o}")),
+            "{msg}"
+        );
+    }
+    for ok in [0o400, 0o600] {
+        fs::set_permissions(&files.key_file, fs::Permissions::from_mode(ok)).unwrap();
+        Ca::load(&files.cert_file, &files.key_file).unwrap();
+    }
+}
+
 #[test]
 fn init_ca_writes_files_with_strict_modes() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,7 +185,7 @@ fn load_errors_for_garbage_pem() {
     assert!(err.to_string().contains("notder.crt"), "{err}");
 
     let garbage_key = dir.path().join("garbage.key");
-    fs::write(&garbage_key, "nothing here").unwrap();
+    write_key(&garbage_key, "nothing here");
     let err = Ca::load(&files.cert_file, &garbage_key).unwrap_err();
     assert!(matches!(err, TlsError::NoPrivateKey { .. }), "{err:?}");
     assert!(err.to_string().contains("garbage.key"), "{err}");
@@ -174,7 +202,7 @@ fn load_rejects_a_non_ca_certificate() {
     let cert_file = dir.path().join("leaf.crt");
     let key_file = dir.path().join("leaf.key");
     fs::write(&cert_file, leaf.pem()).unwrap();
-    fs::write(&key_file, key.serialize_pem()).unwrap();
+    write_key(&key_file, key.serialize_pem());
     let err = Ca::load(&cert_file, &key_file).unwrap_err();
     assert!(matches!(err, TlsError::NotCa { .. }), "{err:?}");
     assert!(err.to_string().contains("leaf.crt"), "{err}");
@@ -195,11 +223,10 @@ fn load_rejects_a_key_that_does_not_match() {
 fn load_rejects_a_sec1_key_with_a_hint() {
     let (dir, files, _) = new_ca();
     let sec1 = dir.path().join("sec1.key");
-    fs::write(
+    write_key(
         &sec1,
         "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
-    )
-    .unwrap();
+    );
     let err = Ca::load(&files.cert_file, &sec1).unwrap_err();
     assert!(matches!(err, TlsError::UnsupportedKey { .. }), "{err:?}");
     let msg = err.to_string();
@@ -219,7 +246,7 @@ fn write_ca_with(dir: &Path, alg: &'static rcgen::SignatureAlgorithm) -> (String
     let cert_file = dir.join("other.crt");
     let key_file = dir.join("other.key");
     fs::write(&cert_file, cert.pem()).unwrap();
-    fs::write(&key_file, key.serialize_pem()).unwrap();
+    write_key(&key_file, key.serialize_pem());
     (
         cert_file.to_string_lossy().into_owned(),
         key_file.to_string_lossy().into_owned(),
