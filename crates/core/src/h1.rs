@@ -30,12 +30,14 @@ pub type Violation = &'static str;
 pub enum Feed {
     /// Pass them all on.
     Pass,
-    /// Pass on the first `deliver` bytes, then end the stream: the agent's framing is bad.
-    /// When the violation is in a request head, `deliver` runs to the end of that head, so
-    /// the HTTP parser can read it and the proxy answer it with a 400.
+    /// Pass on the first `deliver` bytes, then nothing more: the agent's framing is bad.
+    /// When the violation is in a request head (`in_head`), `deliver` runs to the end of
+    /// that head, so the HTTP parser can read it and the proxy answer it with a 400; in a
+    /// body, `deliver` ends before the offending bytes and the body is cut there.
     Stop {
         deliver: usize,
         violation: Violation,
+        in_head: bool,
     },
 }
 
@@ -117,6 +119,7 @@ impl RequestFraming {
                     return Feed::Stop {
                         deliver: 0,
                         violation,
+                        in_head: false,
                     }
                 }
                 State::Passthrough | State::Overflow => return Feed::Pass,
@@ -248,9 +251,14 @@ impl RequestFraming {
     }
 
     fn stop(&mut self, deliver: usize, violation: Violation) -> Feed {
+        let in_head = matches!(self.state, State::Head { .. });
         self.state = State::Stopped(violation);
         self.buf = Vec::new();
-        Feed::Stop { deliver, violation }
+        Feed::Stop {
+            deliver,
+            violation,
+            in_head,
+        }
     }
 
     fn begin_body(&mut self, framing: HeadFraming) {
@@ -454,7 +462,9 @@ mod tests {
         let mut f = RequestFraming::new(64 * 1024);
         match f.feed(input) {
             Feed::Pass => Ok(()),
-            Feed::Stop { deliver, violation } => Err((deliver, violation)),
+            Feed::Stop {
+                deliver, violation, ..
+            } => Err((deliver, violation)),
         }
     }
 
@@ -610,7 +620,9 @@ pub fn fuzz_split(data: &[u8], cuts: &[usize]) -> Result<(), String> {
         let mut f = RequestFraming::new(1024);
         match f.feed(data) {
             Feed::Pass => None,
-            Feed::Stop { deliver, violation } => Some((deliver, violation)),
+            Feed::Stop {
+                deliver, violation, ..
+            } => Some((deliver, violation)),
         }
     };
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
@@ -623,7 +635,9 @@ pub fn fuzz_split(data: &[u8], cuts: &[usize]) -> Result<(), String> {
     for w in points.windows(2) {
         match f.feed(&data[w[0]..w[1]]) {
             Feed::Pass => {}
-            Feed::Stop { deliver, violation } => {
+            Feed::Stop {
+                deliver, violation, ..
+            } => {
                 pieces = Some((w[0] + deliver, violation));
                 break;
             }

@@ -66,7 +66,7 @@ impl Draft {
     /// Note how a rejection ends the request.
     pub fn rejected(&mut self, reject: &Reject) {
         match reject {
-            Reject::PlaceholderMisuse { .. } => {
+            Reject::PlaceholderMisuse { .. } | Reject::AgentTokenInRequest { .. } => {
                 self.record.misuse_alarms.push(reject.reason().to_string());
                 self.record.decision = Decision::Deny;
             }

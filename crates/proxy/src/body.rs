@@ -48,6 +48,11 @@ impl Tracked {
             Some((t, d)) => (Some(t), Some(d)),
             None => (None, None),
         };
+        // Handed to the agent's connection: it waits on the agent until first asked (an
+        // HTTP/2 stream whose window the agent holds at zero is never asked, A17).
+        if !inner.is_end_stream() {
+            guard.ready();
+        }
         Tracked {
             inner,
             guard: Some(guard),
@@ -67,11 +72,18 @@ impl HttpBody for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if let Some(g) = this.guard.as_ref() {
+            g.asked();
+        }
         let r = this.inner.poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(data)) = (this.down.as_ref(), frame.data_ref()) {
                     d.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Until asked for more, the response waits on the agent (slow read, A15).
+                if let Some(g) = this.guard.as_ref() {
+                    g.ready();
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {

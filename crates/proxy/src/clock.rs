@@ -6,7 +6,10 @@
 //! [`ConnClock`] when requests start and end:
 //! - no request in flight and no bytes since the last one: the idle deadline applies;
 //! - the first byte of a new request arms the header deadline;
-//! - while any request is in flight no deadline applies (upstream timeouts govern).
+//! - while any request is in flight no deadline applies (upstream timeouts govern), except
+//!   when a response has been waiting on the agent (data ready, the agent not reading, or an
+//!   HTTP/2 flow-control window held at zero) for the idle timeout: slow reads and
+//!   zero-window stalls end the connection (A15, A17).
 //!
 //! The wrapper sits under the TLS layer and under hyper's upgrade, so one clock covers the
 //! outer proxy connection and everything tunnelled through it.
@@ -36,6 +39,10 @@ pub struct ConnClock {
     deadline_ms: AtomicU64,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// Responses whose next bytes wait on the agent (see [`InFlight::ready`]).
+    agent_waits: AtomicUsize,
+    /// Milliseconds since `base` when `agent_waits` last became non-zero.
+    agent_wait_since_ms: AtomicU64,
 }
 
 impl ConnClock {
@@ -49,6 +56,8 @@ impl ConnClock {
             deadline_ms: AtomicU64::new(header_timeout.as_millis() as u64),
             header_timeout,
             idle_timeout,
+            agent_waits: AtomicUsize::new(0),
+            agent_wait_since_ms: AtomicU64::new(0),
         })
     }
 
@@ -61,7 +70,19 @@ impl ConnClock {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
             clock: self.clone(),
+            waiting: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn agent_wait_started(&self) {
+        if self.agent_waits.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.agent_wait_since_ms
+                .store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    fn agent_wait_ended(&self) {
+        self.agent_waits.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn request_ended(&self) {
@@ -88,17 +109,24 @@ impl ConnClock {
         }
     }
 
-    /// The deadline in force, or None while requests are in flight.
+    /// The deadline in force: none while requests are in flight, unless a response has
+    /// been waiting on the agent.
     fn deadline(&self) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            if self.agent_waits.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            let since = self.agent_wait_since_ms.load(Ordering::Acquire);
+            return Some(self.base + Duration::from_millis(since) + self.idle_timeout);
         }
         let ms = self.deadline_ms.load(Ordering::Acquire);
         Some(self.base + Duration::from_millis(ms))
     }
 
     fn timeout_kind(&self) -> &'static str {
-        if self.phase.load(Ordering::Acquire) == HEAD {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            "response stalled: the agent is not reading"
+        } else if self.phase.load(Ordering::Acquire) == HEAD {
             "header read timeout"
         } else {
             "idle timeout"
@@ -110,10 +138,30 @@ impl ConnClock {
 #[derive(Debug)]
 pub struct InFlight {
     clock: Arc<ConnClock>,
+    /// The response's next bytes wait on the agent.
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl InFlight {
+    /// The response has bytes ready (or is about to be handed to the agent's connection):
+    /// until it is asked for more ([`InFlight::asked`]), it waits on the agent.
+    pub fn ready(&self) {
+        if !self.waiting.swap(true, Ordering::AcqRel) {
+            self.clock.agent_wait_started();
+        }
+    }
+
+    /// The agent's connection asked the response for more bytes.
+    pub fn asked(&self) {
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            self.clock.agent_wait_ended();
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.asked();
         self.clock.request_ended();
     }
 }
@@ -125,6 +173,8 @@ pin_project_lite::pin_project! {
         inner: S,
         clock: Arc<ConnClock>,
         sleep: Pin<Box<Sleep>>,
+        // The pending-write deadline (a separate timer: read and write wake different tasks).
+        wsleep: Pin<Box<Sleep>>,
         armed: Option<Instant>,
     }
 }
@@ -135,6 +185,7 @@ impl<S> TimedIo<S> {
             inner,
             clock,
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            wsleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             armed: None,
         }
     }
@@ -176,13 +227,49 @@ impl<S: AsyncRead> AsyncRead for TimedIo<S> {
     }
 }
 
+impl<S> TimedIo<S> {
+    /// A write that cannot proceed: fail it once a stalled response's deadline passed (the
+    /// agent stopped reading).
+    fn write_stalled<T>(
+        sleep: &mut Pin<Box<Sleep>>,
+        clock: &ConnClock,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        if clock.in_flight.load(Ordering::Acquire) == 0 {
+            return Poll::Pending;
+        }
+        let Some(deadline) = clock.deadline() else {
+            return Poll::Pending;
+        };
+        // The read side owns `sleep`'s arming; a pending write checks the deadline directly.
+        if Instant::now() >= deadline {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                clock.timeout_kind(),
+            )));
+        }
+        sleep.as_mut().reset(deadline);
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                clock.timeout_kind(),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl<S: AsyncWrite> AsyncWrite for TimedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        match this.inner.poll_write(cx, buf) {
+            Poll::Pending => Self::write_stalled(this.wsleep, this.clock, cx),
+            r => r,
+        }
     }
 
     fn poll_write_vectored(
@@ -190,7 +277,11 @@ impl<S: AsyncWrite> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        match this.inner.poll_write_vectored(cx, bufs) {
+            Poll::Pending => Self::write_stalled(this.wsleep, this.clock, cx),
+            r => r,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -250,5 +341,42 @@ mod tests {
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.to_string(), "header read timeout");
         assert_eq!(start.elapsed().as_secs(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_waiting_on_the_agent_gets_the_idle_deadline() {
+        let clock = ConnClock::new(Duration::from_secs(10), Duration::from_secs(90));
+        let (a, _b) = tokio::io::duplex(64);
+        let mut io = TimedIo::new(a, clock.clone());
+        let mut buf = [0u8; 8];
+        let guard = clock.request_started();
+        // Waiting on the upstream: no deadline.
+        let r = tokio::time::timeout(Duration::from_secs(500), io.read(&mut buf)).await;
+        assert!(
+            r.is_err(),
+            "no deadline while the response waits on the upstream"
+        );
+        // Bytes ready, the agent never asks for them (zero window, or not reading).
+        guard.ready();
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed().as_secs(), 90);
+        assert!(err.to_string().contains("not reading"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_agent_never_reads_fails_at_the_idle_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let clock = ConnClock::new(Duration::from_secs(10), Duration::from_secs(90));
+        let (a, _b) = tokio::io::duplex(16);
+        let mut io = TimedIo::new(a, clock.clone());
+        let guard = clock.request_started();
+        guard.ready();
+        let start = Instant::now();
+        let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed().as_secs(), 90);
+        drop(guard);
     }
 }

@@ -1,6 +1,11 @@
 //! The agent's HTTP/1 byte stream, followed by `credproxy_core::h1::RequestFraming` below
 //! hyper's parser: at the first framing violation (A18) the stream ends for the parser, and
 //! the violation is recorded for the request path to answer (400, connection closed).
+//!
+//! After a bad request head the parser gets no more bytes but no end of stream either (hyper
+//! would drop the connection, and the 400, on an early end of stream); later bytes are read
+//! and discarded until the 400 with `Connection: close` ends the connection. After bad body
+//! framing the parser sees the end of the stream, which fails the body.
 
 use std::io;
 use std::pin::Pin;
@@ -27,6 +32,8 @@ pin_project_lite::pin_project! {
         framing: RequestFraming,
         flag: Arc<FramingFlag>,
         ended: bool,
+        // After a bad head: discard, never end.
+        discard: bool,
     }
 }
 
@@ -38,6 +45,7 @@ impl<S> Framed<S> {
             framing: RequestFraming::new(max_head + 1024),
             flag,
             ended: false,
+            discard: false,
         }
     }
 }
@@ -48,7 +56,18 @@ impl<S: AsyncRead> AsyncRead for Framed<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if *this.discard {
+            let mut scratch = [0u8; 4096];
+            loop {
+                let mut sink = ReadBuf::new(&mut scratch);
+                match this.inner.as_mut().poll_read(cx, &mut sink) {
+                    Poll::Ready(Ok(())) if sink.filled().is_empty() => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => continue,
+                    other => return other,
+                }
+            }
+        }
         if *this.ended {
             return Poll::Ready(Ok(()));
         }
@@ -56,11 +75,25 @@ impl<S: AsyncRead> AsyncRead for Framed<S> {
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
-                if let Feed::Stop { deliver, violation } = this.framing.feed(new) {
+                if let Feed::Stop {
+                    deliver,
+                    violation,
+                    in_head,
+                } = this.framing.feed(new)
+                {
                     let _ = this.flag.0.set(violation);
-                    *this.ended = true;
                     tracing::warn!(violation, "request framing refused; closing the connection");
                     buf.set_filled(before + deliver);
+                    if in_head {
+                        *this.discard = true;
+                        if deliver == 0 {
+                            // Nothing to hand over: wait (discarding) for the 400 to end it.
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    } else {
+                        *this.ended = true;
+                    }
                 }
                 Poll::Ready(Ok(()))
             }

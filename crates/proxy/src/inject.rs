@@ -38,22 +38,37 @@ impl Window {
     }
 }
 
-/// Read up to `limit` bytes of the body (whole frames), keeping trailers if they come. Each
-/// frame's bytes are taken from the connection's scan memory `budget` first; a request waits
+/// Read up to `limit` bytes of the body (whole frames), keeping trailers if they come. The
+/// window's room is taken from the connection's scan memory `budget` first; a request waits
 /// for room at most `wait` (then 408), so the streams of one HTTP/2 connection together never
-/// hold more than the budget.
+/// hold more than the budget (plus at most one frame each past their window).
 pub(crate) async fn read_window(
     mut body: Body,
     limit: usize,
     budget: &Arc<tokio::sync::Semaphore>,
     wait: Duration,
 ) -> Result<Window, Reject> {
+    // The room this window may need, taken at once (a request never holds part of its room
+    // while waiting for the rest, so requests cannot starve each other): the body's length
+    // when known and smaller than the window.
+    let needed = if body.is_end_stream() {
+        0
+    } else {
+        body.size_hint()
+            .upper()
+            .map_or(limit as u64, |n| n.min(limit as u64)) as u32
+    };
+    let permit = if needed == 0 {
+        None
+    } else {
+        let p = tokio::time::timeout(wait, budget.clone().acquire_many_owned(needed))
+            .await
+            .map_err(|_| Reject::BodyTimeout)?
+            .map_err(|_| Reject::Internal)?;
+        Some(p)
+    };
     let mut frames = Vec::new();
     let mut len = 0usize;
-    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
-    let unreadable = || Reject::BadRequest {
-        what: "the request body could not be read".into(),
-    };
     while len < limit {
         match body.frame().await {
             None => {
@@ -66,21 +81,14 @@ pub(crate) async fn read_window(
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     len += d.len();
-                    if !d.is_empty() {
-                        let n = u32::try_from(d.len()).map_err(|_| unreadable())?;
-                        let p = tokio::time::timeout(wait, budget.clone().acquire_many_owned(n))
-                            .await
-                            .map_err(|_| Reject::BodyTimeout)?
-                            .map_err(|_| Reject::Internal)?;
-                        match permit.as_mut() {
-                            Some(held) => held.merge(p),
-                            None => permit = Some(p),
-                        }
-                    }
                 }
                 frames.push(f);
             }
-            Some(Err(_)) => return Err(unreadable()),
+            Some(Err(_)) => {
+                return Err(Reject::BadRequest {
+                    what: "the request body could not be read".into(),
+                })
+            }
         }
     }
     if body.is_end_stream() {

@@ -88,9 +88,15 @@ impl HttpBody for Guarded {
                             "request body over the size limit",
                         )))));
                     }
+                    // Only bytes count as progress: a stream of empty DATA frames is a stall.
+                    if !d.is_empty() {
+                        let deadline = tokio::time::Instant::now() + *this.idle;
+                        this.sleep.as_mut().reset(deadline);
+                    }
+                } else {
+                    let deadline = tokio::time::Instant::now() + *this.idle;
+                    this.sleep.as_mut().reset(deadline);
                 }
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => match this.sleep.as_mut().poll(cx) {

@@ -546,7 +546,9 @@ async fn inner(
     }
     .await;
     if let Err(reject) = &result {
-        if reject.closes_connection() && version == Version::HTTP_2 {
+        // Body refusals reset their stream only; the others close the whole connection.
+        let stream_only = matches!(reject, Reject::BodyTooLarge { .. } | Reject::BodyTimeout);
+        if reject.closes_connection() && !stream_only && version == Version::HTTP_2 {
             // HTTP/1 closes with `Connection: close`; HTTP/2 with GOAWAY.
             tctx.closer.notify_one();
         }
@@ -967,6 +969,10 @@ async fn forward(
         // agent's placeholder, A28) is a misuse alarm, whatever the policy's words.
         if crate::authz::uses_ungranted(identity.as_deref(), &gen.creds, &scan) {
             shared.misuse_alarm("credential_not_granted");
+            draft
+                .record
+                .misuse_alarms
+                .push("credential_not_granted".to_string());
         }
         return Err(reject);
     }
