@@ -13,6 +13,7 @@
 mod error;
 mod features;
 mod raw;
+mod suffix;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -164,7 +164,18 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let mut entries = Vec::new();
     for (i, d) in raw.allowed_domains.unwrap_or_default().iter().enumerate() {
         match AllowlistEntry::parse(d) {
-            Ok(e) => entries.push(e),
+            Ok(e) => {
+                if e.is_wildcard() {
+                    if let Some(suffix) = crate::suffix::public_suffix_at_or_below(e.host()) {
+                        cx.err(
+                            format!("allowed_domains[{i}]"),
+                            format!("wildcard \"{e}\" spans a public suffix ({suffix} is on the public suffix list, so names under it belong to different owners); list the exact names instead"),
+                        );
+                        continue;
+                    }
+                }
+                entries.push(e)
+            }
             Err(e) => cx.err(format!("allowed_domains[{i}]"), e.to_string()),
         }
     }
