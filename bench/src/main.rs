@@ -319,7 +319,7 @@ pub fn cp_config(dir: &Path, to: SocketAddr, port: u16, upstream_ca: &Path, max_
     // Credential uses are recorded before the secret leaves (required with credentials).
     y.push_str(&format!("audit:\n  path: {}\n", dir.join("audit.db").display()));
     y.push_str(&format!(
-        "limits:\n  max_connections: {max_conns}\n  idle_timeout: 300s\n  shutdown_grace: 1s\nlog:\n  level: \"warn,credproxy=info,credproxy_cli=info\"\n"
+        "limits:\n  max_connections: {max_conns}\n  max_connections_per_identity: {max_conns}\n  max_streams_per_identity: {max_conns}\n  idle_timeout: 300s\n  shutdown_grace: 1s\nlog:\n  level: \"warn,credproxy=info,credproxy_cli=info\"\n"
     ));
     std::fs::write(dir.join("config.yaml"), &y).unwrap();
     CpFiles { yaml: y, token, ca_cert: ca.cert_file }

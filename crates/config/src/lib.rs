@@ -334,7 +334,7 @@ impl Default for Limits {
             body_scan_window: 1024 * 1024,
             body_idle_timeout: Duration::from_secs(30),
             max_injected_body_bytes: 32 * 1024 * 1024,
-            max_connections_per_identity: 256,
+            max_connections_per_identity: 1024,
             max_streams_per_identity: 1024,
             max_streams_per_connection: 100,
             body_scan_memory_per_connection: 8 * 1024 * 1024,

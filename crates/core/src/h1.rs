@@ -454,6 +454,43 @@ fn chunk_size(line: &[u8]) -> Result<u64, Violation> {
     Ok(n)
 }
 
+/// The fuzzing property (also a unit test): following `data` in pieces cut at `cuts` gives
+/// the verdict of following it whole, at the same absolute offset. Never panics.
+pub fn fuzz_split(data: &[u8], cuts: &[usize]) -> Result<(), String> {
+    let whole = {
+        let mut f = RequestFraming::new(1024);
+        match f.feed(data) {
+            Feed::Pass => None,
+            Feed::Stop {
+                deliver, violation, ..
+            } => Some((deliver, violation)),
+        }
+    };
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    points.push(0);
+    points.push(data.len());
+    points.sort_unstable();
+    points.dedup();
+    let mut f = RequestFraming::new(1024);
+    let mut pieces = None;
+    for w in points.windows(2) {
+        match f.feed(&data[w[0]..w[1]]) {
+            Feed::Pass => {}
+            Feed::Stop {
+                deliver, violation, ..
+            } => {
+                pieces = Some((w[0] + deliver, violation));
+                break;
+            }
+        }
+    }
+    if whole == pieces {
+        Ok(())
+    } else {
+        Err(format!("whole {whole:?} != pieces {pieces:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,42 +647,5 @@ mod tests {
             data.extend_from_slice(&input);
             proptest::prop_assert_eq!(crate::h1::fuzz_split(&data, &cuts), Ok(()));
         }
-    }
-}
-
-/// The fuzzing property (also a unit test): following `data` in pieces cut at `cuts` gives
-/// the verdict of following it whole, at the same absolute offset. Never panics.
-pub fn fuzz_split(data: &[u8], cuts: &[usize]) -> Result<(), String> {
-    let whole = {
-        let mut f = RequestFraming::new(1024);
-        match f.feed(data) {
-            Feed::Pass => None,
-            Feed::Stop {
-                deliver, violation, ..
-            } => Some((deliver, violation)),
-        }
-    };
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-    points.push(0);
-    points.push(data.len());
-    points.sort_unstable();
-    points.dedup();
-    let mut f = RequestFraming::new(1024);
-    let mut pieces = None;
-    for w in points.windows(2) {
-        match f.feed(&data[w[0]..w[1]]) {
-            Feed::Pass => {}
-            Feed::Stop {
-                deliver, violation, ..
-            } => {
-                pieces = Some((w[0] + deliver, violation));
-                break;
-            }
-        }
-    }
-    if whole == pieces {
-        Ok(())
-    } else {
-        Err(format!("whole {whole:?} != pieces {pieces:?}"))
     }
 }

@@ -532,7 +532,7 @@ async fn http2_floods_close_the_connection_and_others_are_served() {
         ..Setup::default()
     })
     .await;
-    let auth = format!("{HOST}");
+    let auth = HOST.to_string();
     type Flood = Box<dyn Iterator<Item = Vec<u8>> + Send>;
     let continuation: Flood = {
         let head = h2raw::frame(h2raw::HEADERS, 0, 1, &h2raw::request(&auth, "/echo", &[]));
@@ -626,7 +626,8 @@ async fn http2_floods_close_the_connection_and_others_are_served() {
 #[tokio::test]
 async fn http2_fields_that_would_smuggle_over_http1_are_refused() {
     let h = Harness::start().await;
-    let cases: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
+    type Fields = Vec<(&'static [u8], &'static [u8])>;
+    let cases: Vec<(&str, Fields)> = vec![
         ("CRLF in a value", vec![(b"x-a", b"1\r\nx-injected: 1")]),
         (
             "LF in a value",
