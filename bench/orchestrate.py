@@ -940,7 +940,15 @@ def main():
         out = resdir / f"{stamp}.md" if partial and not a.publish else ROOT / "BENCHMARKS.md"
         if out.name == "BENCHMARKS.md":
             publish_json(jpath, meta)
-        out.write_text(report(b, summ, meta))
+        text = report(b, summ, meta)
+        if out.name == "BENCHMARKS.md" and out.exists():
+            # Keep the section bench/soak writes (a separate, 30-minute run).
+            old = out.read_text()
+            begin, end = "<!-- soak:begin -->", "<!-- soak:end -->"
+            if begin in old and end in old:
+                soak = begin + old.split(begin, 1)[1].split(end, 1)[0] + end
+                text = text.rstrip("\n") + "\n\n" + soak + "\n"
+        out.write_text(text)
         log(f"wrote {out}")
     shutil.rmtree(b.state, ignore_errors=True)
 
