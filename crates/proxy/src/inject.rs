@@ -377,3 +377,44 @@ pub(crate) fn scrub_response(
         counters,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn body(n: usize) -> Body {
+        Full::new(Bytes::from(vec![b'x'; n]))
+            .map_err(|e| match e {})
+            .boxed()
+    }
+
+    /// The windows of one connection's requests never hold more than its scan memory: a
+    /// request waits for room, and gets 408 when none frees up in time.
+    #[tokio::test(start_paused = true)]
+    async fn windows_share_the_connections_scan_memory() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(16384));
+        let wait = Duration::from_secs(30);
+        let first = read_window(body(100_000), 16384, &budget, wait)
+            .await
+            .unwrap();
+        assert_eq!(budget.available_permits(), 0);
+        // A small body takes only its length; none is left, so it waits, then times out.
+        let second = read_window(body(10), 16384, &budget, wait).await;
+        assert!(
+            matches!(second, Err(Reject::BodyTimeout)),
+            "{:?}",
+            second.err()
+        );
+        // Once the first window's bytes are sent (the window dropped), room is back.
+        drop(first);
+        let third = read_window(body(10), 16384, &budget, wait).await.unwrap();
+        assert_eq!(budget.available_permits(), 16384 - 10);
+        drop(third);
+        // A bodiless request takes nothing.
+        let empty = read_window(crate::body::empty(), 16384, &budget, wait)
+            .await
+            .unwrap();
+        assert!(empty.permit.is_none());
+    }
+}
