@@ -316,7 +316,8 @@ async fn smuggling_corpus_is_refused_and_nothing_reaches_the_upstream() {
     for (label, lines, body) in &cases {
         // On the proxy's listener.
         let req = format!(
-            "POST http://{PLAIN}/first HTTP/1.1\r\nHost: {PLAIN}\r\n{lines}\r\n{body}{}",
+            "POST http://{PLAIN}/first HTTP/1.1\r\nHost: {PLAIN}\r\nProxy-Authorization: {}\r\n{lines}\r\n{body}{}",
+            h.bearer,
             smuggled.replace("HOSTNAME", PLAIN)
         )
         .replace("HOSTNAME", PLAIN);
