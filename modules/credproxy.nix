@@ -358,7 +358,7 @@
         type = types.listOf types.str;
         default = [];
         description = ''Hosts agents may reach; "*.example.com" matches exactly one extra label.'';
-        example = ["api.anthropic.com" "*.githubusercontent.com"];
+        example = ["api.anthropic.com" "raw.githubusercontent.com"];
       };
       identity = section "How agents are identified." {oidc.issuer = "https://id.example/realms/openclaw";} {
         oidc = mkOption {

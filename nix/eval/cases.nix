@@ -475,6 +475,11 @@ in {
       (check "each AF_VSOCK listener accepts its VM's CID only" ((ls.vm-agent1.vsock.peer_cid or null) == 4 && (ls.vm-agent3.vsock.peer_cid or null) == 6) (builtins.toJSON [ls.vm-agent1 ls.vm-agent3]))
       (check "each hybrid-vsock VM has a socket path of its own" (lib.length (lib.unique (map (l: l.vsock_uds.path) (lib.filter (l: l ? vsock_uds) (listeners three)))) == lib.length (lib.filter (l: l ? vsock_uds) (listeners three))) "")
       (check "each listener carries its own VM's agent" (lib.all (vm: ls."vm-${vm}".agent == vm) ["agent1" "agent2" "agent3"]) "")
+      (check "each VM's credentials are granted to its own agent only" (lib.all (c: lib.length (c.allowed_agents or []) == 1) three.credproxy.settings.credentials && lib.any (c: c.allowed_agents == ["agent2"]) three.credproxy.settings.credentials) (builtins.toJSON (map (c: {
+          inherit (c) id;
+          allowed_agents = c.allowed_agents or null;
+        })
+        three.credproxy.settings.credentials)))
       (check "the policy directory holds the generated per-VM rules" (three.credproxy.policyDir != null) "")
       (check "each hypervisor runs with its own VM's group and no other" (lib.all (vm: (svc three "microvm@${vm}").serviceConfig.SupplementaryGroups == [(gid vm)]) ["agent1" "agent2" "agent3"]) "")
       (check "guest files are root:<vm group> 0750/0440" (lib.all (vm: lib.elem "d /run/openclaw-vm/${vm}/guest 0750 root ${gid vm} - -" three.tmpfiles && lib.hasInfix "install -m 0440 -o root -g ${gid vm}" ((svc three "openclaw-vm-${vm}-guest-files").script or "")) ["agent1" "agent2" "agent3"]) "")

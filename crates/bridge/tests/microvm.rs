@@ -22,7 +22,8 @@
 //!
 //! Asserted: the request with a's placeholder is injected (the upstream received a's secret,
 //! once) and its echo scrubbed (the guest saw only the placeholder), attributed to agent vm-a
-//! on a's listener; VM b's placeholder is refused on a's listener (403, "belongs to VM b") and
+//! on a's listener; VM b's placeholder is refused on a's listener (403 credential_not_granted, a
+//! misuse alarm) and
 //! VM b's token is refused there too; neither secret reaches the guest; the guest has no
 //! interface but `lo` and a direct TCP connection fails. The other direction too: the host
 //! reaches the guest's gateway (busybox `httpd` in OpenClaw's place, behind the evaluated
@@ -831,10 +832,12 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
         context()
     );
 
-    // VM b's placeholder on VM a's listener: refused, and says why.
+    // VM b's placeholder on VM a's listener: refused by the proxy itself (the credential is
+    // granted to vm-b only), says why, and is a misuse alarm.
     let foreign = block("FOREIGN_PLACEHOLDER");
     assert!(foreign.contains("HTTP/1.1 403"), "{}", context());
-    assert!(foreign.contains("belongs to VM b"), "{}", context());
+    assert!(foreign.contains("credential_not_granted"), "{}", context());
+    assert!(foreign.contains("belongs to agent vm-b"), "{}", context());
 
     // VM b's token on VM a's listener: refused (the listener is bound to vm-a).
     let foreign_token_result = block("FOREIGN_TOKEN");
@@ -895,7 +898,9 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
             .iter()
             .any(|r| r.decision == credproxy_audit::Decision::Deny
                 && r.agent_id.as_deref() == Some("vm-a")
-                && r.deny_reasons.iter().any(|m| m.contains("belongs to VM b"))),
+                && r.misuse_alarms
+                    .iter()
+                    .any(|m| m == "credential_not_granted")),
         "{records:#?}"
     );
     assert!(

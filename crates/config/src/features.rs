@@ -428,6 +428,14 @@ pub(crate) fn credentials(
                 crate::ForeignValue::Refuse
             }
         };
+        for (j, a) in c.allowed_agents.iter().enumerate() {
+            if a.trim().is_empty() {
+                cx.err(
+                    format!("credentials[{i}].allowed_agents[{j}]"),
+                    "must be an agent id (the token's agent claim), not empty",
+                );
+            }
+        }
         let source = match c.source {
             None => {
                 cx.err(at("source"), "required: one of file, env, openbao");
@@ -485,6 +493,7 @@ pub(crate) fn credentials(
             username: c.username,
             bound_domains: Allowlist::new(bound),
             allowed_roles: c.allowed_roles,
+            allowed_agents: c.allowed_agents,
             inject_in,
             foreign_value,
             source,

@@ -222,6 +222,10 @@ pub struct CredentialConfig {
     /// Destinations the credential may be sent to (same syntax as `allowed_domains`).
     pub bound_domains: Allowlist,
     pub allowed_roles: Vec<String>,
+    /// Agent ids (the token's agent claim) that may use the credential; empty means any agent
+    /// holding one of `allowed_roles`. Enforced by the proxy before the policy runs: another
+    /// agent's use is refused (403 `credential_not_granted`) and counted as a misuse alarm.
+    pub allowed_agents: Vec<String>,
     pub inject_in: InjectIn,
     /// What to do with a value in the credential's header that is not its placeholder, on a
     /// host the credential is bound to (the agent's own key, threat A27).

@@ -232,6 +232,8 @@ pub struct RawCredential {
     pub bound_domains: Vec<String>,
     #[serde(default)]
     pub allowed_roles: Vec<String>,
+    #[serde(default)]
+    pub allowed_agents: Vec<String>,
     pub inject_in: Option<Vec<String>>,
     pub foreign_value: Option<String>,
     pub source: Option<RawSource>,

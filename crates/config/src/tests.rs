@@ -450,9 +450,11 @@ identity: {oidc: {issuer: "https://id.example", audiences: [credproxy]}}
 fn request_limits_and_foreign_value_parse_and_are_validated() {
     let base = "listeners: [{name: a, tcp: '127.0.0.1:1'}]\nca: {cert_file: /c, key_file: /k}\nallowed_domains: [api.example.com]\nidentity: {danger_allow_anonymous: true}\naudit: {path: /a.db}\n";
     let ok = format!(
-        "{base}limits:\n  body_idle_timeout: 5s\n  max_injected_body_bytes: 2097152\n  max_connections_per_identity: 3\n  max_streams_per_identity: 7\n  max_streams_per_connection: 9\n  body_scan_memory_per_connection: 4194304\ncredentials:\n  - id: k\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000001\n    type: api_key\n    bound_domains: [api.example.com]\n    foreign_value: replace\n    source: {{env: K}}\n  - id: j\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000002\n    type: api_key\n    header_name: x-j\n    bound_domains: [api.example.com]\n    source: {{env: J}}\n"
+        "{base}limits:\n  body_idle_timeout: 5s\n  max_injected_body_bytes: 2097152\n  max_connections_per_identity: 3\n  max_streams_per_identity: 7\n  max_streams_per_connection: 9\n  body_scan_memory_per_connection: 4194304\ncredentials:\n  - id: k\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000001\n    type: api_key\n    bound_domains: [api.example.com]\n    foreign_value: replace\n    source: {{env: K}}\n  - id: j\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000002\n    type: api_key\n    header_name: x-j\n    bound_domains: [api.example.com]\n    allowed_agents: [vm-a]\n    source: {{env: J}}\n"
     );
     let c = Config::parse(&ok, Path::new("/")).unwrap();
+    assert!(c.credentials[0].allowed_agents.is_empty());
+    assert_eq!(c.credentials[1].allowed_agents, vec!["vm-a".to_string()]);
     assert_eq!(c.limits.body_idle_timeout, Duration::from_secs(5));
     assert_eq!(c.limits.max_injected_body_bytes, 2 * 1024 * 1024);
     assert_eq!(c.limits.max_connections_per_identity, 3);
@@ -463,7 +465,7 @@ fn request_limits_and_foreign_value_parse_and_are_validated() {
     assert_eq!(c.credentials[1].foreign_value, crate::ForeignValue::Refuse);
 
     let bad = format!(
-        "{base}limits:\n  body_idle_timeout: 0s\n  max_injected_body_bytes: 10\n  max_connections_per_identity: 0\n  max_streams_per_identity: 0\n  max_streams_per_connection: 0\n  body_scan_memory_per_connection: 100\ncredentials:\n  - id: k\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000001\n    type: api_key\n    bound_domains: [api.example.com]\n    foreign_value: ignore\n    source: {{env: K}}\n  - id: u\n    placeholder: agent_vault_00000000_0000_0000_0000_000000000003\n    type: api_key\n    header_name: x-u\n    bound_domains: [api.example.com]\n    source: {{env: U}}\n"
+        "{base}limits:\n  body_idle_timeout: 0s\n  max_injected_body_bytes: 10\n  max_connections_per_identity: 0\n  max_streams_per_identity: 0\n  max_streams_per_connection: 0\n  body_scan_memory_per_connection: 100\ncredentials:\n  - id: k\n    placeholder: agent-vault-00000000-0000-0000-0000-000000000001\n    type: api_key\n    bound_domains: [api.example.com]\n    foreign_value: ignore\n    source: {{env: K}}\n  - id: u\n    placeholder: agent_vault_00000000_0000_0000_0000_000000000003\n    type: api_key\n    header_name: x-u\n    bound_domains: [api.example.com]\n    allowed_agents: [vm-a, ' ']\n    source: {{env: U}}\n"
     );
     let e = Config::parse(&bad, Path::new("/")).unwrap_err().to_string();
     for expected in [
@@ -474,6 +476,7 @@ fn request_limits_and_foreign_value_parse_and_are_validated() {
         "limits.max_streams_per_connection: must be at least 1",
         "limits.body_scan_memory_per_connection: must be at least limits.body_scan_window",
         "credentials[0].foreign_value: expected refuse or replace, got \"ignore\"",
+        "credentials[1].allowed_agents[1]: must be an agent id",
         "credentials[1].placeholder: a placeholder using \"agent-vault\" must be exactly",
     ] {
         assert!(e.contains(expected), "missing {expected:?} in:\n{e}");

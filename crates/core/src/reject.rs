@@ -137,6 +137,9 @@ pub enum MisuseKind {
     /// A value that is not the placeholder in a credential's own header, for a host the
     /// credential is bound to (the agent's own key, A27), with `foreign_value: refuse`.
     ForeignValue,
+    /// A placeholder of a credential whose `allowed_agents` do not include the requesting
+    /// agent (another agent's or another VM's placeholder, A28).
+    NotGranted,
 }
 
 impl MisuseKind {
@@ -148,6 +151,7 @@ impl MisuseKind {
             MisuseKind::NearMiss => "placeholder_near_miss",
             MisuseKind::LateInBody => "placeholder_late_in_body",
             MisuseKind::ForeignValue => "credential_foreign_value",
+            MisuseKind::NotGranted => "credential_not_granted",
         }
     }
 }

@@ -246,12 +246,14 @@ fn usage(cfg: &CredentialConfig) -> String {
     )
 }
 
-/// Refuse every misuse; return the credentials to inject (deduplicated, in order).
+/// Refuse every misuse; return the credentials to inject (deduplicated, in order). `agent` is
+/// the verified agent id (`None` in anonymous mode, which no `allowed_agents` list admits).
 pub(crate) fn check(
     creds: &Credentials,
     authority: &Authority,
     scheme: Scheme,
     scan: &Scan,
+    agent: Option<&str>,
 ) -> Result<Vec<usize>, Reject> {
     if let Some((loc, shape)) = scan.near.first() {
         return Err(Reject::PlaceholderMisuse {
@@ -265,6 +267,19 @@ pub(crate) fn check(
     let mut out: Vec<usize> = Vec::new();
     for u in &scan.uses {
         let cfg = &creds.configs[u.cred];
+        if !cfg.allowed_agents.is_empty()
+            && !agent.is_some_and(|a| cfg.allowed_agents.iter().any(|x| x == a))
+        {
+            return Err(Reject::PlaceholderMisuse {
+                kind: MisuseKind::NotGranted,
+                message: format!(
+                    "credential `{}` belongs to agent {}; agent {} may not use it",
+                    cfg.id,
+                    cfg.allowed_agents.join(", "),
+                    agent.unwrap_or("(anonymous)")
+                ),
+            });
+        }
         if !cfg.bound_domains.allows(authority) {
             return Err(Reject::PlaceholderMisuse {
                 kind: MisuseKind::NotBound,
@@ -374,6 +389,7 @@ credentials:
     type: basic_auth
     bound_domains: [api.github.com]
     inject_in: [header, query]
+    allowed_agents: [vm-a]
     source: {env: G}
 "#;
         Credentials::new(
@@ -401,9 +417,54 @@ credentials:
         host: &str,
         scheme: Scheme,
     ) -> Result<Vec<usize>, Reject> {
+        run_as(uri, headers, host, scheme, Some("vm-a"))
+    }
+
+    fn run_as(
+        uri: &str,
+        headers: &[(&str, &str)],
+        host: &str,
+        scheme: Scheme,
+        agent: Option<&str>,
+    ) -> Result<Vec<usize>, Reject> {
         let c = creds();
         let scan = scan_head(c.set.as_ref().unwrap(), &parts(uri, headers));
-        check(&c, &Authority::parse_connect(host).unwrap(), scheme, &scan)
+        check(
+            &c,
+            &Authority::parse_connect(host).unwrap(),
+            scheme,
+            &scan,
+            agent,
+        )
+    }
+
+    #[test]
+    fn a_credential_with_allowed_agents_is_refused_to_every_other_agent() {
+        let auth = format!("Bearer {PH2}");
+        let headers = [("authorization", auth.as_str())];
+        let ok = |agent| run_as("/v1", &headers, "api.github.com:443", Scheme::Https, agent);
+        assert_eq!(ok(Some("vm-a")).unwrap(), vec![1]);
+        for other in [Some("vm-b"), Some("VM-A"), Some(""), None] {
+            let err = ok(other).unwrap_err();
+            assert_eq!(err.reason(), "credential_not_granted", "{other:?}");
+            assert_eq!(err.status(), 403);
+            assert!(
+                err.agent_message()
+                    .contains("credential `github` belongs to agent vm-a"),
+                "{}",
+                err.agent_message()
+            );
+        }
+        // A credential without allowed_agents stays usable by any agent.
+        let k = [("x-api-key", PH1)];
+        assert!(run_as(
+            "/v1",
+            &k,
+            "api.anthropic.com:443",
+            Scheme::Https,
+            Some("vm-b")
+        )
+        .is_ok());
     }
 
     #[test]

@@ -942,7 +942,8 @@ async fn forward(
         let c = &gen.creds.configs[u.cred];
         draft.credential(&c.id, &c.placeholder, u.loc.describe());
     }
-    let to_inject = match creds::check(&gen.creds, authority, scheme, &scan) {
+    let agent = identity.as_deref().map(|i| i.agent_id.as_str());
+    let to_inject = match creds::check(&gen.creds, authority, scheme, &scan, agent) {
         Ok(v) => v,
         Err(reject) => {
             shared.misuse(&reject);
