@@ -75,6 +75,11 @@ fn logs() -> Logs {
     .clone()
 }
 
+/// This process's uid: the only peer the Unix listeners here admit (`peer_uids`).
+fn own_uid() -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
+}
+
 #[derive(Debug)]
 struct Env;
 impl credproxy_secrets::EnvSource for Env {
@@ -551,8 +556,9 @@ async fn the_client_secret_never_reaches_logs_errors_readyz_metrics_or_audit() {
     std::fs::write(&wrong, WRONG_SECRET).unwrap();
     // A second VM whose secret the provider refuses (invalid_client).
     let extra = format!(
-        "  - name: vm-c\n    unix: {sock}\n    agent: vm-a\n    agent_token:\n      client_credentials:\n        token_url: http://127.0.0.1:{port}/token\n        client_id: vm-a\n        client_secret_file: {wrong}\n",
+        "  - name: vm-c\n    unix: {sock}\n    peer_uids: [{uid}]\n    agent: vm-a\n    agent_token:\n      client_credentials:\n        token_url: http://127.0.0.1:{port}/token\n        client_id: vm-a\n        client_secret_file: {wrong}\n",
         sock = dir.path().join("vm-c.sock").display(),
+        uid = own_uid(),
         port = provider.port(),
         wrong = wrong.display(),
     );
@@ -629,6 +635,7 @@ async fn the_dev_issuer_token_goes_through_the_same_verifier() {
         r#"listeners:
   - name: vm-a
     unix: {sock}
+    peer_uids: [{uid}]
     agent: vm-a
     agent_token:
       dev_issuer: {{key_file: {key}, roles: [{ROLE}]}}
@@ -651,6 +658,7 @@ credentials:
 audit: {{path: {audit}}}
 "#,
         sock = d.join("vm-a.sock").display(),
+        uid = own_uid(),
         key = key.display(),
         cert = ca.cert_file.display(),
         cakey = ca.key_file.display(),

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use credproxy_core::{Allowlist, ListenAddr};
+use credproxy_core::{Allowlist, ListenAddr, UidSet};
 pub use error::{ConfigError, ConfigErrors};
 use ipnet::IpNet;
 
@@ -42,6 +42,20 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub credentials: Vec<CredentialConfig>,
     pub audit: Option<AuditConfig>,
+    /// Internal names (e.g. `hub.openclaw.internal`) served by a local Unix socket instead of
+    /// the network, by canonical name. Each is also in `allowed_domains`; no credential is
+    /// bound to one.
+    pub internal_services: BTreeMap<String, InternalServiceConfig>,
+}
+
+/// `internal_services.<name>`: a local service agents reach by an allowlisted internal name,
+/// through the normal pipeline (identity, policy, audit), never with an injected credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalServiceConfig {
+    /// The canonical name agents use (`hub.openclaw.internal`).
+    pub name: String,
+    /// The service's Unix socket; plain HTTP/1.1 on it.
+    pub unix: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +64,9 @@ pub struct ListenerConfig {
     pub addr: ListenAddr,
     /// File mode for a Unix or hybrid-vsock socket (default 0660).
     pub unix_mode: u32,
+    /// Unix or hybrid-vsock sockets: the only uids (`SO_PEERCRED`) that may connect; other
+    /// peers are closed at accept.
+    pub peer_uids: Option<UidSet>,
     /// Only this agent identity may use the listener.
     pub agent: Option<String>,
     /// The proxy obtains `agent`'s token itself and authenticates this listener's requests

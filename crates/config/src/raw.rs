@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub secrets: Option<RawSecrets>,
     pub credentials: Option<Vec<Option<RawCredential>>>,
     pub audit: Option<RawAudit>,
+    pub internal_services: Option<BTreeMap<String, Option<RawInternalService>>>,
     /// Errors found while reading the shape; validation adds its own and reports all.
     pub errors: Vec<ConfigError>,
 }
@@ -36,8 +37,24 @@ pub struct RawListener {
     pub vsock: Option<RawVsock>,
     pub vsock_uds: Option<RawVsockUds>,
     pub unix_mode: Option<String>,
+    pub peer_uids: Option<Vec<RawUid>>,
     pub agent: Option<String>,
     pub agent_token: Option<RawAgentToken>,
+}
+
+/// One `peer_uids` entry: a uid, or `"FIRST-LAST"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUid {
+    Number(i64),
+    Word(String),
+}
+
+/// `internal_services.<name>`: where credproxy sends requests for an internal name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInternalService {
+    pub unix: Option<String>,
 }
 
 /// `listeners[].agent_token`: how the proxy obtains the listener agent's token.
@@ -286,6 +303,7 @@ const SECTIONS: &[&str] = &[
     "secrets",
     "credentials",
     "audit",
+    "internal_services",
 ];
 
 /// Parse the document's shape. A YAML syntax error is fatal (nothing after it can be read);
@@ -335,6 +353,7 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
             "secrets" => raw.secrets = section(&key, v, &mut raw.errors),
             "credentials" => raw.credentials = section_list(&key, v, &mut raw.errors),
             "audit" => raw.audit = section(&key, v, &mut raw.errors),
+            "internal_services" => raw.internal_services = section_map(&key, v, &mut raw.errors),
             other => raw.errors.push(ConfigError::new(
                 other,
                 format!("unknown section, expected one of {}", SECTIONS.join(", ")),
@@ -376,6 +395,33 @@ fn section_list<T: DeserializeOwned>(
         Value::Null => Some(Vec::new()),
         _ => {
             errors.push(ConfigError::new(key, "expected a list"));
+            None
+        }
+    }
+}
+
+/// A mapping whose values are read one by one, like [`section_list`]'s elements.
+fn section_map<T: DeserializeOwned>(
+    key: &str,
+    v: Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<BTreeMap<String, Option<T>>> {
+    match v {
+        Value::Mapping(m) => {
+            let mut out = BTreeMap::new();
+            for (k, item) in m {
+                let Some(name) = k.as_str().map(str::to_owned) else {
+                    errors.push(ConfigError::new(key, "keys must be strings"));
+                    continue;
+                };
+                let parsed = section(&format!("{key}.{name}"), item, errors);
+                out.insert(name, parsed);
+            }
+            Some(out)
+        }
+        Value::Null => Some(BTreeMap::new()),
+        _ => {
+            errors.push(ConfigError::new(key, "expected a mapping of names"));
             None
         }
     }

@@ -329,6 +329,7 @@ listeners:
         client_secret_file: /run/credentials/credproxy.service/vm-b
   - name: local
     unix: /run/credproxy/agent.sock
+    peer_uids: [1001, "300000-365535"]
     agent: local-agent
     agent_token:
       client_credentials: {token_url: "http://127.0.0.1:8080/token", client_id: l, client_secret_file: /s}
@@ -487,7 +488,7 @@ fn request_limits_and_foreign_value_parse_and_are_validated() {
 fn agent_token_must_be_verifiable_by_the_identity_config() {
     let listener = |token: &str| {
         format!(
-            "listeners:\n  - name: vm-a\n    unix: /run/a.sock\n    agent: vm-a\n    agent_token: {token}\n\
+            "listeners:\n  - name: vm-a\n    unix: /run/a.sock\n    peer_uids: [1001]\n    agent: vm-a\n    agent_token: {token}\n\
              ca: {{cert_file: /c, key_file: /k}}\nallowed_domains: [api.anthropic.com]\n"
         )
     };
@@ -553,4 +554,116 @@ fn wildcards_across_public_suffixes_are_refused_with_their_key_path() {
         assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
     }
     assert!(!e.contains("allowed_domains[3]"), "{e}");
+}
+
+#[test]
+fn peer_uids_are_uids_and_inclusive_ranges_on_unix_sockets() {
+    let ok = r#"
+listeners:
+  - name: inst-a
+    unix: /run/credproxy/containers/a.sock
+    unix_mode: "0666"
+    peer_uids: [1001, "300000-365535"]
+    agent: inst-a
+    agent_token:
+      dev_issuer: {key_file: /var/lib/credproxy/dev-issuer-key.pem}
+  - name: hypervisor
+    vsock_uds: {path: /run/vm-b.vsock, port: 18790}
+    peer_uids: ["0"]
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com]
+identity: {oidc: {issuer: credproxy-dev, audiences: [credproxy]}}
+"#;
+    let c = Config::parse(ok, Path::new("/")).unwrap();
+    let a = c.listeners[0].peer_uids.as_ref().unwrap();
+    for uid in [1001, 300000, 365535] {
+        assert!(a.contains(uid), "{uid}");
+    }
+    for uid in [0, 1000, 1002, 299999, 365536] {
+        assert!(!a.contains(uid), "{uid}");
+    }
+    assert!(c.listeners[1].peer_uids.as_ref().unwrap().contains(0));
+
+    let bad = r#"
+listeners:
+  - name: a
+    unix: /run/a.sock
+    agent: a
+    agent_token: {dev_issuer: {key_file: /k.pem}}
+  - name: b
+    tcp: 127.0.0.1:1
+    peer_uids: [1]
+  - name: c
+    vsock: {cid: any, port: 18790, peer_cid: 3}
+    peer_uids: [1]
+  - name: d
+    unix: /run/d.sock
+    peer_uids: []
+  - name: e
+    unix: /run/e.sock
+    peer_uids: ["9-3", "x", 4294967295, -1, "1-2-3"]
+ca: {cert_file: /c, key_file: /k}
+identity: {oidc: {issuer: credproxy-dev, audiences: [credproxy]}}
+"#;
+    let errs = Config::parse(bad, Path::new("/")).unwrap_err().to_string();
+    for expected in [
+        "listeners[0].peer_uids: required with agent_token on a unix listener: without it every process that can open /run/a.sock would act as agent \"a\"",
+        "listeners[1].peer_uids: only on unix and vsock_uds listeners",
+        "listeners[2].peer_uids: only on unix and vsock_uds listeners",
+        "listeners[3].peer_uids: must not be empty",
+        "listeners[4].peer_uids[0]: range \"9-3\" is empty",
+        "listeners[4].peer_uids[1]: expected a uid",
+        "listeners[4].peer_uids[2]: uid 4294967295 is (uid_t)-1",
+        "listeners[4].peer_uids[4]: expected a uid",
+    ] {
+        assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+    }
+    // -1 is not a uid either (it does not even have the shape of one).
+    assert!(errs.contains("listeners[4].peer_uids"), "{errs}");
+}
+
+#[test]
+fn internal_services_map_allowlisted_names_to_unix_sockets() {
+    let ok = r#"
+listeners: [{name: a, tcp: "127.0.0.1:1"}]
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com, Hub.OpenClaw.Internal.]
+identity: {danger_allow_anonymous: true}
+internal_services:
+  Hub.OpenClaw.Internal.: {unix: run/hub.sock}
+"#;
+    let c = Config::parse(ok, Path::new("/srv")).unwrap();
+    let svc = &c.internal_services["hub.openclaw.internal"];
+    assert_eq!(svc.name, "hub.openclaw.internal");
+    assert_eq!(svc.unix, Path::new("/srv/run/hub.sock"));
+
+    let bad = r#"
+listeners: [{name: a, tcp: "127.0.0.1:1"}]
+ca: {cert_file: /c, key_file: /k}
+allowed_domains: [api.anthropic.com, hub.openclaw.internal, bound.internal]
+identity: {danger_allow_anonymous: true}
+credentials:
+  - id: leaky
+    placeholder: agent-vault-00000000-0000-0000-0000-000000000001
+    type: bearer
+    bound_domains: [bound.internal]
+    source: {env: X}
+audit: {path: /a.db}
+internal_services:
+  not-listed.internal: {unix: /run/x.sock}
+  bound.internal: {unix: /run/b.sock}
+  hub.openclaw.internal: {}
+  "10.0.0.1": {unix: /run/ip.sock}
+  odd.internal: {unix: /run/o.sock, tcp: "127.0.0.1:9"}
+"#;
+    let errs = Config::parse(bad, Path::new("/")).unwrap_err().to_string();
+    for expected in [
+        "internal_services.not-listed.internal: not-listed.internal is not in allowed_domains",
+        "internal_services.bound.internal: credential \"leaky\" is bound to bound.internal; an internal service never receives an injected credential",
+        "internal_services.hub.openclaw.internal.unix: required",
+        "internal_services.10.0.0.1: not a DNS name",
+        "internal_services.odd.internal.tcp: unknown field \"tcp\"",
+    ] {
+        assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+    }
 }

@@ -5,19 +5,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use credproxy_core::{Allowlist, AllowlistEntry, Authority, ListenAddr};
+use credproxy_core::{Allowlist, AllowlistEntry, Authority, ListenAddr, UidSet};
 use ipnet::IpNet;
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::raw::{
-    RawAgentToken, RawCid, RawClientCredentials, RawConfig, RawDevIssuerToken, RawListener,
-    RawVsock, RawVsockUds,
+    RawAgentToken, RawCid, RawClientCredentials, RawConfig, RawDevIssuerToken, RawInternalService,
+    RawListener, RawUid, RawVsock, RawVsockUds,
 };
 use crate::{
     AdminConfig, AgentTokenConfig, CaConfig, ClientCredentialsConfig, Config, DevIssuerTokenConfig,
-    Limits, ListenerConfig, LogConfig, LogFormat, TokenEndpoint, UpstreamConfig,
-    DEFAULT_DEV_TOKEN_TTL, DEFAULT_LEAF_CACHE_SIZE, DEFAULT_LEAF_VALIDITY, DEV_AUDIENCE,
-    DEV_ISSUER,
+    InternalServiceConfig, Limits, ListenerConfig, LogConfig, LogFormat, TokenEndpoint,
+    UpstreamConfig, DEFAULT_DEV_TOKEN_TTL, DEFAULT_LEAF_CACHE_SIZE, DEFAULT_LEAF_VALIDITY,
+    DEV_AUDIENCE, DEV_ISSUER,
 };
 
 pub(crate) struct Ctx<'a> {
@@ -376,6 +376,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let credentials =
         crate::features::credentials(&mut cx, raw.credentials, &allowed_domains, &secrets);
     let audit = raw.audit.and_then(|a| crate::features::audit(&mut cx, a));
+    let internal_services = internal_services(
+        &mut cx,
+        raw.internal_services.unwrap_or_default(),
+        &allowed_domains,
+        &credentials,
+    );
     if !credentials.is_empty() && audit.is_none() && !cx.has_error_at("audit") {
         cx.err(
             "audit",
@@ -425,6 +431,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         secrets,
         credentials,
         audit,
+        internal_services,
     })
 }
 
@@ -506,9 +513,23 @@ fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig
         }
         other => other,
     };
+    let peer_uids = l.peer_uids.and_then(|list| {
+        if !matches!(addr, None | Some(ListenAddr::Unix(_) | ListenAddr::VsockUds { .. })) {
+            cx.err(
+                at("peer_uids"),
+                "only on unix and vsock_uds listeners (it is checked with SO_PEERCRED); a vsock listener has peer_cid",
+            );
+            return None;
+        }
+        peer_uids(cx, &at("peer_uids"), list)
+    });
     let agent_token = l.agent_token.and_then(|t| {
         let t = agent_token(cx, i, t);
         match (&agent, &addr) {
+            (Some(a), Some(ListenAddr::Unix(p))) if peer_uids.is_none() && !cx.has_error_at(&at("peer_uids")) => cx.err(
+                at("peer_uids"),
+                format!("required with agent_token on a unix listener: without it every process that can open {} would act as agent {a:?}; list the uids (and subuid ranges) of that agent's container or user", p.display()),
+            ),
             (None, _) => cx.err(
                 at("agent"),
                 "required with agent_token: the agent whose token the proxy obtains for this listener",
@@ -529,6 +550,7 @@ fn listener(cx: &mut Ctx<'_>, i: usize, l: RawListener) -> Option<ListenerConfig
         name: name?,
         addr: addr?,
         unix_mode,
+        peer_uids,
         agent,
         agent_token,
     })
@@ -738,6 +760,96 @@ fn agent_token_against_identity(
             }
         }
     }
+}
+
+/// `listeners[i].peer_uids`: uids and inclusive ranges; an empty list admits nobody.
+fn peer_uids(cx: &mut Ctx<'_>, at: &str, list: Vec<RawUid>) -> Option<UidSet> {
+    if list.is_empty() {
+        cx.err(
+            at,
+            "must not be empty: an empty list would admit nobody (omit the key to admit whoever the socket's mode lets connect)",
+        );
+        return None;
+    }
+    let mut set = UidSet::new();
+    let mut ok = true;
+    for (j, u) in list.into_iter().enumerate() {
+        let r = match u {
+            RawUid::Number(n) => match u32::try_from(n) {
+                Ok(n) => set.push_uid(n),
+                Err(_) => Err(credproxy_core::UidSetError::Syntax(n.to_string())),
+            },
+            RawUid::Word(w) => set.push_str(&w),
+        };
+        if let Err(e) = r {
+            cx.err(format!("{at}[{j}]"), e.to_string());
+            ok = false;
+        }
+    }
+    ok.then_some(set)
+}
+
+/// `internal_services`: name → Unix socket. Each name must be a DNS name on the allowlist
+/// (agents reach it only through it) and bound to no credential (an internal service never
+/// receives an injected secret).
+fn internal_services(
+    cx: &mut Ctx<'_>,
+    raw: BTreeMap<String, Option<RawInternalService>>,
+    allowed: &Allowlist,
+    credentials: &[crate::CredentialConfig],
+) -> BTreeMap<String, InternalServiceConfig> {
+    let mut out = BTreeMap::new();
+    for (name, svc) in raw {
+        let at = format!("internal_services.{name}");
+        // `None`: its shape was refused, and said so, in stage one.
+        let Some(svc) = svc else { continue };
+        let canonical = match Authority::new(&name, 443) {
+            Ok(a) => a.host().to_string(),
+            Err(e) => {
+                cx.err(&at, format!("not a DNS name: {e}"));
+                continue;
+            }
+        };
+        let both = |f: &dyn Fn(&Authority) -> bool| {
+            [443, 80]
+                .iter()
+                .filter_map(|p| Authority::new(&canonical, *p).ok())
+                .any(|a| f(&a))
+        };
+        if !both(&|a| allowed.allows(a)) {
+            cx.err(
+                &at,
+                format!("{canonical} is not in allowed_domains; add it there (agents reach internal services only through the allowlist)"),
+            );
+        }
+        for c in credentials {
+            if both(&|a| c.bound_domains.allows(a)) {
+                cx.err(
+                    &at,
+                    format!("credential {:?} is bound to {canonical}; an internal service never receives an injected credential", c.id),
+                );
+            }
+        }
+        let unix = match svc.unix {
+            Some(u) if !u.is_empty() => cx.path(&u),
+            _ => {
+                cx.err(format!("{at}.unix"), "required: the service's Unix socket");
+                continue;
+            }
+        };
+        if out.contains_key(&canonical) {
+            cx.err(&at, format!("{canonical} is given twice"));
+            continue;
+        }
+        out.insert(
+            canonical.clone(),
+            InternalServiceConfig {
+                name: canonical,
+                unix,
+            },
+        );
+    }
+    out
 }
 
 /// The port of a vsock listener: required, and not `VMADDR_PORT_ANY` (u32::MAX).

@@ -11,9 +11,11 @@ pub mod h1;
 mod listen_addr;
 mod reject;
 mod secret;
+mod uids;
 
 pub use allowlist::{Allowlist, AllowlistEntry, AllowlistError};
 pub use authority::{Authority, AuthorityError, Scheme};
 pub use listen_addr::{ListenAddr, PeerAddr};
 pub use reject::{MisuseKind, Reject, RejectSource};
 pub use secret::Secret;
+pub use uids::{UidSet, UidSetError};

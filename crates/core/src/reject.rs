@@ -122,6 +122,9 @@ pub enum Reject {
     /// The agent's own proxy token appeared in the request it asked to forward (a header
     /// other than `Proxy-Authorization`, the target): it never leaves the proxy (A21).
     AgentTokenInRequest { location: String },
+    /// An internal service (`internal_services`, e.g. the hub) did not answer: its socket
+    /// is missing, refused the connection, or it sent no valid response in time.
+    InternalServiceUnavailable { name: String },
     /// A bug or an unexpected local failure; details are logged, never sent.
     Internal,
 }
@@ -171,7 +174,8 @@ impl Reject {
             Reject::DnsFailure { .. }
             | Reject::UpstreamUnreachable { .. }
             | Reject::UpstreamTls { .. }
-            | Reject::UpstreamProtocol { .. } => 502,
+            | Reject::UpstreamProtocol { .. }
+            | Reject::InternalServiceUnavailable { .. } => 502,
             Reject::TooManyConnections
             | Reject::IdentityUnavailable
             | Reject::ListenerTokenUnavailable { .. }
@@ -235,6 +239,7 @@ impl Reject {
             Reject::IdentityConnectionLimit => "identity_connection_limit",
             Reject::IdentityStreamLimit => "identity_stream_limit",
             Reject::AgentTokenInRequest { .. } => "agent_token_in_request",
+            Reject::InternalServiceUnavailable { .. } => "internal_service_unavailable",
             Reject::Internal => "internal",
         }
     }
@@ -272,7 +277,9 @@ impl Reject {
             | Reject::UpstreamTls { .. }
             | Reject::UpstreamProtocol { .. }
             | Reject::UpstreamTimeout { .. } => RejectSource::Upstream,
-            Reject::TooManyConnections | Reject::Internal => RejectSource::Internal,
+            Reject::TooManyConnections
+            | Reject::Internal
+            | Reject::InternalServiceUnavailable { .. } => RejectSource::Internal,
         }
     }
 
@@ -331,6 +338,7 @@ impl Reject {
             Reject::IdentityConnectionLimit => "your identity has too many connections open through the proxy; close some and retry".into(),
             Reject::IdentityStreamLimit => "your identity has too many requests in flight through the proxy; retry when some have finished".into(),
             Reject::AgentTokenInRequest { location } => format!("the request carries your proxy token in {location}; it is only ever sent to the proxy (Proxy-Authorization) and was not forwarded"),
+            Reject::InternalServiceUnavailable { name } => format!("the internal service {name} is not answering; retry later"),
             Reject::Internal => "internal proxy error; the operator can find details in the proxy log by request id".into(),
         }
     }
@@ -382,6 +390,13 @@ mod tests {
                 Reject::UpstreamTimeout { authority: a },
                 504,
                 "upstream_timeout",
+            ),
+            (
+                Reject::InternalServiceUnavailable {
+                    name: "hub.openclaw.internal".into(),
+                },
+                502,
+                "internal_service_unavailable",
             ),
         ];
         for (r, status, reason) in cases {

@@ -4,7 +4,9 @@
 //! backends, Firecracker and Cloud Hypervisor give the host). Each accepted connection knows
 //! the listener it came from and a typed peer address, which feed listener binding, policy
 //! and audit. An AF_VSOCK listener with an expected peer CID drops every other guest's
-//! connection at accept, so nothing above this crate sees it.
+//! connection at accept, and a Unix-socket listener with `peer_uids` drops every connection
+//! whose `SO_PEERCRED` uid is not in the set, so nothing above this crate sees them (each
+//! refusal is logged and reported to the listener's [`RefusedHook`]).
 //!
 //! Invariant: this crate only binds and accepts; it never reads or writes a byte of the
 //! connections it hands out.
@@ -16,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use credproxy_core::{ListenAddr, PeerAddr};
+use credproxy_core::{ListenAddr, PeerAddr, UidSet};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
@@ -31,10 +33,47 @@ pub struct ListenerInfo {
 }
 
 /// A bound listener.
-#[derive(Debug)]
 pub struct Listener {
     info: Arc<ListenerInfo>,
     inner: Inner,
+    /// Unix-socket listeners: the only uids that may connect (`SO_PEERCRED`).
+    peer_uids: Option<UidSet>,
+    on_refused: Option<RefusedHook>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("info", &self.info)
+            .field("inner", &self.inner)
+            .field("peer_uids", &self.peer_uids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection closed at accept, before a byte was read: its peer is not the one the
+/// listener admits.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The listener's name.
+    pub listener: String,
+    /// `peer_uid` (a Unix peer outside `peer_uids`, or one whose credentials could not be
+    /// read) or `peer_cid` (a vsock guest other than `peer_cid`).
+    pub reason: &'static str,
+    pub peer: PeerAddr,
+}
+
+/// Called for every connection refused at accept (metrics, audit).
+pub type RefusedHook = Arc<dyn Fn(&Refused) + Send + Sync>;
+
+/// How to bind a listener beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct BindOptions {
+    /// File mode of a Unix or hybrid-vsock socket.
+    pub unix_mode: u32,
+    /// Unix or hybrid-vsock sockets only: the uids that may connect; any other peer is
+    /// closed at accept. `None`: whoever the socket's file mode lets connect.
+    pub peer_uids: Option<UidSet>,
 }
 
 #[derive(Debug)]
@@ -75,12 +114,53 @@ pub enum ListenError {
     },
     #[error("listener {name:?}: {path} exists and is not a socket; refusing to replace it")]
     NotASocket { name: String, path: PathBuf },
+    #[error("listener {name:?}: peer_uids applies to Unix-socket listeners only, not {addr}")]
+    PeerUidsNotUnix { name: String, addr: String },
 }
 
 impl Listener {
     /// Bind `addr`. A Unix socket path left over from a previous run is replaced (only if it
     /// is a socket), its parent directory is created, and the socket gets file mode `mode`.
     pub async fn bind(
+        name: &str,
+        addr: &ListenAddr,
+        unix_mode: u32,
+    ) -> Result<Listener, ListenError> {
+        Listener::bind_with(
+            name,
+            addr,
+            BindOptions {
+                unix_mode,
+                peer_uids: None,
+            },
+        )
+        .await
+    }
+
+    /// [`Listener::bind`] with every option; `peer_uids` on a TCP or AF_VSOCK address is an
+    /// error.
+    pub async fn bind_with(
+        name: &str,
+        addr: &ListenAddr,
+        options: BindOptions,
+    ) -> Result<Listener, ListenError> {
+        let BindOptions {
+            unix_mode,
+            peer_uids,
+        } = options;
+        if peer_uids.is_some() && !matches!(addr, ListenAddr::Unix(_) | ListenAddr::VsockUds { .. })
+        {
+            return Err(ListenError::PeerUidsNotUnix {
+                name: name.to_string(),
+                addr: addr.to_string(),
+            });
+        }
+        let mut l = Listener::bind_inner(name, addr, unix_mode).await?;
+        l.peer_uids = peer_uids;
+        Ok(l)
+    }
+
+    async fn bind_inner(
         name: &str,
         addr: &ListenAddr,
         unix_mode: u32,
@@ -100,6 +180,8 @@ impl Listener {
                         addr: ListenAddr::Tcp(local),
                     }),
                     inner: Inner::Tcp(l),
+                    peer_uids: None,
+                    on_refused: None,
                 })
             }
             ListenAddr::Unix(path) => {
@@ -113,6 +195,8 @@ impl Listener {
                         listener: l,
                         path: path.clone(),
                     },
+                    peer_uids: None,
+                    on_refused: None,
                 })
             }
             ListenAddr::VsockUds { path, port } => {
@@ -129,6 +213,8 @@ impl Listener {
                         path: socket,
                         port: *port,
                     },
+                    peer_uids: None,
+                    on_refused: None,
                 })
             }
             ListenAddr::Vsock {
@@ -147,6 +233,8 @@ impl Listener {
                         listener: l,
                         peer_cid: *peer_cid,
                     },
+                    peer_uids: None,
+                    on_refused: None,
                 })
             }
         }
@@ -154,6 +242,50 @@ impl Listener {
 
     pub fn info(&self) -> &Arc<ListenerInfo> {
         &self.info
+    }
+
+    /// Call `hook` for every connection this listener refuses at accept.
+    pub fn on_refused(&mut self, hook: RefusedHook) {
+        self.on_refused = Some(hook);
+    }
+
+    /// The uids admitted on this Unix-socket listener, if restricted.
+    pub fn peer_uids(&self) -> Option<&UidSet> {
+        self.peer_uids.as_ref()
+    }
+
+    /// Whether a Unix peer with `uid` (`None`: its credentials could not be read) may use
+    /// this listener.
+    fn uid_admitted(&self, uid: Option<u32>) -> bool {
+        match (&self.peer_uids, uid) {
+            (None, _) => true,
+            (Some(set), Some(uid)) => set.contains(uid),
+            // Fail closed: a restricted listener never admits an unknown peer.
+            (Some(_), None) => false,
+        }
+    }
+
+    fn refuse(&self, reason: &'static str, peer: PeerAddr) {
+        let refused = Refused {
+            listener: self.info.name.clone(),
+            reason,
+            peer,
+        };
+        if let Some(hook) = &self.on_refused {
+            hook(&refused);
+        }
+    }
+
+    /// Close a Unix connection from a peer outside `peer_uids` before reading a byte.
+    fn refuse_unix(&self, s: UnixStream, peer: PeerAddr) {
+        warn!(
+            listener = %self.info.name,
+            peer = %peer,
+            admitted = %self.peer_uids.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+            "unix connection from a uid outside peer_uids dropped"
+        );
+        self.refuse("peer_uid", peer);
+        drop(s);
     }
 
     /// Accept the next connection.
@@ -169,31 +301,41 @@ impl Listener {
                     listener: self.info.clone(),
                 })
             }
-            Inner::Unix { listener, .. } => {
+            Inner::Unix { listener, .. } => loop {
                 let (s, _) = listener.accept().await?;
                 let cred = s.peer_cred().ok();
-                Ok(Accepted {
-                    peer: PeerAddr::Unix {
-                        uid: cred.map(|c| c.uid()),
-                        pid: cred.and_then(|c| c.pid()),
-                    },
+                let peer = PeerAddr::Unix {
+                    uid: cred.map(|c| c.uid()),
+                    pid: cred.and_then(|c| c.pid()),
+                };
+                if !self.uid_admitted(cred.map(|c| c.uid())) {
+                    self.refuse_unix(s, peer);
+                    continue;
+                }
+                break Ok(Accepted {
+                    peer,
                     stream: Stream::Unix(s),
                     listener: self.info.clone(),
-                })
-            }
-            Inner::VsockUds { listener, port, .. } => {
+                });
+            },
+            Inner::VsockUds { listener, port, .. } => loop {
                 let (s, _) = listener.accept().await?;
                 let cred = s.peer_cred().ok();
-                Ok(Accepted {
-                    peer: PeerAddr::VsockUds {
-                        port: *port,
-                        uid: cred.map(|c| c.uid()),
-                        pid: cred.and_then(|c| c.pid()),
-                    },
+                let peer = PeerAddr::VsockUds {
+                    port: *port,
+                    uid: cred.map(|c| c.uid()),
+                    pid: cred.and_then(|c| c.pid()),
+                };
+                if !self.uid_admitted(cred.map(|c| c.uid())) {
+                    self.refuse_unix(s, peer);
+                    continue;
+                }
+                break Ok(Accepted {
+                    peer,
                     stream: Stream::Unix(s),
                     listener: self.info.clone(),
-                })
-            }
+                });
+            },
             Inner::Vsock { listener, peer_cid } => loop {
                 let (s, peer) = listener.accept().await?;
                 // The CID is set by the hypervisor, not by the guest, so it identifies the
@@ -204,6 +346,13 @@ impl Listener {
                         peer_cid = peer.cid(),
                         expected_cid = peer_cid.unwrap_or_default(),
                         "vsock connection from an unexpected CID dropped"
+                    );
+                    self.refuse(
+                        "peer_cid",
+                        PeerAddr::Vsock {
+                            cid: peer.cid(),
+                            port: peer.port(),
+                        },
                     );
                     drop(s);
                     continue;
@@ -481,6 +630,90 @@ mod tests {
                 assert!(e.to_string().contains("vsock:any:"), "{e}");
             }
         }
+    }
+
+    fn own_uid() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
+    }
+
+    /// A Unix listener with `peer_uids` admits exactly those uids (from `SO_PEERCRED`) and
+    /// closes any other peer's connection at accept, reporting it to the hook.
+    #[tokio::test]
+    async fn unix_peer_uids_admit_listed_uids_and_refuse_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = own_uid();
+        let other = if me == 4242 { 4243 } else { 4242 };
+        let refused = Arc::new(std::sync::Mutex::new(Vec::<Refused>::new()));
+
+        let mut only_other = UidSet::new();
+        only_other.push_uid(other).unwrap();
+        only_other.push_str("300000-365535").unwrap();
+        let path = dir.path().join("closed.sock");
+        let mut l = Listener::bind_with(
+            "closed",
+            &ListenAddr::Unix(path.clone()),
+            BindOptions {
+                unix_mode: 0o666,
+                peer_uids: Some(only_other),
+            },
+        )
+        .await
+        .unwrap();
+        let seen = refused.clone();
+        l.on_refused(Arc::new(move |r| seen.lock().unwrap().push(r.clone())));
+        let mut c = UnixStream::connect(&path).await.unwrap();
+        let pending = tokio::spawn(async move { l.accept().await.map(|_| ()) });
+        let _ = c.write_all(b"CONNECT x:443 HTTP/1.1\r\n\r\n").await;
+        let mut buf = Vec::new();
+        let n = c.read_to_end(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "the refused peer gets nothing back");
+        let r = refused.lock().unwrap().clone();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].listener, "closed");
+        assert_eq!(r[0].reason, "peer_uid");
+        assert!(
+            matches!(r[0].peer, PeerAddr::Unix { uid: Some(u), .. } if u == me),
+            "{:?}",
+            r[0].peer
+        );
+        assert!(!pending.is_finished(), "nothing was accepted");
+        pending.abort();
+
+        let mut mine = UidSet::new();
+        mine.push_str(&format!("{}-{}", me.saturating_sub(1), me))
+            .unwrap();
+        let path = dir.path().join("open.sock");
+        let l = Listener::bind_with(
+            "open",
+            &ListenAddr::Unix(path.clone()),
+            BindOptions {
+                unix_mode: 0o600,
+                peer_uids: Some(mine),
+            },
+        )
+        .await
+        .unwrap();
+        let _c = UnixStream::connect(&path).await.unwrap();
+        let a = l.accept().await.unwrap();
+        assert!(matches!(a.peer, PeerAddr::Unix { uid: Some(u), .. } if u == me));
+    }
+
+    #[tokio::test]
+    async fn peer_uids_only_on_unix_sockets() {
+        let mut set = UidSet::new();
+        set.push_uid(1).unwrap();
+        let err = Listener::bind_with(
+            "t",
+            &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            BindOptions {
+                unix_mode: 0,
+                peer_uids: Some(set),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ListenError::PeerUidsNotUnix { .. }), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod drain;
 pub mod explain;
 mod framing;
 mod inject;
+mod internal;
 mod limits;
 mod listener_token;
 mod metrics;
@@ -108,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) listener_agents: std::collections::HashMap<String, String>,
     /// Listener name → the token the proxy obtains for its agent (`agent_token`).
     pub(crate) listener_tokens: listener_token::ListenerTokens,
+    /// Internal names served over a local Unix socket (`internal_services`).
+    pub(crate) internal: internal::InternalServices,
     pub(crate) recent: recent::Recent,
     pub(crate) leaf_cache: Arc<LeafCache>,
     pub(crate) client: UpstreamClient,
@@ -177,6 +180,8 @@ pub enum ReloadError {
     Credentials(String),
     #[error("cannot load the policy")]
     Policy(#[source] credproxy_policy::PolicyError),
+    #[error("credential {credential:?} is bound to {name}, an internal service of the running proxy; an internal service never receives an injected credential")]
+    CredentialForInternalService { credential: String, name: String },
 }
 
 impl ReloadHandle {
@@ -197,6 +202,22 @@ impl ReloadHandle {
     }
 
     fn build(&self, config: Config) -> Result<u64, ReloadError> {
+        // Internal services need a restart to change; the running ones stay credential-free
+        // whatever the new file says.
+        for name in self.shared.internal.names() {
+            for c in &config.credentials {
+                let bound = [443, 80]
+                    .into_iter()
+                    .filter_map(|p| credproxy_core::Authority::new(name, p).ok())
+                    .any(|a| c.bound_domains.allows(&a));
+                if bound {
+                    return Err(ReloadError::CredentialForInternalService {
+                        credential: c.id.clone(),
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
         let creds =
             creds::Credentials::new(config.credentials).map_err(ReloadError::Credentials)?;
         let policy = load_policy(&config.policy).map_err(|e| match e {
@@ -225,6 +246,9 @@ impl ReloadHandle {
         }
         if s.limits != config.limits {
             restart.push("limits");
+        }
+        if s.internal_services != config.internal_services {
+            restart.push("internal_services");
         }
         if !restart.is_empty() {
             warn!(sections = ?restart, "these sections changed but need a restart to apply; the rest of the new configuration is active");
@@ -267,6 +291,7 @@ pub(crate) struct Startup {
     secrets: credproxy_config::SecretsConfig,
     audit: Option<credproxy_config::AuditConfig>,
     limits: Limits,
+    internal_services: std::collections::BTreeMap<String, credproxy_config::InternalServiceConfig>,
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -331,7 +356,11 @@ impl Proxy {
 
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            listeners.push(Listener::bind(&l.name, &l.addr, l.unix_mode).await?);
+            let options = credproxy_listen::BindOptions {
+                unix_mode: l.unix_mode,
+                peer_uids: l.peer_uids.clone(),
+            };
+            listeners.push(Listener::bind_with(&l.name, &l.addr, options).await?);
         }
         let admin = match &config.admin {
             Some(a) => {
@@ -353,6 +382,17 @@ impl Proxy {
         // it. The refreshers fetch in the background; the proxy does not wait for them.
         let (listener_tokens, dev_jwks) = listener_token::ListenerTokens::start(&config)?;
         let metrics = Metrics::new(leaf_cache.clone(), listener_tokens.handles());
+        for l in &mut listeners {
+            let refused = metrics.refused_connections.clone();
+            l.on_refused(Arc::new(move |r: &credproxy_listen::Refused| {
+                refused
+                    .get_or_create(&metrics::RefusedLabels {
+                        listener: r.listener.clone(),
+                        reason: r.reason,
+                    })
+                    .inc();
+            }));
+        }
         let creds = creds::Credentials::new(config.credentials).map_err(ProxyError::Credentials)?;
         let secrets = credproxy_secrets::SecretStore::new(
             secrets_config(&config.secrets),
@@ -413,6 +453,7 @@ impl Proxy {
             secrets: config.secrets.clone(),
             audit: config.audit.clone(),
             limits: config.limits.clone(),
+            internal_services: config.internal_services.clone(),
         };
         Ok(Proxy {
             shared: Arc::new(Shared {
@@ -422,6 +463,7 @@ impl Proxy {
                 verifier,
                 listener_agents,
                 listener_tokens,
+                internal: internal::InternalServices::new(config.internal_services.values()),
                 gen: arc_swap::ArcSwap::from_pointee(Generation {
                     id: 1,
                     allowlist: config.allowed_domains,

@@ -31,11 +31,19 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub open_connections: Gauge,
     pub connections: Family<ListenerLabels, Counter>,
+    pub refused_connections: Family<RefusedLabels, Counter>,
     pub tunnels: Counter,
     pub misuse: Family<MisuseLabels, Counter>,
     pub scrubbed: Counter,
     pub reloads: Family<ReloadLabels, Counter>,
     pub generation: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    /// `peer_uid` or `peer_cid`.
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +92,12 @@ impl Metrics {
             "Agent connections accepted, by listener",
             connections.clone(),
         );
+        let refused_connections = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because the peer is not the one the listener admits (peer_uids, peer_cid), by listener and reason",
+            refused_connections.clone(),
+        );
         let tunnels = Counter::default();
         registry.register("tunnels", "CONNECT tunnels established", tunnels.clone());
         let misuse = Family::<MisuseLabels, Counter>::default();
@@ -121,6 +135,7 @@ impl Metrics {
             request_duration,
             open_connections,
             connections,
+            refused_connections,
             tunnels,
             misuse,
             scrubbed,

@@ -977,6 +977,10 @@ async fn forward(
         }
         return Err(reject);
     }
+    let internal = shared.internal.get(authority);
+    if internal.is_some() {
+        crate::internal::refuse_unsuitable(id, authority, websocket, !to_inject.is_empty())?;
+    }
     let mut permit = None;
     if let (Some(set), Some(mut window)) = (&gen.creds.set, window) {
         permit = window.permit.take();
@@ -1005,6 +1009,18 @@ async fn forward(
             http::header::CONNECTION,
             HeaderValue::from_static("upgrade"),
         );
+    }
+    if let Some(svc) = internal {
+        return crate::internal::send(
+            svc,
+            parts,
+            body,
+            identity.as_deref(),
+            id,
+            shared.upstream.connect_timeout,
+            shared.upstream.response_header_timeout,
+        )
+        .await;
     }
     let upstream_req = Request::from_parts(parts, body);
 
