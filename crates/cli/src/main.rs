@@ -67,6 +67,9 @@ enum Command {
     /// tcp:127.0.0.1:18790 vsock:2:18790), optionally adding the agent's token to each proxy
     /// request
     Bridge(credproxy_bridge::BridgeArgs),
+    /// Run the inter-instance hub (delegations, inboxes, shared context) that agents reach
+    /// through credproxy as an internal service; the caller is the agent credproxy verified
+    Hub(credproxy_hub::HubArgs),
     /// Query and verify the audit log: list, show, verify, export
     Audit {
         #[command(subcommand)]
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Openbao { command } => run_async(openbao_cmd::run(command)),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Bridge(args) => run_async(credproxy_bridge::run(args)),
+        Command::Hub(args) => run_async(credproxy_hub::run(args)),
     }
 }
 
