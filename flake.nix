@@ -21,14 +21,21 @@
     forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
 
     # The modules use `pkgs.credproxy` as their package default; these wrappers point it at
-    # this flake's build without an overlay (NixOS tests forbid nixpkgs.overlays).
+    # this flake's build without an overlay (NixOS tests forbid nixpkgs.overlays). The key
+    # makes a wrapper count once when several outputs import it (openclaw-vm and
+    # openclaw-containers both bring nixosModules.credproxy).
     withPackage = path: option: {
-      lib,
-      pkgs,
-      ...
-    }: {
-      imports = [path];
-      config = lib.setAttrByPath option (lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.credproxy);
+      key = "nix-openclaw-vm#${builtins.concatStringsSep "." option}";
+      imports = [
+        path
+        ({
+          lib,
+          pkgs,
+          ...
+        }: {
+          config = lib.setAttrByPath option (lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.credproxy);
+        })
+      ];
     };
   in {
     overlays.default = final: _prev: {
@@ -59,8 +66,11 @@
       openclaw-vm-guest = {
         imports = [self.nixosModules.credproxy-guest ./modules/openclaw-vm-guest.nix];
       };
+      openclaw-containers = {
+        imports = [self.nixosModules.credproxy ./modules/openclaw-containers.nix];
+      };
       default = {
-        imports = [self.nixosModules.openclaw-vm self.nixosModules.credproxy-openbao];
+        imports = [self.nixosModules.openclaw-vm self.nixosModules.openclaw-containers self.nixosModules.credproxy-openbao];
       };
     };
 

@@ -6,7 +6,7 @@
   hosts,
   flake,
 }: let
-  inherit (hosts) base credential openclawPackage issuer;
+  inherit (hosts) base credential openclawPackage issuer containerPackage instance containersBase;
   storePath = "${builtins.storeDir}/00000000000000000000000000000000-secret";
   vm1 = cfg: {services.openclaw-vm.vms.agent1 = cfg;};
   # One assertion case: the base host plus `extra`; `expect` is a piece of the one message
@@ -37,6 +37,20 @@
     modules = [proxyOnly extra];
   };
   listener = l: {services.credproxy.settings.listeners = lib.mkForce [l];};
+  # services.openclaw-containers alone (the flake's default module, no microvm.nix needed).
+  containerCase = expect: extra: {
+    inherit expect;
+    noMicrovm = true;
+    modules = [containersBase containerPackage {services.openclaw-containers.enable = true;} extra];
+  };
+  twoInstances = overrides: {
+    services.openclaw-containers.instances =
+      lib.recursiveUpdate {
+        a = instance "a" "alpha" 21;
+        b = instance "b" "beta" 22;
+      }
+      overrides;
+  };
   devToken = {
     dev_issuer = {
       key_file = "/var/lib/credproxy/dev-issuer/dev-issuer-key.pem";
@@ -46,7 +60,7 @@
 in {
   hosts = {
     base = [base];
-    inherit (hosts) three-vms dev-two-vms vhost-user firecracker;
+    inherit (hosts) three-vms dev-two-vms vhost-user firecracker containers containers-and-vms containers-dev;
     # The microVM test's host, with its default parameters.
     test-host = [(import ./test-host.nix {})];
     # The guest modules on their own (a VM defined elsewhere), through the flake's wrapper.
@@ -367,6 +381,62 @@ in {
 
     # modules/openclaw-vm-guest.nix (through a VM's config)
     guest-without-openclaw-package = case "services.openclaw-guest.package is not set" (vm1 {config = lib.mkForce {};});
+    # modules/openclaw-containers.nix
+    containers-no-instance = containerCase "with no instance" {};
+    containers-host-port-clash = containerCase "the host ports (ports.gateway, ports.webchat) must differ" (twoInstances {
+      a.ports.gateway = 18801;
+      b.ports.webchat = 18801;
+    });
+    containers-host-port-is-admin-port = containerCase "the host ports (ports.gateway, ports.webchat) must differ" (twoInstances {
+      a.ports.gateway = 18791;
+    });
+    containers-client-secret-in-store = containerCase "instances.a.identity.clientSecretFile = ${storePath} would put a secret into the Nix store" (twoInstances {
+      a.identity.clientSecretFile = storePath;
+    });
+    containers-gateway-token-path-literal = containerCase "instances.b.gateway.tokenFile = " (twoInstances {
+      b.gateway.tokenFile = ./secret-that-must-not-be-copied;
+    });
+    containers-secret-in-openclaw-settings = containerCase "gateway.auth.token would put a secret into the Nix store" (twoInstances {
+      a.openclaw.settings.gateway.auth.token = "literal-token";
+    });
+    containers-subuid-ranges-overlap = containerCase "subuid ranges overlap (a and b)" (twoInstances {
+      b.subUidStart = 300000 + 1000;
+    });
+    containers-uid-inside-a-subuid-range = containerCase "falls inside a subuid range; uids and subuid ranges must be apart" (twoInstances {
+      a.uid = 1000;
+      b.subUidStart = 999;
+      a.subUidStart = 500000;
+    });
+    containers-same-uid = containerCase "every instance needs its own uid" (twoInstances {
+      a.uid = 31000;
+      b.uid = 31000;
+    });
+    containers-same-agent = containerCase "every instance needs its own agentId" (twoInstances {
+      b.agentId = "a";
+    });
+    containers-credential-twice = containerCase "a credential id is used by two instances" (twoInstances {
+      b.credentials.alpha-a = {
+        placeholder = "agent-vault-00000000-0000-0000-0000-000000000099";
+        settings = {
+          bound_domains = ["api.alpha.example"];
+          allowed_roles = ["proxy-user"];
+          source.env = "X";
+        };
+      };
+    });
+    containers-no-identity = containerCase "the instance's listener needs an identity" (twoInstances {
+      a.identity.clientSecretFile = lib.mkForce null;
+    });
+    containers-credential-for-the-hub = containerCase "a credential is bound to the hub's name" (twoInstances {
+      a.credentials.alpha-a.settings.bound_domains = lib.mkForce ["hub.openclaw.internal"];
+    });
+    containers-ca-key-as-certificate = containerCase "is credproxy's CA key" {
+      services.openclaw-containers = {
+        caCertificate = "/var/lib/credproxy/ca/ca.key";
+        instances.a = instance "a" "alpha" 21;
+      };
+    };
+
     guest-token-in-settings = case "settings.gateway.auth.token would put the token into the Nix store" (vm1 {config.services.openclaw-guest.settings.gateway.auth.token = "t";});
     guest-without-credproxy-guest = case "needs services.credproxy-guest.enable" (vm1 {config.services.credproxy-guest.enable = lib.mkForce false;});
   };
@@ -509,6 +579,46 @@ in {
     in [
       (check "tailscale forwarding names destinations" (rules != [] && lib.all (r: lib.hasInfix " daddr " r) rules) (lib.concatStringsSep "\n" rules))
       (check "only the tailnet's ranges" (lib.all (r: lib.hasInfix "100.64.0.0/10" r || lib.hasInfix "fd7a:115c:a1e0::/48" r) rules) "")
+    ];
+
+    # Issue 15: N container instances give N users, subuid ranges, units, listeners and hub
+    # endpoints, each bound to its own instance.
+    container-instances-are-separate = let
+      c = hosts.containers;
+      names = ["alice" "bob" "carol"];
+      ls = byName c;
+      users = lib.filterAttrs (n: _: lib.hasPrefix "openclaw-" n) c.users;
+      ranges = map (u: builtins.head u.subUidRanges) (lib.attrValues users);
+      hubArgv = words ((svc c "credproxy-hub").serviceConfig.ExecStart or "");
+      hubInstances = lib.concatLists (lib.imap0 (k: w:
+        lib.optional (w == "--instance") (builtins.elemAt hubArgv (k + 1)))
+      hubArgv);
+      inst = c.containers.instances;
+      envOf = n: lib.filter (lib.hasPrefix "CREDPROXY_SOCKET=") inst.${n}.podmanArgs;
+    in [
+      (check "three users, three uids, three subuid ranges of 65536" (lib.length (lib.attrNames users) == 3 && lib.length (lib.unique (map (u: u.uid) (lib.attrValues users))) == 3 && lib.all (r: r.count == 65536) ranges && lib.length (lib.unique (map (r: r.startUid) ranges)) == 3) (builtins.toJSON users))
+      (check "each instance's group has the instance's uid as gid (keep-id, the tmpfs owner)" (lib.all (n: c.groupIds."openclaw-${n}" == c.users."openclaw-${n}".uid) names) (builtins.toJSON c.groupIds))
+      (check "three container units, rootless (User= the instance user)" (lib.all (n: (svc c "openclaw-container-${n}").serviceConfig.User or null == "openclaw-${n}") names) "")
+      (check "one unix listener per instance, bound to its agent, admitting its uid and subuid range only" (lib.all (n: let
+        l = ls."container-${n}";
+        u = c.users."openclaw-${n}";
+        r = builtins.head u.subUidRanges;
+      in
+        l.unix == "/run/openclaw-containers/${n}/proxy/proxy.sock" && l.agent == n && l.peer_uids == [u.uid "${toString r.startUid}-${toString (r.startUid + r.count - 1)}"] && l ? agent_token.client_credentials)
+      names) (builtins.toJSON ls))
+      (check "each container mounts its own proxy directory only" (lib.all (n: lib.elem "/run/openclaw-containers/${n}/proxy:/run/credproxy:ro" inst.${n}.podmanArgs && lib.all (o: o == n || !(lib.any (lib.hasInfix "/run/openclaw-containers/${o}/") inst.${n}.podmanArgs)) names) names) "")
+      (check "the proxy socket directory is credproxy's, group the instance's (setgid)" (lib.all (n: lib.elem "d /run/openclaw-containers/${n}/proxy 2750 credproxy openclaw-${n} - -" c.tmpfiles) names) "")
+      (check "credproxy may write the listener directories" (lib.all (n: lib.elem "-/run/openclaw-containers/${n}/proxy" (svc c "credproxy").serviceConfig.ReadWritePaths) names) "")
+      (check "the hub knows the three instances, by agent id" (hubInstances == names) (builtins.toJSON hubArgv))
+      (check "the hub is an allowlisted internal service of credproxy" (c.credproxy.settings.internal_services."hub.openclaw.internal".unix == "/run/credproxy-hub/hub.sock" && lib.elem "hub.openclaw.internal" c.credproxy.settings.allowed_domains) (builtins.toJSON (c.credproxy.settings.internal_services or null)))
+      (check "the hub trusts credproxy only and has no network" (lib.elem "--trusted-user" hubArgv && (svc c "credproxy-hub").serviceConfig.PrivateNetwork && (svc c "credproxy-hub").serviceConfig.RestrictAddressFamilies == ["AF_UNIX"] && lib.elem "credproxy-hub" c.users.credproxy.extraGroups) "")
+      (check "no secret in the podman command lines (placeholders only)" (lib.all (n: !(lib.any (a: lib.hasInfix "secret" (lib.toLower a) || lib.hasInfix "/run/credentials" a) inst.${n}.podmanArgs)) names) "")
+      (check "the proxy socket is the container's CREDPROXY_SOCKET" (lib.all (n: envOf n == ["CREDPROXY_SOCKET=/run/credproxy/proxy.sock"]) names) "")
+      (check "the image holds OpenClaw, Node, curl, git, the CA bundle and credproxy (for its bridge)" (lib.all (p: lib.elem p c.containers.image.contents) ["openclaw" "nodejs_24" "curl" "git" "cacert" "credproxy" "openclaw-container-entrypoint"]) (builtins.toJSON c.containers.image.contents))
+      (check "the image's environment holds no placeholder and no secret" (!(lib.any (e: lib.hasInfix "agent-vault-" e || lib.hasInfix "secret" (lib.toLower e)) c.containers.image.args.config.Env)) (builtins.toJSON c.containers.image.args.config.Env))
+      (check "a build-time CA certificate goes into the image's bundle (never the key)" (lib.elem "openclaw-ca-bundle" hosts.containers-dev.containers.image.contents && !(lib.any (lib.hasInfix "ca.key") hosts.containers-dev.containers.image.contents)) (builtins.toJSON hosts.containers-dev.containers.image.contents))
+      (check "host ports reach the container's gateway and webchat sockets" (lib.hasSuffix "tcp:127.0.0.1:18802 unix:/run/openclaw-containers/bob/sockets/gateway.sock" ((svc c "openclaw-container-bob-gateway").serviceConfig.ExecStart or "") && lib.hasSuffix "tcp:127.0.0.1:18803 unix:/run/openclaw-containers/bob/sockets/webchat.sock" ((svc c "openclaw-container-bob-webchat").serviceConfig.ExecStart or "")) "")
+      (check "a microVM shares the hub (extraInstances) and may reach it" (lib.elem "agent1" (words ((svc hosts.containers-and-vms "credproxy-hub").serviceConfig.ExecStart or ""))) "")
     ];
 
     # Defect 8: what the original's guest had.

@@ -60,6 +60,29 @@
           reloadTriggers = s.services.credproxy.reloadTriggers;
         }
         else null;
+      # services.openclaw-containers: what nix/eval/run checks of the containers.
+      containers = let
+        oc = cfg.services.openclaw-containers or {enable = false;};
+      in
+        if oc.enable
+        then {
+          seccompProfile = toString oc.seccompProfile;
+          seccompDrv = oc.seccompProfile.drvPath;
+          inherit (oc) imageRef;
+          image = {
+            inherit (oc.image) imageName imageTag;
+            args = builtins.removeAttrs oc.image.imageArgs ["contents"];
+            contents = map (p: p.pname or p.name or (toString p)) oc.image.imageArgs.contents;
+          };
+          instances =
+            lib.mapAttrs (n: i: {
+              execStart = s.services."openclaw-container-${n}".serviceConfig.ExecStart;
+              inherit (i) podmanArgs uid subUidStart agentId command;
+              proxyDir = "${oc.runtimeDir}/${n}/proxy";
+            })
+            (lib.filterAttrs (_: i: i.enable) oc.instances);
+        }
+        else null;
       guests = lib.mapAttrs (_: vm: let
         g = vm.config.config;
       in

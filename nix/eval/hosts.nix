@@ -62,8 +62,102 @@
     inherit issuer;
     clientSecretFile = "/run/secrets/openclaw-${name}-client-secret";
   };
+
+  # services.openclaw-containers: OpenClaw is not in nixpkgs, a stand-in package.
+  containerPackage = {pkgs, ...}: {
+    services.openclaw-containers.openclawPackage = pkgs.standIn.package "openclaw" {};
+  };
+  instance = name: id: n: {
+    identity = vmIdentity name;
+    allowedDomains = ["api.${id}.example"];
+    credentials."${id}-${name}" = containerCredential id n;
+  };
+  containerCredential = id: n: builtins.removeAttrs (credential id n) ["devDummyValue"];
+  containersBase = {
+    networking.hostName = "containers";
+    system.stateVersion = "25.11";
+    services.credproxy.settings = {
+      identity.oidc.issuer = issuer;
+      secrets.openbao = {
+        address = "https://127.0.0.1:8200";
+        auth.approle = {
+          role_id_file = "/run/credentials/credproxy.service/role-id";
+          secret_id_file = "/run/credentials/credproxy.service/secret-id";
+        };
+      };
+    };
+  };
 in {
-  inherit base credential openclawPackage issuer;
+  inherit base credential openclawPackage issuer containerPackage instance containersBase;
+
+  # Container mode, production: three instances with their own identities, credentials,
+  # domains and host ports, and the hub.
+  containers = [
+    containersBase
+    containerPackage
+    {
+      services.openclaw-containers = {
+        enable = true;
+        instances = {
+          alice = instance "alice" "alpha" 11 // {ports.gateway = 18801;};
+          bob =
+            instance "bob" "beta" 12
+            // {
+              ports = {
+                gateway = 18802;
+                webchat = 18803;
+              };
+            };
+          carol =
+            instance "carol" "gamma" 13
+            // {
+              gateway.tokenFile = "/run/secrets/openclaw-carol-gateway-token";
+              workspace.sharedContextPath = "/srv/openclaw/shared-context";
+              resources = {
+                memoryLimit = "8g";
+                cpuLimit = "4";
+              };
+            };
+        };
+      };
+    }
+  ];
+
+  # Containers next to a microVM: one proxy, the hub shared with the VM.
+  containers-and-vms = [
+    base
+    containerPackage
+    {
+      services.openclaw-vm.vms.agent1.allowedDomains = ["hub.openclaw.internal"];
+      services.openclaw-containers = {
+        enable = true;
+        hub.extraInstances = ["agent1"];
+        instances.dora = instance "dora" "delta" 14 // {ports.gateway = 18804;};
+      };
+    }
+  ];
+
+  # Container mode in development: dev issuer identities, the CA certificate built in.
+  containers-dev = [
+    containerPackage
+    ({pkgs, ...}: {
+      networking.hostName = "containers-dev";
+      system.stateVersion = "25.11";
+      services.openclaw-containers = {
+        enable = true;
+        dangerousDevMode.enable = true;
+        caCertificate = "${pkgs.writeText "credproxy-ca.crt" "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"}";
+        instances.dev1 = {
+          allowedDomains = ["api.alpha.example"];
+          credentials.alpha = let
+            c = containerCredential "alpha" 1;
+          in
+            c // {settings = c.settings // {source.env = "ALPHA";};};
+        };
+        instances.dev2.allowedDomains = ["api.beta.example"];
+      };
+    })
+  ];
 
   # Three VMs: QEMU over AF_VSOCK, Cloud Hypervisor over its hybrid-vsock socket, and QEMU
   # with a TAP (DNS to the host, the tailnet through Tailscale).

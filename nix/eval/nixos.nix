@@ -217,6 +217,25 @@
         type = types.listOf types.str;
         default = [];
       };
+      # Rootless Podman (services.openclaw-containers).
+      subUidRanges = mkOption {
+        type = types.listOf (types.submodule {
+          options = {
+            startUid = mkOption {type = types.int;};
+            count = mkOption {type = types.int;};
+          };
+        });
+        default = [];
+      };
+      subGidRanges = mkOption {
+        type = types.listOf (types.submodule {
+          options = {
+            startGid = mkOption {type = types.int;};
+            count = mkOption {type = types.int;};
+          };
+        });
+        default = [];
+      };
     };
   };
 
@@ -330,8 +349,10 @@
     services = lib.mapAttrs serviceSummary (enabled config.systemd.services);
     targets = lib.mapAttrs (_: t: {inherit (t) wantedBy wants after before;}) (enabled config.systemd.targets);
     tmpfiles = config.systemd.tmpfiles.rules;
-    users = lib.mapAttrs (_: u: {inherit (u) isSystemUser isNormalUser group extraGroups home;}) config.users.users;
+    users = lib.mapAttrs (_: u: {inherit (u) isSystemUser isNormalUser group extraGroups home uid subUidRanges subGidRanges;}) config.users.users;
     groups = lib.attrNames config.users.groups;
+    groupIds = lib.mapAttrs (_: g: g.gid) config.users.groups;
+    podman = {inherit (config.virtualisation.podman) enable;};
     etc = lib.mapAttrs (_: e: {
       source = toString e.source;
       inherit (e) mode user group text;
@@ -550,6 +571,17 @@ in {
       # Used only by the NixOS tests' nodes and the documentation's example.
       nginx = freeform;
       openbao = freeform;
+    };
+
+    virtualisation.podman = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      package = mkOption {
+        type = types.package;
+        default = pkgs.podman;
+      };
     };
 
     security = {

@@ -215,11 +215,20 @@
             });
       };
       mkShell = args: package "nix-shell" {shellArgs = args;};
+      # An image is a placeholder that records what it is built from (never built here);
+      # its name and tag are what podman would load.
+      dockerTools.streamLayeredImage = args:
+        package "stream-${baseNameOf args.name}" {
+          imageName = lib.toLower args.name;
+          imageTag = args.tag or (fakeHash (builtins.toJSON (builtins.removeAttrs args ["contents"] // {contents = map (p: p.name or (toString p)) (args.contents or []);})));
+          imageArgs = args;
+        };
       testers.runNixOSTest = test: package "nixos-test-${test.name or "unnamed"}" {nixosTest = test;};
     }
     // lib.genAttrs [
       "alejandra"
       "bash"
+      "bashInteractive"
       "busybox"
       "cacert"
       "cargo"
@@ -230,15 +239,18 @@
       "curl"
       "firecracker"
       "git"
+      "gnugrep"
       "gnused"
       "iproute2"
       "jq"
       "netcat-openbsd"
       "nftables"
+      "nodejs_24"
       "oha"
       "openbao"
       "openssl"
       "opencode"
+      "podman"
       "protobuf"
       "python3"
       "qemu"

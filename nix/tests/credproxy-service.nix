@@ -22,6 +22,8 @@ in {
           {
             name = "agent";
             unix = "/run/credproxy/agent.sock";
+            # agent_token on a unix listener names who may connect (SO_PEERCRED): root only.
+            peer_uids = [0];
             agent = "test-agent";
             agent_token.dev_issuer = {
               key_file = "${devState}/identity/dev-issuer-key.pem";

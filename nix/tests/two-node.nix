@@ -68,6 +68,8 @@ in {
           {
             name = "dev-key";
             unix = "/run/credproxy/dev.sock";
+            # agent_token on a unix listener names who may connect (SO_PEERCRED): root only.
+            peer_uids = [0];
             agent = "agent";
             agent_token.dev_issuer = {
               key_file = "${devState}/identity/dev-issuer-key.pem";
