@@ -398,7 +398,7 @@
   devIdentity = _i: cfg.dangerousDevMode.enable;
 
   hub = cfg.hub;
-  hubSocket = "/run/credproxy-hub/hub.sock";
+  hubSocket = hub.socket;
   hubInstances = map (i: i.agentId) instanceList ++ hub.extraInstances;
 
   # Paths that, together with the state and workspace, are the instance's host side.
@@ -558,8 +558,9 @@
       (toString i.resources.pidsLimit)
       "--hostname"
       i.name
+      # A writable home for the agent (the root is read-only), owned by the agent (U).
       "--tmpfs"
-      "${home}:rw,nosuid,nodev,size=512m,mode=0700,uid=${toString i.uid},gid=${toString i.uid}"
+      "${home}:rw,nosuid,nodev,size=512m,mode=0700,U"
     ]
     ++ volume (proxyDir i.name) inContainer.proxyDir "ro"
     ++ volume (socketDir i.name) inContainer.socketDir "rw"
@@ -725,7 +726,8 @@
     if a == null
     then null
     else lib.toInt (lib.last (lib.splitString ":" a));
-  hostPorts = lib.concatMap (i: map (s: s.hostPort) (hostSockets i)) instanceList;
+  # Port 0 (the OS chooses when the bridge binds) never clashes.
+  hostPorts = lib.filter (p: p != 0) (lib.concatMap (i: map (s: s.hostPort) (hostSockets i)) instanceList);
   vmGatewayPorts =
     lib.optionals (config.services.openclaw-vm.enable or false)
     (lib.filter (p: p != null) (lib.mapAttrsToList (_: vm: vm.gateway.hostPort or null) config.services.openclaw-vm.vms));
@@ -879,6 +881,24 @@ in {
           instance's verified identity. Needs no secret.
         '';
         example = false;
+      };
+      socket = mkOption {
+        type = types.str;
+        default = "/run/credproxy-hub/hub.sock";
+        description = "The hub's socket (mode 0660, group credproxy-hub; credproxy is a member).";
+        example = "/run/credproxy-hub/hub.sock";
+      };
+      stateDir = mkOption {
+        type = types.str;
+        default = "/var/lib/credproxy-hub";
+        description = "Where the hub keeps delegations and the shared context.";
+        example = "/var/lib/credproxy-hub";
+      };
+      auditLog = mkOption {
+        type = types.str;
+        default = "/var/log/credproxy-hub/audit.jsonl";
+        description = "The hub's append-only audit log (JSON lines): every call, accepted or refused.";
+        example = "/var/log/credproxy-hub/audit.jsonl";
       };
       name = mkOption {
         type = types.str;
@@ -1262,9 +1282,9 @@ in {
                     "--trusted-user"
                     "credproxy"
                     "--state-dir"
-                    "/var/lib/credproxy-hub"
+                    hub.stateDir
                     "--audit-log"
-                    "/var/log/credproxy-hub/audit.jsonl"
+                    hub.auditLog
                     "--rate-limit"
                     (toString hub.rateLimit)
                     "--max-delegation-depth"
@@ -1283,6 +1303,7 @@ in {
                 LogsDirectoryMode = "0750";
                 RuntimeDirectory = "credproxy-hub";
                 RuntimeDirectoryMode = "0750";
+                ReadWritePaths = map (d: "-${d}") (lib.unique (map dirOf [hub.socket hub.auditLog] ++ [hub.stateDir]));
                 Restart = "on-failure";
                 RestartSec = 2;
                 # A Unix socket and files; no network at all.

@@ -225,6 +225,70 @@ in {
       vms = lib.genAttrs ["a" "b"] vmInfo;
     };
 
+  # What crates/cli/tests/containers.rs runs: the container test host, with its parameters.
+  containerTestHost = let
+    c = h.evalNixos {
+      modules = [
+        flake.nixosModules.default
+        (import ./container-test-host.nix {
+          inherit runDir issuer upstreamCa upstreamAddr;
+          gatewayHostPort = lib.toInt gatewayHostPort;
+        })
+      ];
+    };
+    r = report c;
+    cp = c.config.services.credproxy;
+    oc = c.config.services.openclaw-containers;
+    # Generated Exec lines are escapeShellArgs of plain words here; refuse anything quoted.
+    argv = line:
+      if lib.hasInfix "'" line
+      then throw "nix/eval: cannot split the quoted command line ${line}"
+      else lib.filter (w: w != "") (lib.splitString " " line);
+    instanceInfo = name: let
+      i = oc.instances.${name};
+      listener = lib.findFirst (l: l.name == "container-${name}") null r.credproxy.settings.listeners;
+      hostBridge = unit:
+        if r.services ? ${unit}
+        then argv r.services.${unit}.serviceConfig.ExecStart
+        else null;
+    in {
+      inherit (i) uid subUidStart agentId podmanArgs placeholderEnvironment user group;
+      inherit listener;
+      openclawSettings = i.openclaw.settings;
+      clientId = i.identity.clientId;
+      clientSecretFile = i.identity.clientSecretFile;
+      placeholders = lib.mapAttrs (_: cr: cr.placeholder) i.credentials;
+      gatewayBridge = hostBridge "openclaw-container-${name}-gateway";
+      # The directories the host's tmpfiles rules create for this instance, with their modes.
+      directories = map (rule: let
+        f = lib.splitString " " rule;
+      in {
+        path = builtins.elemAt f 1;
+        mode = builtins.elemAt f 2;
+        user = builtins.elemAt f 3;
+        group = builtins.elemAt f 4;
+      }) (lib.filter (rule: lib.hasPrefix "d " rule && lib.hasInfix "/${name}" rule && lib.hasInfix runDir rule) r.tmpfiles);
+    };
+  in
+    if r.failedAssertions != []
+    then throw "nix/eval: the container test host has failed assertions:\n${lib.concatStringsSep "\n" r.failedAssertions}"
+    else {
+      config = {
+        inherit (r.credproxy) configFile;
+        text = builtins.unsafeDiscardStringContext cp.configFile.text;
+      };
+      inherit (r.credproxy) policyDir loadCredential;
+      inherit (cp) credentialsDirectory;
+      seccomp = {
+        path = toString oc.seccompProfile;
+        drv = oc.seccompProfile.drvPath;
+      };
+      entrypoint = builtins.readFile ../../modules/openclaw-containers/entrypoint.sh;
+      inherit (oc) imageRef proxyPort;
+      hub = argv r.services.credproxy-hub.serviceConfig.ExecStart;
+      instances = lib.genAttrs ["a" "b"] instanceInfo;
+    };
+
   # Unguarded, to see an evaluation error: nix-instantiate ... -A raw.hosts.three-vms
   raw = {
     flake = flakeOutputs;

@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! container-client net ADDR                      interfaces, then a direct TCP connect to ADDR
+//! container-client unix PATH                     connect to a Unix socket, send a CONNECT
 //! container-client request METHOD URL [-H 'Name: value']... [-d BODY]
 //! ```
+//!
+//! `unix` prints `CLIENT_UNIX_CONNECT failed: <why>`, `CLIENT_UNIX_CLOSED` (connected, then
+//! closed without an answer) or `CLIENT_UNIX_ANSWER <status line>`.
 //!
 //! `request` speaks HTTP/1.1 through the proxy: `CONNECT` and TLS for `https://` URLs,
 //! absolute-form for `http://`. It prints `CLIENT_STATUS <code>` (the CONNECT's status when
@@ -26,6 +30,10 @@ fn main() {
             net(&args[1]);
             0
         }
+        Some("unix") if args.len() == 2 => {
+            unix(&args[1]);
+            0
+        }
         Some("request") if args.len() >= 3 => match request(&args[1], &args[2], &args[3..]) {
             Ok(()) => 0,
             Err(e) => {
@@ -34,7 +42,7 @@ fn main() {
             }
         },
         _ => {
-            println!("CLIENT_ERROR usage: container-client net ADDR | request METHOD URL [-H H]... [-d BODY]");
+            println!("CLIENT_ERROR usage: container-client net ADDR | unix PATH | request METHOD URL [-H H]... [-d BODY]");
             64
         }
     };
@@ -56,6 +64,38 @@ fn net(direct: &str) {
             Err(e) => println!("CLIENT_DIRECT_CONNECT failed to {a}: {e}"),
         },
         Err(e) => println!("CLIENT_ERROR bad address {direct}: {e}"),
+    }
+}
+
+fn unix(path: &str) {
+    let mut s = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("CLIENT_UNIX_CONNECT failed: {e}");
+            return;
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    // A refused peer may be closed before this is written: a failed write is an answer too.
+    let _ = s.write_all(
+        b"CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\n\r\n",
+    );
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte) {
+            Ok(1) if byte[0] != b'\n' => buf.push(byte[0]),
+            Ok(1) => break,
+            _ => break,
+        }
+    }
+    if buf.is_empty() {
+        println!("CLIENT_UNIX_CLOSED");
+    } else {
+        println!(
+            "CLIENT_UNIX_ANSWER {}",
+            String::from_utf8_lossy(&buf).trim_end()
+        );
     }
 }
 
