@@ -51,6 +51,16 @@
         description = "File mode of the Unix socket (octal string; credproxy's default is 0660).";
         example = "0660";
       };
+      peer_uids = mkOption {
+        type = types.nullOr (types.listOf (types.either types.ints.unsigned (types.strMatching "[0-9]+-[0-9]+")));
+        default = null;
+        description = ''
+          `unix` and `vsock_uds` listeners: the only uids (and inclusive ranges "FIRST-LAST")
+          that may connect, checked with SO_PEERCRED at accept; any other peer is closed before
+          a byte is read. Required with `agent_token` on a `unix` listener.
+        '';
+        example = [1001 "300000-365535"];
+      };
       vsock = mkOption {
         type = types.nullOr (types.submodule {
           options = {
@@ -498,6 +508,22 @@
           });
         };
       };
+      internal_services = mkOption {
+        type = types.attrsOf (types.submodule {
+          options.unix = mkOption {
+            type = types.str;
+            description = "The service's Unix socket (plain HTTP/1.1).";
+            example = "/run/credproxy-hub/hub.sock";
+          };
+        });
+        default = {};
+        description = ''
+          Internal names (also in `allowed_domains`) that credproxy routes to a local Unix socket
+          after identity, policy and audit, with `x-credproxy-agent` set to the verified agent;
+          never with a credential. The openclaw-containers module adds its hub here.
+        '';
+        example = {"hub.openclaw.internal".unix = "/run/credproxy-hub/hub.sock";};
+      };
       credentials = mkOption {
         type = types.listOf credentialType;
         default = [];
@@ -829,6 +855,10 @@ in {
             {
               assertion = (l.vsock != null && l.vsock.peer_cid != null) || l.vsock_uds != null || l.unix != null;
               message = "${at}: agent_token only on a listener that identifies its peer: vsock with peer_cid, vsock_uds, or unix (a TCP listener or a vsock listener without peer_cid would hand the agent's token to anyone who connects).";
+            }
+            {
+              assertion = l.unix == null || l.peer_uids != null;
+              message = "${at}: agent_token on a unix listener needs peer_uids (the uids that may connect, checked with SO_PEERCRED); without it every process that can open the socket would act as the agent.";
             }
             {
               assertion = (t.client_credentials != null) != (t.dev_issuer != null);

@@ -63,6 +63,8 @@ in {
     inherit (hosts) three-vms dev-two-vms vhost-user firecracker containers containers-and-vms containers-dev;
     # The microVM test's host, with its default parameters.
     test-host = [(import ./test-host.nix {})];
+    # The container test's host, with its default parameters.
+    container-test-host = [(import ./container-test-host.nix {})];
     # The guest modules on their own (a VM defined elsewhere), through the flake's wrapper.
     guest-modules = [
       flake.nixosModules.openclaw-vm-guest
@@ -121,6 +123,12 @@ in {
     credproxy-agent-token-vsock-without-peer-cid = proxyCase "agent_token only on a listener that identifies its peer" (listener {
       name = "a";
       vsock.port = 18790;
+      agent = "a";
+      agent_token = devToken;
+    });
+    credproxy-agent-token-unix-without-peer-uids = proxyCase "agent_token on a unix listener needs peer_uids" (listener {
+      name = "a";
+      unix = "/run/credproxy/a.sock";
       agent = "a";
       agent_token = devToken;
     });

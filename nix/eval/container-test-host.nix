@@ -30,7 +30,10 @@
         type = "api_key";
         header_name = "x-api-key";
         bound_domains = ["api.anthropic.com"];
-        allowed_roles = ["proxy-user"];
+        # A role of its own per instance (the test's provider grants inst-<name> to the
+        # instance's client only): another instance's placeholder is a credential it holds
+        # no role for.
+        allowed_roles = ["inst-${name}"];
         source.file = "${credentials}/anthropic-${name}";
       };
     };

@@ -52,7 +52,6 @@ use support::*;
 
 const HOST: &str = "api.anthropic.com";
 const HUB: &str = "hub.openclaw.internal";
-const ROLE: &str = "proxy-user";
 const SECRET_A: &str = "sk-ant-api03-CANARY-container-a-6f2d81c4";
 const SECRET_B: &str = "sk-ant-api03-CANARY-container-b-93e05ab7";
 const IMAGE: &str = "localhost/credproxy-container-test:1";
@@ -583,8 +582,8 @@ async fn containers_reach_the_world_only_through_their_own_credproxy_listener() 
 
     // The operator's side: the identity provider (one client per instance), the upstream.
     let clients = [
-        TestClient::new("inst-a", &[ROLE]),
-        TestClient::new("inst-b", &[ROLE]),
+        TestClient::new("inst-a", &["inst-a"]),
+        TestClient::new("inst-b", &["inst-b"]),
     ];
     let provider = OidcProvider::start(OidcProviderOptions {
         clients: clients.to_vec(),
