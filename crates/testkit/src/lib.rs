@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod guest;
 pub mod oidc;
 pub mod openbao;
 pub mod pattern;
