@@ -1047,15 +1047,28 @@ async fn scenarios(
                 .starts_with(&format!("unix uid={} ", a.uid()))),
         "{used:#?}"
     );
+    // B's use of A's placeholder: refused with the generated rule's reason, and a misuse
+    // alarm (B holds none of the roles of A's credential).
     let b_records = audit_list("inst-b").await;
+    let refused = b_records
+        .iter()
+        .find(|r| {
+            r["deny_reasons"].as_array().is_some_and(|d| {
+                d.iter()
+                    .any(|x| x.as_str().unwrap_or("").contains("belongs to container a"))
+            })
+        })
+        .unwrap_or_else(|| panic!("{b_records:#?}"));
+    assert_eq!(
+        refused["misuse_alarms"],
+        json!(["credential_not_granted"]),
+        "{refused:#}"
+    );
+    // Two: B with A's placeholder here, and A with B's placeholder in the first scenario.
+    let m = metrics(admin).await;
     assert!(
-        b_records
-            .iter()
-            .any(|r| r["deny_reasons"].as_array().is_some_and(|d| d
-                .iter()
-                .any(|x| x.as_str().unwrap_or("").contains("belongs to container a")))),
-        "{b_records:#?}\n{}",
-        stdout(&run(args(&[&"audit", &"list", &"--db", &audit_db])).await)
+        m.contains(r#"credproxy_misuse_alarms_total{kind="credential_not_granted"} 2"#),
+        "{m}"
     );
     let text = format!("{a_records:?}{b_records:?}");
     assert!(!text.contains(SECRET_A) && !text.contains(SECRET_B));
