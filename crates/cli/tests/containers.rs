@@ -22,7 +22,8 @@
 //!
 //! Asserted: a request from a container through its HTTPS_PROXY reaches the upstream with the
 //! real secret, and the echo comes back with the placeholder only; the container has no
-//! interface but `lo` and no direct route out; instance B cannot use A's credential (403) nor
+//! interface but `lo` and no direct route out; instance B cannot use A's credential (403, a
+//! misuse alarm) nor
 //! A's socket (refused by the file mode, and with the file mode opened, closed by `peer_uids`
 //! and counted); the hub delivers a delegation from A to B with the sender from A's verified
 //! identity and refuses a forged sender, a loop and a chain past the maximum depth; the host
