@@ -947,7 +947,10 @@ in {
                 inherit id;
                 inherit (c) placeholder;
               }
-              // c.settings)
+              // c.settings
+              # The proxy itself refuses this credential to every other agent (403
+              # credential_not_granted, a misuse alarm), before and whatever the policy says.
+              // {allowed_agents = [i.agentId];})
             i.credentials)
           instanceList;
           internal_services = lib.mkIf hub.enable {${hub.name}.unix = hubSocket;};

@@ -626,6 +626,11 @@ in {
       (check "the image's environment holds no placeholder and no secret" (!(lib.any (e: lib.hasInfix "agent-vault-" e || lib.hasInfix "secret" (lib.toLower e)) c.containers.image.args.config.Env)) (builtins.toJSON c.containers.image.args.config.Env))
       (check "a build-time CA certificate goes into the image's bundle (never the key)" (lib.elem "openclaw-ca-bundle" hosts.containers-dev.containers.image.contents && !(lib.any (lib.hasInfix "ca.key") hosts.containers-dev.containers.image.contents)) (builtins.toJSON hosts.containers-dev.containers.image.contents))
       (check "host ports reach the container's gateway and webchat sockets" (lib.hasSuffix "tcp:127.0.0.1:18802 unix:/run/openclaw-containers/bob/sockets/gateway.sock" ((svc c "openclaw-container-bob-gateway").serviceConfig.ExecStart or "") && lib.hasSuffix "tcp:127.0.0.1:18803 unix:/run/openclaw-containers/bob/sockets/webchat.sock" ((svc c "openclaw-container-bob-webchat").serviceConfig.ExecStart or "")) "")
+      (check "each instance's credentials are granted to its own agent only" (c.credproxy.settings.credentials != [] && lib.all (x: lib.length (x.allowed_agents or []) == 1 && lib.elem (lib.head x.allowed_agents) names) c.credproxy.settings.credentials && lib.all (n: lib.any (x: x.allowed_agents == [n]) c.credproxy.settings.credentials) names) (builtins.toJSON (map (x: {
+          inherit (x) id;
+          allowed_agents = x.allowed_agents or null;
+        })
+        c.credproxy.settings.credentials)))
       (check "a microVM shares the hub (extraInstances) and may reach it" (lib.elem "agent1" (words ((svc hosts.containers-and-vms "credproxy-hub").serviceConfig.ExecStart or ""))) "")
     ];
 
