@@ -722,9 +722,15 @@ async fn scenarios(
         "the echo shows the placeholder: {}",
         r.text()
     );
-    // A with B's placeholder: refused (B's credential is B's).
+    // A with B's placeholder: refused by the proxy itself (B's credential is granted to B's
+    // agent only), a misuse alarm.
     assert_eq!(resp[1].0, "403", "{}", r.text());
-    assert!(resp[1].1.contains("belongs to container b"), "{}", r.text());
+    assert!(resp[1].1.contains("credential_not_granted"), "{}", r.text());
+    assert!(
+        resp[1].1.contains("belongs to agent inst-b"),
+        "{}",
+        r.text()
+    );
     assert!(
         !r.stdout.contains(SECRET_A) && !r.stdout.contains(SECRET_B),
         "{}",
@@ -764,9 +770,10 @@ async fn scenarios(
         r.text()
     );
     assert!(
-        resp[0]
-            .1
-            .contains("credential anthropic-a belongs to container a"),
+        resp[0].1.contains("credential_not_granted")
+            && resp[0]
+                .1
+                .contains("credential `anthropic-a` belongs to agent inst-a"),
         "{}",
         r.text()
     );
@@ -1048,23 +1055,16 @@ async fn scenarios(
                 .starts_with(&format!("unix uid={} ", a.uid()))),
         "{used:#?}"
     );
-    // B's use of A's placeholder: refused with the generated rule's reason, and a misuse
-    // alarm (B holds none of the roles of A's credential).
+    // B's use of A's placeholder: refused by the proxy itself (A's credential is granted to
+    // A's agent only; the generated policy would refuse it too), recorded as a misuse alarm.
     let b_records = audit_list("inst-b").await;
     let refused = b_records
         .iter()
         .find(|r| {
-            r["deny_reasons"].as_array().is_some_and(|d| {
-                d.iter()
-                    .any(|x| x.as_str().unwrap_or("").contains("belongs to container a"))
-            })
+            r["decision"] == "deny" && r["misuse_alarms"] == json!(["credential_not_granted"])
         })
         .unwrap_or_else(|| panic!("{b_records:#?}"));
-    assert_eq!(
-        refused["misuse_alarms"],
-        json!(["credential_not_granted"]),
-        "{refused:#}"
-    );
+    assert_eq!(refused["listener"], "container-b", "{refused:#}");
     // Two: B with A's placeholder here, and A with B's placeholder in the first scenario.
     let m = metrics(admin).await;
     assert!(
