@@ -11,8 +11,13 @@ pub fn init(log: &LogConfig, env_override: Option<String>) {
         eprintln!("credproxy: invalid log level {directive:?} ({e}); using \"info\"");
         EnvFilter::new("info")
     });
+    // Colour only for a person at a terminal: journald, files and pipes get plain text
+    // (`NO_COLOR` turns it off at a terminal too).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -286,6 +286,33 @@ async fn serve_without_a_ca_exits_1_naming_the_missing_file() {
     );
 }
 
+/// Human-readable logs to a pipe (journald, a file, CI) carry no ANSI colour codes.
+#[tokio::test]
+async fn pretty_logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listeners:\n  - name: a\n    tcp: \"127.0.0.1:0\"\n\
+             admin:\n  tcp: \"127.0.0.1:0\"\n\
+             ca:\n  cert_file: missing/ca.crt\n  key_file: missing/ca.key\n\
+             allowed_domains: [{ALLOWED}]\n\
+             identity: {{danger_allow_anonymous: true}}\n\
+             log: {{format: pretty, level: info}}\n",
+        ),
+    )
+    .unwrap();
+    let o = run(args(&[&"serve", &"--config", &file])).await;
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("config loaded"), "no log line:\n{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escape in piped logs:\n{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn serve_with_an_invalid_config_exits_64() {
     let dir = tempfile::tempdir().unwrap();
