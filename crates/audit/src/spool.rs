@@ -130,13 +130,15 @@ impl SpoolStats {
     }
 }
 
-/// Which export step the exporter acknowledges.
+/// Which export step the export driver acknowledges (`crate::export`; columns `started` and
+/// `signaled` of `export_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportStage {
-    /// The workflow exists (started now, or found already started).
-    Started,
-    /// The outcome was delivered (signal accepted, or the workflow already closed).
-    Signaled,
+    /// The sink has the record (for Temporal: its workflow exists).
+    Record,
+    /// The sink has the record's outcome (for Temporal: the signal was accepted, or the
+    /// workflow already closed).
+    Outcome,
 }
 
 /// Handle to the spool. Cheap to clone; all clones share one writer thread.
@@ -741,17 +743,17 @@ impl Writer {
                 }
                 Item::ExportAck { id, stage } => {
                     let sql = match stage {
-                        ExportStage::Started => {
+                        ExportStage::Record => {
                             "UPDATE export_state SET started = 1, last_error = NULL \
                              WHERE record_id = ?1"
                         }
-                        ExportStage::Signaled => {
+                        ExportStage::Outcome => {
                             "UPDATE export_state SET started = 1, signaled = 1, last_error = NULL \
                              WHERE record_id = ?1 AND signaled = 0"
                         }
                     };
                     let n = tx.prepare_cached(sql)?.execute([&id])?;
-                    if stage == ExportStage::Signaled && n > 0 {
+                    if stage == ExportStage::Outcome && n > 0 {
                         fx.exported += 1;
                     }
                 }

@@ -1,18 +1,17 @@
-//! Optional export of credential-use records to Temporal (`audit.temporal`).
+//! Optional export of credential-use records to Temporal (`audit.temporal`): one sink of the
+//! export seam ([`crate::export`]).
 //!
-//! This is the only module in the workspace that imports the Temporal SDK. It runs off the
-//! request path: it reads the spool, starts one `ProxyRequestWorkflow` per credential-use
-//! record (workflow id = record id, id reuse rejected, so a retry never creates a second
-//! execution), signals `response_complete` with the outcome once the record is completed, and
-//! acknowledges each step in the spool's unchained `export_state` table. While Temporal is down
-//! it backs off and retries; after a restart it resumes from what is not acknowledged.
+//! This is the only module in the workspace that imports the Temporal SDK. [`TemporalSink`]
+//! starts one `ProxyRequestWorkflow` per credential-use record (workflow id = record id, id
+//! reuse rejected, so a re-delivery never creates a second execution) and signals
+//! `response_complete` with the outcome; the driver in [`crate::export`] reads the spool,
+//! acknowledges each step, backs off while Temporal is down and resumes after a restart.
 //!
 //! What reaches Temporal: the record id, agent id, destination, method, path (no query),
 //! credential ids, and the outcome's status, reason label, byte counts, scrub count and
 //! latency. Never a secret, a token, a token hash or a claim set.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,12 +28,12 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     Runtime, SyncWorkflowContext, Worker, WorkerOptions, WorkflowContext, WorkflowResult,
 };
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::query::{ExportReader, PendingExport};
-use crate::record::{parse_rfc3339, AuditRecord, Decision};
-use crate::spool::{AuditSpool, ExportStage};
+use crate::export::{AuditSink, ExportOptions};
+pub use crate::export::{ExportError, ExporterHandle};
+use crate::record::{AuditRecord, Decision, Outcome};
+use crate::spool::AuditSpool;
 
 /// Search attribute: the agent id (Keyword).
 pub const SA_AGENT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("CredProxyAgentID");
@@ -193,110 +192,135 @@ impl ProxyRequestWorkflow {
     }
 }
 
-/// Errors of one export attempt (kept inside the exporter; counted and logged).
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    /// Could not connect to Temporal.
-    #[error("cannot connect to temporal at {address}: {reason}")]
-    Connect { address: String, reason: String },
-    /// An RPC failed.
-    #[error("temporal {op} failed: {reason}")]
-    Rpc { op: &'static str, reason: String },
-    /// The spool could not be read.
-    #[error(transparent)]
-    Spool(#[from] crate::AuditError),
-}
-
-/// The running exporter. Dropping it leaves the task running; call `shutdown` or `abort`.
-pub struct ExporterHandle {
-    task: JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-impl ExporterHandle {
-    /// Stops the exporter and its worker and waits for them.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-
-    /// Kills the export task at once (tests use this to simulate a crash between commit and
-    /// export). The worker thread is not stopped: like a crashed process's in-flight work it
-    /// is simply abandoned; use `shutdown` for an orderly stop.
-    pub fn abort(self) {
-        self.task.abort();
-    }
-}
-
-/// Spawns the background exporter.
+/// Exports to Temporal: `TemporalSink` driven by [`crate::export::spawn`].
 pub struct Exporter;
 
 impl Exporter {
-    /// Starts the exporter on the current tokio runtime: connect (with backoff), register the
-    /// search attributes, run the worker, export pending records, forever.
+    /// Starts the export to Temporal on the current tokio runtime: connect (with backoff),
+    /// register the search attributes, run the worker, export pending records, forever.
     pub fn spawn(spool: AuditSpool, cfg: TemporalConfig) -> ExporterHandle {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(spool, cfg, stop_rx));
-        ExporterHandle { task, stop }
+        let opts = ExportOptions {
+            poll_interval: cfg.poll_interval,
+            batch: cfg.batch,
+            backoff_initial: cfg.backoff_initial,
+            backoff_max: cfg.backoff_max,
+        };
+        crate::export::spawn(spool, TemporalSink::new(cfg), opts)
     }
 }
 
-async fn run(spool: AuditSpool, cfg: TemporalConfig, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(&cfg);
-    let client = loop {
-        match setup(&cfg).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "temporal export not ready; retrying");
-                if backoff.sleep_or_stop(&mut stop).await {
-                    return;
-                }
-            }
-        }
-    };
-    let worker = match start_worker(&cfg, client.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(error = %e, "temporal worker did not start; exporting without it");
-            None
-        }
-    };
-    let mut reader = loop {
-        match ExportReader::open(spool.path()) {
-            Ok(r) => break r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the audit spool for export");
-                if backoff.sleep_or_stop(&mut stop).await {
-                    return;
-                }
-            }
-        }
-    };
-    backoff.reset();
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        match export_round(&spool, &mut reader, &client, &cfg).await {
-            Ok(0) => {
-                backoff.reset();
-                tokio::select! {
-                    _ = tokio::time::sleep(cfg.poll_interval) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-            Ok(_) => backoff.reset(),
-            Err(e) => {
-                tracing::warn!(error = %e, "temporal export failed; backing off");
-                if backoff.sleep_or_stop(&mut stop).await {
-                    break;
-                }
-            }
+/// The Temporal sink: a record starts its `ProxyRequestWorkflow`, an outcome is its
+/// `response_complete` signal. `connect` also runs the workflow's worker (on its own thread).
+pub struct TemporalSink {
+    cfg: TemporalConfig,
+    client: Option<Client>,
+    worker: Option<WorkerStop>,
+}
+
+impl TemporalSink {
+    /// A sink for the server and namespace of `cfg` (nothing connects before `connect`).
+    pub fn new(cfg: TemporalConfig) -> TemporalSink {
+        TemporalSink {
+            cfg,
+            client: None,
+            worker: None,
         }
     }
-    if let Some((shutdown, task)) = worker {
-        shutdown();
-        let _ = task.await;
+
+    fn client(&self) -> Result<&Client, ExportError> {
+        self.client.as_ref().ok_or(ExportError::Rpc {
+            sink: SINK,
+            op: "export",
+            reason: "not connected".into(),
+        })
+    }
+}
+
+const SINK: &str = "temporal";
+
+impl AuditSink for TemporalSink {
+    fn name(&self) -> &'static str {
+        SINK
+    }
+
+    async fn connect(&mut self) -> Result<(), ExportError> {
+        let client = setup(&self.cfg).await?;
+        self.worker = match start_worker(&self.cfg, client.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "temporal worker did not start; exporting without it");
+                None
+            }
+        };
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn record(&self, rec: &AuditRecord) -> Result<(), ExportError> {
+        let opts = WorkflowStartOptions::new(self.cfg.task_queue.clone(), rec.id.clone())
+            .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+            .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
+            .search_attributes(search_attributes(rec))
+            .build();
+        match self
+            .client()?
+            .start_workflow(
+                ProxyRequestWorkflow::run,
+                workflow_input(rec, &self.cfg),
+                opts,
+            )
+            .await
+        {
+            // AlreadyStarted: delivered before (a re-delivery after a crash).
+            Ok(_) | Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(ExportError::Rpc {
+                sink: SINK,
+                op: "start workflow",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn outcome(&self, rec: &AuditRecord, outcome: &Outcome) -> Result<(), ExportError> {
+        let signal = ResponseComplete {
+            status: outcome.status_label(rec.decision).to_string(),
+            http_status: outcome.status,
+            reason: outcome.reason.clone(),
+            bytes_up: outcome.bytes_up,
+            bytes_down: outcome.bytes_down,
+            scrub_count: outcome.scrub_count,
+            latency_ms: outcome.latency_ms,
+        };
+        let handle = self
+            .client()?
+            .get_workflow_handle::<ProxyRequestWorkflow>(rec.id.clone());
+        match handle
+            .signal(
+                ProxyRequestWorkflow::response_complete,
+                signal,
+                WorkflowSignalOptions::default(),
+            )
+            .await
+        {
+            // NotFound: the workflow already closed (timed out, or signalled before a crash).
+            Ok(()) | Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_)) => {
+                Ok(())
+            }
+            Err(e) => Err(ExportError::Rpc {
+                sink: SINK,
+                op: "signal workflow",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some((stop, task)) = self.worker.take() {
+            stop();
+            let _ = task.await;
+        }
     }
 }
 
@@ -306,6 +330,7 @@ type WorkerStop = (Box<dyn Fn() + Send + Sync>, JoinHandle<()>);
 /// `Send`, so it gets a current-thread runtime of its own.
 fn start_worker(cfg: &TemporalConfig, client: Client) -> Result<WorkerStop, ExportError> {
     let rpc = |reason: String| ExportError::Rpc {
+        sink: SINK,
         op: "worker start",
         reason,
     };
@@ -361,6 +386,7 @@ fn start_worker(cfg: &TemporalConfig, client: Client) -> Result<WorkerStop, Expo
 /// Connects and registers the search attributes (idempotent: existing ones are kept).
 async fn setup(cfg: &TemporalConfig) -> Result<Client, ExportError> {
     let connect_err = |reason: String| ExportError::Connect {
+        sink: SINK,
         address: cfg.address.clone(),
         reason,
     };
@@ -397,6 +423,7 @@ pub async fn register_search_attributes(
     namespace: &str,
 ) -> Result<(), ExportError> {
     let rpc = |op, e: temporalio_client::tonic::Status| ExportError::Rpc {
+        sink: SINK,
         op,
         reason: e.message().to_string(),
     };
@@ -438,105 +465,6 @@ pub async fn register_search_attributes(
     }
 }
 
-/// One pass over pending records; returns how many were acted on.
-async fn export_round(
-    spool: &AuditSpool,
-    reader: &mut ExportReader,
-    client: &Client,
-    cfg: &TemporalConfig,
-) -> Result<usize, ExportError> {
-    update_backlog(spool, reader);
-    let pending = reader.pending(cfg.batch)?;
-    let n = pending.len();
-    for p in pending {
-        if let Err(e) = export_one(client, cfg, spool, &p).await {
-            spool.export_failed(&p.record.id, e.to_string());
-            return Err(e);
-        }
-    }
-    if n > 0 {
-        // Acks are applied by the writer; wait for them so the next round does not redo work.
-        let _ = spool.flush().await;
-        update_backlog(spool, reader);
-    }
-    Ok(n)
-}
-
-fn update_backlog(spool: &AuditSpool, reader: &ExportReader) {
-    if let Ok((_, oldest)) = reader.backlog() {
-        let lag = oldest
-            .as_deref()
-            .and_then(parse_rfc3339)
-            .map(|t| {
-                (time::OffsetDateTime::now_utc() - t)
-                    .whole_milliseconds()
-                    .max(0)
-            })
-            .map_or(0, |ms| u64::try_from(ms).unwrap_or(u64::MAX));
-        spool.counters().export_lag_ms.store(lag, Ordering::Relaxed);
-    }
-}
-
-async fn export_one(
-    client: &Client,
-    cfg: &TemporalConfig,
-    spool: &AuditSpool,
-    p: &PendingExport,
-) -> Result<(), ExportError> {
-    let rec = &p.record;
-    if !p.started {
-        let opts = WorkflowStartOptions::new(cfg.task_queue.clone(), rec.id.clone())
-            .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-            .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
-            .search_attributes(search_attributes(rec))
-            .build();
-        match client
-            .start_workflow(ProxyRequestWorkflow::run, workflow_input(rec, cfg), opts)
-            .await
-        {
-            Ok(_) | Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. }) => {}
-            Err(e) => {
-                return Err(ExportError::Rpc {
-                    op: "start workflow",
-                    reason: e.to_string(),
-                })
-            }
-        }
-        spool.ack_export(&rec.id, ExportStage::Started);
-    }
-    let Some(outcome) = &rec.outcome else {
-        return Ok(());
-    };
-    let signal = ResponseComplete {
-        status: outcome.status_label(rec.decision).to_string(),
-        http_status: outcome.status,
-        reason: outcome.reason.clone(),
-        bytes_up: outcome.bytes_up,
-        bytes_down: outcome.bytes_down,
-        scrub_count: outcome.scrub_count,
-        latency_ms: outcome.latency_ms,
-    };
-    let handle = client.get_workflow_handle::<ProxyRequestWorkflow>(rec.id.clone());
-    match handle
-        .signal(
-            ProxyRequestWorkflow::response_complete,
-            signal,
-            WorkflowSignalOptions::default(),
-        )
-        .await
-    {
-        // NotFound: the workflow already closed (timed out, or signalled before a crash).
-        Ok(()) | Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_)) => {
-            spool.ack_export(&rec.id, ExportStage::Signaled);
-            Ok(())
-        }
-        Err(e) => Err(ExportError::Rpc {
-            op: "signal workflow",
-            reason: e.to_string(),
-        }),
-    }
-}
-
 fn workflow_input(rec: &AuditRecord, cfg: &TemporalConfig) -> ProxyRequestInput {
     ProxyRequestInput {
         record_id: rec.id.clone(),
@@ -571,34 +499,4 @@ fn search_attributes(rec: &AuditRecord) -> SearchAttributes {
         updates.push(SA_AGENT_ID.value_set(agent.clone()));
     }
     SearchAttributes::new(updates)
-}
-
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(cfg: &TemporalConfig) -> Backoff {
-        Backoff {
-            initial: cfg.backoff_initial,
-            max: cfg.backoff_max.max(cfg.backoff_initial),
-            current: cfg.backoff_initial,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.initial;
-    }
-
-    /// Sleeps for the current delay (doubling it); returns true if asked to stop meanwhile.
-    async fn sleep_or_stop(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(d) => *stop.borrow(),
-            _ = stop.changed() => true,
-        }
-    }
 }
