@@ -7,6 +7,7 @@
 
 mod allowlist;
 mod authority;
+mod clock;
 pub mod h1;
 mod listen_addr;
 mod reject;
@@ -15,6 +16,7 @@ mod uids;
 
 pub use allowlist::{Allowlist, AllowlistEntry, AllowlistError};
 pub use authority::{Authority, AuthorityError, Scheme};
+pub use clock::Clock;
 pub use listen_addr::{ListenAddr, PeerAddr};
 pub use reject::{MisuseKind, Reject, RejectSource};
 pub use secret::Secret;

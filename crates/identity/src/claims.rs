@@ -48,10 +48,9 @@ fn unix_seconds<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_u64(secs)
 }
 
-/// Seconds since the Unix epoch, as used in `exp`/`nbf`.
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// Seconds since the Unix epoch at `t`, as used in `exp`/`nbf`.
+pub(crate) fn unix_seconds_at(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 

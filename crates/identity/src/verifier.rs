@@ -16,11 +16,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::claims::{check_claims, identity_from_claims, unix_now, AgentIdentity};
+use crate::claims::{check_claims, identity_from_claims, unix_seconds_at, AgentIdentity};
 use crate::config::{allowed_algorithm, OidcConfig, Settings};
 use crate::error::{AuthError, IdentityError};
 use crate::http::{self, FetchError};
 use crate::jwks::{KeySet, Lookup, VerifyKey};
+use credproxy_core::Clock;
 
 /// Verified tokens kept (by SHA-256) so the hot path skips signature checks.
 const TOKEN_CACHE_ENTRIES: usize = 10_000;
@@ -65,6 +66,8 @@ struct Inner {
     /// Incremented whenever a key id is withdrawn from the JWKS (see [`Verifier::key_epoch`]).
     key_epoch: AtomicU64,
     loader: Mutex<Option<AbortHandle>>,
+    /// Where `exp`/`nbf` and cache expiry read the time (tests move it forward).
+    clock: Clock,
 }
 
 impl Drop for Inner {
@@ -100,6 +103,12 @@ impl Verifier {
     /// identity while the provider is down. Fails only for invalid configuration, or when
     /// called outside a tokio runtime.
     pub fn new(cfg: OidcConfig) -> Result<Verifier, IdentityError> {
+        Verifier::with_clock(cfg, Clock::system())
+    }
+
+    /// [`Verifier::new`] reading the time from `clock` (tests pass an adjustable one to reach
+    /// a token's expiry without waiting for it).
+    pub fn with_clock(cfg: OidcConfig, clock: Clock) -> Result<Verifier, IdentityError> {
         let settings = Settings::from_config(&cfg)?;
         http::acceptable_url(&settings.issuer).map_err(|reason| IdentityError::Config {
             field: "issuer",
@@ -108,7 +117,7 @@ impl Verifier {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| IdentityError::NoRuntime)?;
         let client = http::client(&settings.ca_files, settings.http_timeout)?;
-        let verifier = Verifier::build(settings, Some(client), None);
+        let verifier = Verifier::build(settings, Some(client), None, clock);
         let weak = Arc::downgrade(&verifier.inner);
         let task = runtime.spawn(run_loader(weak));
         *lock(&verifier.inner.loader) = Some(task.abort_handle());
@@ -120,10 +129,15 @@ impl Verifier {
     pub fn with_static_jwks(cfg: OidcConfig, jwks_json: &str) -> Result<Verifier, IdentityError> {
         let settings = Settings::from_config(&cfg)?;
         let keys = KeySet::parse(jwks_json.as_bytes()).map_err(IdentityError::Jwks)?;
-        Ok(Verifier::build(settings, None, Some(keys)))
+        Ok(Verifier::build(settings, None, Some(keys), Clock::system()))
     }
 
-    fn build(settings: Settings, http: Option<reqwest::Client>, keys: Option<KeySet>) -> Verifier {
+    fn build(
+        settings: Settings,
+        http: Option<reqwest::Client>,
+        keys: Option<KeySet>,
+        clock: Clock,
+    ) -> Verifier {
         let ready = keys.is_some();
         let capacity = NonZeroUsize::new(TOKEN_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
         Verifier {
@@ -139,8 +153,14 @@ impl Verifier {
                 jwks_fetches: AtomicU64::new(0),
                 key_epoch: AtomicU64::new(0),
                 loader: Mutex::new(None),
+                clock,
             }),
         }
+    }
+
+    /// The clock this verifier reads (re-checks of a verified identity's expiry use it too).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     /// Whether the issuer's keys are loaded.
@@ -213,7 +233,7 @@ impl Verifier {
 
         inner.verifications.fetch_add(1, Ordering::Relaxed);
         let claims = verify_signature(token, &key, header.alg)?;
-        let exp = check_claims(&claims, &inner.settings, unix_now())?;
+        let exp = check_claims(&claims, &inner.settings, unix_seconds_at(inner.clock.now()))?;
         let identity = Arc::new(identity_from_claims(&claims, &inner.settings, exp, token)?);
         lock(&inner.cache).put(digest, Arc::clone(&identity));
         Ok(identity)
@@ -230,7 +250,7 @@ impl Verifier {
             .expires_at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        if unix_now() > exp + self.inner.settings.leeway_secs {
+        if unix_seconds_at(self.inner.clock.now()) > exp + self.inner.settings.leeway_secs {
             cache.pop(digest);
             return Err(AuthError::Expired);
         }
@@ -268,10 +288,11 @@ impl Verifier {
             }
         }
         let interval = self.inner.settings.jwks_min_refresh_interval;
-        if last.is_some_and(|t| t.elapsed() < interval) {
+        let now = self.inner.clock.instant();
+        if last.is_some_and(|t| now.saturating_duration_since(t) < interval) {
             return Err(AuthError::UnknownKey);
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         if let Err(error) = self.inner.refresh_jwks().await {
             tracing::warn!(error = %error_chain(&error), "JWKS refetch for an unknown key id failed");
             return Err(AuthError::UnknownKey);

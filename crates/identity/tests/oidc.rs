@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use credproxy_core::Clock;
 use credproxy_identity::{
     client_credentials, token_from_proxy_authorization, AgentIdentity, AuthError,
     ClientCredentials, IdentityError, OidcConfig, TokenError, Verifier,
@@ -211,25 +212,36 @@ async fn bearer_and_basic_password_extraction_verify() {
 #[tokio::test]
 async fn expired_token_is_rejected_even_from_the_cache() {
     let provider = OidcProvider::start(OidcProviderOptions {
-        token_ttl_secs: 3,
+        token_ttl_secs: 60,
         ..Default::default()
     })
     .await;
     let mut cfg = config(&provider);
     cfg.leeway = Duration::ZERO;
-    let verifier = ready_verifier(cfg.clone()).await;
-    // `exp` is `iat + 3` with `iat` rounded down, so the token is valid for at least 2 s:
-    // ample time for the first verification, which puts it in the cache.
+    // The verifiers read an adjustable clock: the test moves it past `exp` instead of
+    // sleeping until then.
+    let clock = Clock::adjustable();
+    let ready = |cfg: OidcConfig, clock: Clock| async move {
+        let v = Verifier::with_clock(cfg, clock).unwrap();
+        assert!(v.wait_ready(READY).await, "verifier never loaded the JWKS");
+        v
+    };
+    let verifier = ready(cfg.clone(), clock.clone()).await;
     let token = provider.token("agent-a").await;
     let id = verifier.verify(&token).await.unwrap();
+    assert_eq!(verifier.verify(&token).await.unwrap().agent_id, "agent-a");
+    assert_eq!(
+        verifier.verifications(),
+        1,
+        "the second use came from the cache"
+    );
 
-    // Reach a known instant one second past `exp` (waiting for the clock, not for another
-    // party).
-    let after_expiry = id.expires_at + Duration::from_secs(1);
-    let wait = after_expiry
-        .duration_since(SystemTime::now())
+    // One second past `exp`.
+    let to_expiry = id
+        .expires_at
+        .duration_since(clock.now())
         .unwrap_or_default();
-    tokio::time::sleep_until(tokio::time::Instant::now() + wait).await;
+    clock.advance(to_expiry + Duration::from_secs(1));
 
     assert_eq!(
         verifier.verify(&token).await,
@@ -237,13 +249,13 @@ async fn expired_token_is_rejected_even_from_the_cache() {
         "cached token"
     );
     assert_eq!(verifier.verifications(), 1);
-    let fresh = ready_verifier(cfg).await;
+    let fresh = ready(cfg, clock.clone()).await;
     assert_eq!(
         fresh.verify(&token).await,
         Err(AuthError::Expired),
         "uncached token"
     );
-    assert!(id.is_expired_at(SystemTime::now()));
+    assert!(id.is_expired_at(clock.now()));
 }
 
 #[tokio::test]
@@ -515,10 +527,17 @@ async fn random_kid_flood_is_rate_limited() {
         ..Default::default()
     })
     .await;
-    let interval = Duration::from_secs(1);
+    // A long interval on an adjustable clock: the test reaches its end by moving the clock,
+    // so every count below is exact.
+    let interval = Duration::from_secs(60);
     let mut cfg = config(&provider);
     cfg.jwks_min_refresh_interval = interval;
-    let verifier = ready_verifier(cfg).await;
+    let clock = Clock::adjustable();
+    let verifier = Verifier::with_clock(cfg, clock.clone()).unwrap();
+    assert!(
+        verifier.wait_ready(READY).await,
+        "verifier never loaded the JWKS"
+    );
     assert_eq!(provider.jwks_requests().await, 1);
 
     let claims = provider_claims(&provider);
@@ -545,26 +564,16 @@ async fn random_kid_flood_is_rate_limited() {
     };
 
     // Two bursts of 100 unknown kids, back to back: one refetch in all.
-    let started = tokio::time::Instant::now();
     flood(&rounds[0]).await;
     flood(&rounds[1]).await;
     let fetched = provider.jwks_requests().await;
-    if started.elapsed() < interval {
-        assert_eq!(fetched, 2, "exactly one refetch within the interval");
-    } else {
-        assert!(fetched <= 3, "{fetched} JWKS requests");
-    }
+    assert_eq!(fetched, 2, "exactly one refetch within the interval");
 
     // Once the interval has passed, one more refetch is allowed, and only one.
-    tokio::time::sleep_until(started + interval).await;
-    let round_started = tokio::time::Instant::now();
+    clock.advance(interval);
     flood(&rounds[2]).await;
     let after = provider.jwks_requests().await;
-    if round_started.elapsed() < interval {
-        assert_eq!(after, fetched + 1, "one refetch for the third burst");
-    } else {
-        assert!(after <= fetched + 2, "{after} after {fetched}");
-    }
+    assert_eq!(after, fetched + 1, "one refetch for the third burst");
     assert_eq!(
         verifier.verifications(),
         0,

@@ -1,5 +1,6 @@
 //! The cached, single-flight secret store.
 
+use credproxy_core::Clock;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,8 @@ pub(crate) struct Counters {
 
 struct Inner {
     cache_ttl: Duration,
+    /// Where cache ages are read (tests move it forward instead of waiting out the TTL).
+    clock: Clock,
     env: Arc<dyn EnvSource>,
     slots: Mutex<HashMap<SecretSource, Arc<Slot>>>,
     bao: Option<Bao>,
@@ -69,7 +72,7 @@ struct Slot {
 
 #[derive(Default)]
 struct SlotState {
-    value: Option<(Secret, Instant)>,
+    value: Option<(Secret, std::time::Instant)>,
     /// Completed fetches; a waiter that saw generation N and finds N+k after queueing shares
     /// the result of the fetch that completed meanwhile instead of making its own.
     generation: u64,
@@ -101,10 +104,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Slot {
     /// The cached value if younger than `ttl`; otherwise drops a stale value (so it can never
     /// be served, and is zeroized now) and returns the generation to wait on.
-    fn fresh(&self, ttl: Duration) -> Result<Secret, u64> {
+    fn fresh(&self, ttl: Duration, now: std::time::Instant) -> Result<Secret, u64> {
         let mut st = lock(&self.state);
         if let Some((secret, at)) = &st.value {
-            if at.elapsed() < ttl {
+            if now.saturating_duration_since(*at) < ttl {
                 return Ok(secret.clone());
             }
             st.value = None;
@@ -125,11 +128,11 @@ impl Slot {
         })
     }
 
-    fn complete(&self, outcome: &Result<Secret, SecretError>) {
+    fn complete(&self, outcome: &Result<Secret, SecretError>, now: std::time::Instant) {
         let mut st = lock(&self.state);
         match outcome {
             Ok(secret) => {
-                st.value = Some((secret.clone(), Instant::now()));
+                st.value = Some((secret.clone(), now));
                 st.last_error = None;
             }
             Err(error) => {
@@ -147,6 +150,16 @@ impl SecretStore {
     /// that need no secret while OpenBao is down. Errors only for configuration that can never
     /// work (bad address or mount, unreadable CA file, no tokio runtime).
     pub fn new(cfg: SecretsConfig, env: Arc<dyn EnvSource>) -> Result<SecretStore, SecretError> {
+        SecretStore::with_clock(cfg, env, Clock::system())
+    }
+
+    /// [`SecretStore::new`] with cache ages read from `clock` (tests pass an adjustable one
+    /// to reach the end of `cache_ttl` without waiting for it).
+    pub fn with_clock(
+        cfg: SecretsConfig,
+        env: Arc<dyn EnvSource>,
+        clock: Clock,
+    ) -> Result<SecretStore, SecretError> {
         let counters = Arc::new(Counters::default());
         let bao = match cfg.openbao {
             Some(ob) => Some(Bao::start(ob, counters.clone())?),
@@ -155,6 +168,7 @@ impl SecretStore {
         Ok(SecretStore {
             inner: Arc::new(Inner {
                 cache_ttl: cfg.cache_ttl,
+                clock,
                 env,
                 slots: Mutex::new(HashMap::new()),
                 bao,
@@ -175,7 +189,7 @@ impl SecretStore {
             let mut slots = lock(&self.inner.slots);
             slots.entry(source.clone()).or_default().clone()
         };
-        let seen = match slot.fresh(self.inner.cache_ttl) {
+        let seen = match slot.fresh(self.inner.cache_ttl, self.inner.clock.instant()) {
             Ok(secret) => {
                 self.inner
                     .counters
@@ -203,7 +217,7 @@ impl SecretStore {
                 "secret fetch failed"
             );
         }
-        slot.complete(&outcome);
+        slot.complete(&outcome, self.inner.clock.instant());
         outcome
     }
 

@@ -5,6 +5,7 @@
 //! to a cache-TTL boundary, never sleeps standing in for synchronisation with the server.
 #![allow(clippy::unwrap_used)]
 
+use credproxy_core::Clock;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -81,12 +82,19 @@ fn openbao_config(bao: &OpenBao, auth: OpenBaoAuth) -> OpenBaoConfig {
 }
 
 fn store_with(cfg: OpenBaoConfig, cache_ttl: Duration) -> SecretStore {
-    SecretStore::new(
+    store_with_clock(cfg, cache_ttl, Clock::system())
+}
+
+/// A store whose cache ages are read from `clock` (an adjustable clock reaches the end of the
+/// TTL without waiting for it).
+fn store_with_clock(cfg: OpenBaoConfig, cache_ttl: Duration, clock: Clock) -> SecretStore {
+    SecretStore::with_clock(
         SecretsConfig {
             openbao: Some(cfg),
             cache_ttl,
         },
         Arc::new(ProcessEnv),
+        clock,
     )
     .unwrap()
 }
@@ -515,14 +523,15 @@ async fn rotated_secret_is_used_after_the_cache_ttl_not_before() {
     init_tracing();
     let bao = OpenBao::start().await;
     bao.kv_put("secret", "app/llm", json!({"key": "old"})).await;
-    let ttl = Duration::from_secs(1);
-    let store = store_with(
+    let ttl = Duration::from_secs(60);
+    let clock = Clock::adjustable();
+    let store = store_with_clock(
         openbao_config(&bao, OpenBaoAuth::TokenFile(bao.root_token_file())),
         ttl,
+        clock.clone(),
     );
     let source = bao_source("app/llm", "key");
     assert_eq!(get_str(&store, &source).await.unwrap(), "old");
-    let cached_by = Instant::now();
 
     assert_eq!(
         bao.kv_put("secret", "app/llm", json!({"key": "new"})).await,
@@ -531,7 +540,7 @@ async fn rotated_secret_is_used_after_the_cache_ttl_not_before() {
     assert_eq!(get_str(&store, &source).await.unwrap(), "old", "within ttl");
     assert_eq!(store.stats().cache_hits, 1);
 
-    tokio::time::sleep_until(cached_by + ttl + Duration::from_millis(20)).await;
+    clock.advance(ttl);
     assert_eq!(get_str(&store, &source).await.unwrap(), "new", "after ttl");
 }
 
@@ -544,11 +553,15 @@ async fn outage_serves_cache_until_ttl_then_fails_closed_and_recovers() {
     opts.seed = Some(seed(&[("openclaw/llm", &[("key", "before-outage")])]));
     provision(&opts).await.unwrap();
 
-    let ttl = Duration::from_secs(2);
-    let store = store_with(openbao_config(&bao, approle_auth(out.path())), ttl);
+    let ttl = Duration::from_secs(60);
+    let clock = Clock::adjustable();
+    let store = store_with_clock(
+        openbao_config(&bao, approle_auth(out.path())),
+        ttl,
+        clock.clone(),
+    );
     let source = bao_source("openclaw/llm", "key");
     assert_eq!(get_str(&store, &source).await.unwrap(), "before-outage");
-    let cached_by = Instant::now();
     let local = out.path().join("local-key");
     write_file(&local, "local-value\n");
 
@@ -558,7 +571,7 @@ async fn outage_serves_cache_until_ttl_then_fails_closed_and_recovers() {
         "before-outage",
         "cached value within ttl"
     );
-    tokio::time::sleep_until(cached_by + ttl + Duration::from_millis(20)).await;
+    clock.advance(ttl);
     let e = store.get(&source).await.unwrap_err();
     assert_eq!(e.reason(), "secret_unavailable", "{e}");
     assert!(!e.to_string().contains("before-outage"));
