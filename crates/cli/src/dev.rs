@@ -431,7 +431,6 @@ enum SpecSource {
 }
 
 const SPEC_KEYS: &str = "id, domain, env, file, openbao, type, header, prefix, placeholder, role";
-const KINDS: &[&str] = &["api_key", "bearer", "basic_auth", "header"];
 
 impl CredentialSpec {
     fn parse(spec: &str) -> Result<CredentialSpec, String> {
@@ -463,8 +462,11 @@ impl CredentialSpec {
             return Err("domain= is missing (the destination the credential is for)".into());
         }
         let kind = one.remove("type").unwrap_or_else(|| "api_key".to_owned());
-        if !KINDS.contains(&kind.as_str()) {
-            return Err(format!("type={kind}: expected one of {}", KINDS.join(", ")));
+        if credproxy_config::CredentialKind::from_name(&kind).is_none() {
+            return Err(format!(
+                "type={kind}: expected one of {}",
+                credproxy_config::CredentialKind::names()
+            ));
         }
         let header = one.remove("header");
         if header.is_none() && (kind == "api_key" || kind == "header") {

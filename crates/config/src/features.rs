@@ -288,48 +288,42 @@ pub(crate) fn credentials(
             }
         };
         let kind = match c.kind.as_deref() {
-            Some("api_key") => CredentialKind::ApiKey,
-            Some("bearer") => CredentialKind::Bearer,
-            Some("basic_auth") => CredentialKind::BasicAuth,
-            Some("header") => CredentialKind::Header,
-            Some(other) => {
+            Some(name) => CredentialKind::from_name(name).unwrap_or_else(|| {
                 cx.err(
                     at("type"),
-                    format!("expected one of api_key, bearer, basic_auth, header, got {other:?}"),
+                    format!("expected one of {}, got {name:?}", CredentialKind::names()),
                 );
                 CredentialKind::ApiKey
-            }
+            }),
             None => {
                 cx.err(
                     at("type"),
-                    "required: api_key, bearer, basic_auth or header",
+                    format!("required: one of {}", CredentialKind::names()),
                 );
                 CredentialKind::ApiKey
             }
         };
-        let header_name = c.header_name.map(|h| h.to_ascii_lowercase());
-        let header_name = match (kind, header_name) {
-            (CredentialKind::Bearer | CredentialKind::BasicAuth, None) => {
-                "authorization".to_string()
-            }
-            (CredentialKind::Bearer | CredentialKind::BasicAuth, Some(h)) => {
-                if h != "authorization" {
-                    cx.err(
-                        at("header_name"),
-                        format!(
-                            "{} credentials always use the authorization header",
-                            kind.as_str()
-                        ),
-                    );
-                }
+        let info = kind.info();
+        let header_name = match (
+            c.header_name.map(|h| h.to_ascii_lowercase()),
+            info.default_header,
+        ) {
+            (Some(h), Some(fixed)) if info.fixed_header && h != fixed => {
+                cx.err(
+                    at("header_name"),
+                    format!("{} credentials always use the {fixed} header", info.name),
+                );
                 h
             }
-            (CredentialKind::ApiKey, None) => "x-api-key".to_string(),
-            (CredentialKind::Header, None) => {
-                cx.err(at("header_name"), "required for type header");
+            (Some(h), _) => h,
+            (None, Some(default)) => default.to_string(),
+            (None, None) => {
+                cx.err(
+                    at("header_name"),
+                    format!("required for type {}", info.name),
+                );
                 String::new()
             }
-            (_, Some(h)) => h,
         };
         if !header_name.is_empty() {
             if http_token(&header_name).is_err() {

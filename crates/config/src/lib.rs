@@ -193,14 +193,78 @@ pub enum CredentialKind {
     Header,
 }
 
+/// What a kind is: its configuration name, the header it uses when `header_name` is not
+/// given (`None`: `header_name` is required), whether that header is fixed, and how the secret
+/// is rendered. The one table config validation, `credproxy dev` and the docs read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindInfo {
+    pub kind: CredentialKind,
+    pub name: &'static str,
+    pub default_header: Option<&'static str>,
+    /// The header cannot be changed (`authorization` for bearer and basic_auth).
+    pub fixed_header: bool,
+    /// How the injected header value is rendered, for docs and help.
+    pub rendering: &'static str,
+}
+
 impl CredentialKind {
-    pub fn as_str(self) -> &'static str {
+    /// Every kind, in documentation order. Adding a kind: a variant, its row here, its
+    /// rendering in the proxy (`proxy::creds`, an exhaustive match), its line in
+    /// docs/configuration.md (a config test checks the docs list every name).
+    pub const TABLE: [KindInfo; 4] = [
+        KindInfo {
+            kind: CredentialKind::ApiKey,
+            name: "api_key",
+            default_header: Some("x-api-key"),
+            fixed_header: false,
+            rendering: "header_prefix + secret",
+        },
+        KindInfo {
+            kind: CredentialKind::Bearer,
+            name: "bearer",
+            default_header: Some("authorization"),
+            fixed_header: true,
+            rendering: "Bearer <secret>",
+        },
+        KindInfo {
+            kind: CredentialKind::BasicAuth,
+            name: "basic_auth",
+            default_header: Some("authorization"),
+            fixed_header: true,
+            rendering: "Basic base64(username:secret), or base64(secret) as user:password",
+        },
+        KindInfo {
+            kind: CredentialKind::Header,
+            name: "header",
+            default_header: None,
+            fixed_header: false,
+            rendering: "header_prefix + secret",
+        },
+    ];
+
+    /// This kind's row of [`CredentialKind::TABLE`].
+    pub fn info(self) -> &'static KindInfo {
         match self {
-            CredentialKind::ApiKey => "api_key",
-            CredentialKind::Bearer => "bearer",
-            CredentialKind::BasicAuth => "basic_auth",
-            CredentialKind::Header => "header",
+            CredentialKind::ApiKey => &Self::TABLE[0],
+            CredentialKind::Bearer => &Self::TABLE[1],
+            CredentialKind::BasicAuth => &Self::TABLE[2],
+            CredentialKind::Header => &Self::TABLE[3],
         }
+    }
+
+    /// The configuration name (`type:`).
+    pub fn as_str(self) -> &'static str {
+        self.info().name
+    }
+
+    /// The kind named `name` in configuration.
+    pub fn from_name(name: &str) -> Option<CredentialKind> {
+        Self::TABLE.iter().find(|k| k.name == name).map(|k| k.kind)
+    }
+
+    /// `api_key, bearer, basic_auth, header` (for messages).
+    pub fn names() -> String {
+        Self::TABLE.map(|k| k.name).join(", ")
     }
 }
 

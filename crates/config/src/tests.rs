@@ -667,3 +667,22 @@ internal_services:
         assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
     }
 }
+
+#[test]
+fn credential_kinds_have_one_row_each_and_round_trip_by_name() {
+    use crate::CredentialKind;
+    let mut names: Vec<&str> = CredentialKind::TABLE.iter().map(|k| k.name).collect();
+    for row in CredentialKind::TABLE {
+        assert_eq!(row.kind.info(), &row, "{} points at another row", row.name);
+        assert_eq!(CredentialKind::from_name(row.name), Some(row.kind));
+        assert!(
+            !row.fixed_header || row.default_header.is_some(),
+            "{}: a fixed header needs a default",
+            row.name
+        );
+    }
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), CredentialKind::TABLE.len(), "duplicate names");
+    assert_eq!(CredentialKind::from_name("Bearer"), None, "names are exact");
+}
