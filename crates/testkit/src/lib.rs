@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod events;
 pub mod guest;
 pub mod oidc;
 pub mod openbao;

@@ -22,13 +22,22 @@
 //!   `"data: event {i}{S}\n\n"` for `i in 0..N` (N defaults to 1). With
 //!   `gate`, event `i >= 1` is sent only after `release("{NAME}-{i}")`;
 //!   otherwise `interval_ms` sleeps between events (benchmarks only).
+//!   `encoding=gzip|deflate|br|zstd` compresses the stream (with
+//!   `Content-Encoding`), flushing the compressor after every event so each
+//!   event is one decodable frame.
 //! * `GET /redirect?to=URL` — `302` with `Location: URL`, empty body.
 //! * `GET /slow?gate=NAME` — waits for `release(NAME)`, then `200 "released"`;
 //!   `?ms=M` sleeps instead.
 //! * `GET /ws` — WebSocket echo over an HTTP/1.1 upgrade (text and binary
 //!   messages are echoed). `?refuse=1` answers `200 "no upgrade"` instead of
 //!   `101`. A request without `Upgrade: websocket` / `Sec-WebSocket-Key` gets
-//!   `400`.
+//!   `400`. `reflect=HEADER` puts that request header's value in the 101's
+//!   `Sec-WebSocket-Protocol`; `extensions=X` adds `Sec-WebSocket-Extensions:
+//!   X` (whether offered or not); `send=HEADER` first sends that header's
+//!   value `V` as `"text: V"`, as binary `"bin: V"`, as `"frag: V"` fragmented
+//!   into three frames, split across two `{"type":"response.text.delta",
+//!   "delta":..}` messages and then `{"type":"response.done"}`; with `close=1`
+//!   it then closes with reason `"bye V"`.
 //!
 //! * `ANY /render?from=HEADER[&where=W,..][&encoding=E][&pad=N][&split=1]
 //!   [&gate=NAME][&status=N][&chunked=1]` — reflects request header `HEADER`
@@ -55,11 +64,16 @@
 //!     `gate=NAME`: only after `release(NAME)`), then `"data: done\n\n"`,
 //!     each flushed separately. After the `body` lines if both are asked for
 //!     (separated by an empty line; SSE parsers ignore the `label:` fields).
+//!   * `reason` — status `401` with the HTTP/1.1 reason phrase
+//!     `Invalid API key V` (only HTTP/1.1 has reason phrases).
 //!
 //!   `encoding=gzip|deflate|br|zstd` compresses the whole body (deflate =
 //!   zlib format) with `Content-Encoding` set; the compressor is flushed at
 //!   every SSE frame boundary. `encoding=bogus` only sets
-//!   `Content-Encoding: bogus`. `pad=N` first sends `N` bytes of `'.'` in
+//!   `Content-Encoding: bogus`; `ce=RAW` sends the percent-decoded bytes
+//!   `RAW` (not necessarily ASCII) as the `Content-Encoding` label instead.
+//!   `te=gzip` compresses as a transfer coding: `Transfer-Encoding: gzip,
+//!   chunked`, no `Content-Encoding` (HTTP/1.1 only). `pad=N` first sends `N` bytes of `'.'` in
 //!   64 KiB frames and a `\n` (never held in memory; with compression the
 //!   filler is compressed streaming, so any `N` is fine). `split=1` sends
 //!   everything else (with compression: all compressed bytes) in 3-byte
@@ -85,6 +99,13 @@
 //!   `{dir}/{path}` (`application/octet-stream`, query ignored), `404` when it is
 //!   missing or `path` is not a plain relative path. Enough to serve a git
 //!   repository over the dumb HTTP protocol (`git update-server-info`).
+//! * `GET /stream?from=HEADER&layout=L..` — the header's value split across
+//!   the events of an SSE or NDJSON stream in one of several layouts; see
+//!   the `stream_events` handler and [`crate::events::reassemble`].
+//! * `PUT|POST /store/{key}[?from=HEADER]`, `GET /store/{key}` — keeps a value
+//!   (a request header's, else the body) and serves it later, on any name.
+//! * `GET /bomb?encoding=E[&size=N][&whole=1]` — a decompression bomb; see
+//!   the `bomb` handler.
 //!
 //! Query values are percent-decoded (`%XX` only; `+` stays `+`).
 
@@ -269,6 +290,8 @@ struct State {
     tls_handshakes: AtomicUsize,
     tls_failures: AtomicUsize,
     gates: Gates,
+    /// `/store/{key}` contents.
+    store: Mutex<HashMap<String, Bytes>>,
     shutdown: watch::Receiver<bool>,
     files: Option<std::path::PathBuf>,
 }
@@ -337,6 +360,7 @@ impl Upstream {
             tls_handshakes: AtomicUsize::new(0),
             tls_failures: AtomicUsize::new(0),
             gates: Gates::default(),
+            store: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx.clone(),
             files: opts.files.clone(),
         });
@@ -545,6 +569,11 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
 }
 
 fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+/// `%XX` decoded to raw bytes (`+` stays `+`).
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     fn hex(b: u8) -> Option<u8> {
         match b {
             b'0'..=b'9' => Some(b - b'0'),
@@ -567,23 +596,37 @@ fn percent_decode(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-struct Query(Vec<(String, String)>);
+struct Query(Vec<(String, String)>, Vec<(String, Vec<u8>)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
+        let pairs: Vec<(&str, &str)> = q
+            .unwrap_or_default()
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect();
         Query(
-            q.unwrap_or_default()
-                .split('&')
-                .filter(|kv| !kv.is_empty())
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
+            pairs
+                .iter()
+                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                .collect(),
+            pairs
+                .iter()
+                .map(|(k, v)| (percent_decode(k), percent_decode_bytes(v)))
                 .collect(),
         )
+    }
+
+    /// The value of `key` percent-decoded to raw bytes (not necessarily UTF-8).
+    fn bytes(&self, key: &str) -> Option<&[u8]> {
+        self.1
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -682,6 +725,8 @@ async fn handle(state: Arc<State>, info: &ConnInfo, req: Request<Incoming>) -> R
         }
         "/ws" if method == Method::GET => websocket(&state, req, &query),
         "/render" => render(&state, &req, &query),
+        "/stream" => stream_events(&state, &req, &query),
+        "/bomb" => bomb(&query),
         "/v1/messages" if method == Method::POST => anthropic_messages(req, counter).await,
         "/v1/chat/completions" if method == Method::POST => openai_chat(req, counter).await,
         "/sha256"
@@ -697,6 +742,7 @@ async fn handle(state: Arc<State>, info: &ConnInfo, req: Request<Incoming>) -> R
             }
             static_file(state.files.as_deref(), &p["/files/".len()..])
         }
+        p if p.starts_with("/store/") => store(&state, req, &p["/store/".len()..], &query).await,
         p if p.starts_with("/fixed/") => {
             if method != Method::GET && method != Method::HEAD {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
@@ -867,13 +913,25 @@ fn sse(state: &State, query: &Query) -> Response<RespBody> {
     let interval = query.num("interval_ms").unwrap_or(0);
     let data = query.get("data").unwrap_or_default().to_string();
     let gates = state.gates.clone();
-    let stream = futures_util::stream::unfold(0u64, move |i| {
+    let encoding = query
+        .get("encoding")
+        .filter(|e| !e.is_empty() && *e != "identity")
+        .map(str::to_string);
+    let compressor = match encoding.as_deref().map(Compressor::new) {
+        None => None,
+        Some(Some(c)) => Some(c),
+        Some(None) => return text(StatusCode::BAD_REQUEST, "unknown encoding\n"),
+    };
+    // The compressor is flushed after every event, so each event is one decodable frame.
+    let stream = futures_util::stream::unfold((0u64, compressor), move |(i, mut comp)| {
         let gate = gate.clone();
         let data = data.clone();
         let gates = gates.clone();
         async move {
             if i >= events {
-                return None;
+                let c = comp.take()?;
+                let tail = c.finish();
+                return Some((Ok::<_, BoxError>(Frame::data(tail)), (i + 1, None)));
             }
             if i >= 1 {
                 if let Some(g) = &gate {
@@ -882,8 +940,16 @@ fn sse(state: &State, query: &Query) -> Response<RespBody> {
                     tokio::time::sleep(Duration::from_millis(interval)).await;
                 }
             }
-            let frame = Frame::data(Bytes::from(format!("data: event {i}{data}\n\n")));
-            Some((Ok::<_, BoxError>(frame), i + 1))
+            let event = Bytes::from(format!("data: event {i}{data}\n\n"));
+            let frame = match comp.as_mut() {
+                Some(c) => {
+                    let mut z = c.write(&event).to_vec();
+                    z.extend_from_slice(&c.flush());
+                    Frame::data(Bytes::from(z))
+                }
+                None => Frame::data(event),
+            };
+            Some((Ok::<_, BoxError>(frame), (i + 1, comp)))
         }
     });
     let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
@@ -896,6 +962,12 @@ fn sse(state: &State, query: &Query) -> Response<RespBody> {
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
+    if let Some(e) = &encoding {
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_str(e).unwrap(),
+        );
+    }
     resp
 }
 
@@ -917,6 +989,13 @@ fn websocket(state: &State, mut req: Request<Incoming>, query: &Query) -> Respon
             "expected HTTP/1.1 websocket upgrade",
         );
     }
+    let header = |name: Option<&str>| {
+        name.and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .and_then(|n| req.headers().get(n).cloned())
+    };
+    let reflect = header(query.get("reflect"));
+    let send = header(query.get("send"));
+    let close = query.flag("close");
     let on_upgrade = hyper::upgrade::on(&mut req);
     spawn_guarded(state.shutdown.clone(), async move {
         let upgraded = match on_upgrade.await {
@@ -928,6 +1007,14 @@ fn websocket(state: &State, mut req: Request<Incoming>, query: &Query) -> Respon
         };
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        if let Some(v) = send {
+            if ws_send_renderings(&mut ws, v.as_bytes(), close)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         while let Some(msg) = ws.next().await {
             let Ok(msg) = msg else { break };
             if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
@@ -949,7 +1036,68 @@ fn websocket(state: &State, mut req: Request<Incoming>, query: &Query) -> Respon
         "sec-websocket-accept",
         HeaderValue::from_str(&derive_accept_key(key.as_bytes())).unwrap(),
     );
+    if let Some(v) = reflect {
+        // Some realtime APIs carry the key in the subprotocol; a careless one echoes it.
+        h.insert("sec-websocket-protocol", v);
+    }
+    if let Some(ext) = query.bytes("extensions") {
+        h.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_bytes(ext).unwrap(),
+        );
+    }
     resp
+}
+
+/// The `/ws?send=HEADER` sequence: the value `v` in a text message, a binary message, a text
+/// message fragmented into three frames, and split across two JSON delta messages (the
+/// layout of realtime APIs), then `{"type":"response.done"}`; with `close`, a Close frame
+/// whose reason carries `v`.
+async fn ws_send_renderings<S>(
+    ws: &mut WebSocketStream<S>,
+    v: &[u8],
+    close: bool,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    use tokio_tungstenite::tungstenite::Message;
+    let text = String::from_utf8_lossy(v).into_owned();
+    ws.send(Message::text(format!("text: {text}"))).await?;
+    ws.send(Message::binary([&b"bin: "[..], v].concat()))
+        .await?;
+    let frag = format!("frag: {text}").into_bytes();
+    let third = frag.len() / 3;
+    let parts = [&frag[..third], &frag[third..2 * third], &frag[2 * third..]];
+    for (i, p) in parts.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        ws.send(Message::Frame(Frame::message(p.to_vec(), opcode, i == 2)))
+            .await?;
+    }
+    let mut half = text.len() / 2;
+    while !text.is_char_boundary(half) {
+        half += 1;
+    }
+    for piece in [&text[..half], &text[half..]] {
+        let ev = serde_json::json!({"type": "response.text.delta", "delta": piece});
+        ws.send(Message::text(ev.to_string())).await?;
+    }
+    ws.send(Message::text(r#"{"type":"response.done"}"#))
+        .await?;
+    if close {
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: format!("bye {text}").into(),
+        })))
+        .await?;
+    }
+    Ok(())
 }
 
 // ----------------------------------------------------------------- render
@@ -990,6 +1138,23 @@ impl Compressor {
                 22,
             ))),
             "zstd" => Self::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap()),
+            _ => return None,
+        })
+    }
+
+    /// The strongest setting of each encoding (for `/bomb`: the smallest body).
+    fn new_best(name: &str) -> Option<Self> {
+        let best = flate2::Compression::best();
+        Some(match name {
+            "gzip" => Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), best)),
+            "deflate" => Self::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), best)),
+            "br" => Self::Br(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                9,
+                24,
+            ))),
+            "zstd" => Self::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap()),
             _ => return None,
         })
     }
@@ -1139,6 +1304,7 @@ struct RenderWhere {
     location: bool,
     trailer: bool,
     sse: bool,
+    reason: bool,
 }
 
 fn render(state: &State, req: &Request<Incoming>, query: &Query) -> Response<RespBody> {
@@ -1168,6 +1334,7 @@ fn render(state: &State, req: &Request<Incoming>, query: &Query) -> Response<Res
             "location" => wh.location = true,
             "trailer" | "trailers" => wh.trailer = true,
             "sse" => wh.sse = true,
+            "reason" => wh.reason = true,
             other => {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -1179,7 +1346,10 @@ fn render(state: &State, req: &Request<Incoming>, query: &Query) -> Response<Res
     let encoding = query
         .get("encoding")
         .filter(|e| !e.is_empty() && *e != "identity");
-    let compressor = match encoding {
+    // `te=gzip`: the body is compressed as a transfer coding (`Transfer-Encoding: gzip,
+    // chunked`, HTTP/1.1 only) instead of a content coding.
+    let transfer = query.get("te").filter(|e| !e.is_empty());
+    let compressor = match encoding.or(transfer) {
         None | Some("bogus") => None,
         Some(e) => match Compressor::new(e) {
             Some(c) => Some(c),
@@ -1247,9 +1417,18 @@ fn render(state: &State, req: &Request<Incoming>, query: &Query) -> Response<Res
     };
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     if let Some(e) = encoding {
+        // `ce=RAW` sends these bytes (percent-decoded, not necessarily ASCII) as the
+        // Content-Encoding label instead of the encoding's name.
+        let label = match query.bytes("ce") {
+            Some(raw) => HeaderValue::from_bytes(raw).unwrap(),
+            None => HeaderValue::from_str(e).unwrap(),
+        };
+        h.insert(http::header::CONTENT_ENCODING, label);
+    }
+    if let Some(t) = transfer {
         h.insert(
-            http::header::CONTENT_ENCODING,
-            HeaderValue::from_str(e).unwrap(),
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_str(&format!("{t}, chunked")).unwrap(),
         );
     }
     if content_length {
@@ -1284,6 +1463,15 @@ fn render(state: &State, req: &Request<Incoming>, query: &Query) -> Response<Res
         h.insert(http::header::LOCATION, loc);
         *resp.status_mut() = StatusCode::FOUND;
     }
+    if wh.reason {
+        // What some servers' sendError writes: the rejected key in the HTTP/1.1 reason phrase.
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        let mut phrase = b"Invalid API key ".to_vec();
+        phrase.extend_from_slice(v);
+        if let Ok(r) = hyper::ext::ReasonPhrase::try_from(phrase) {
+            resp.extensions_mut().insert(r);
+        }
+    }
     if let Some(s) = query
         .num("status")
         .and_then(|s| u16::try_from(s).ok())
@@ -1291,6 +1479,258 @@ fn render(state: &State, req: &Request<Incoming>, query: &Query) -> Response<Res
     {
         *resp.status_mut() = s;
     }
+    resp
+}
+
+// ------------------------------------------------------------ store
+
+/// `/store/{key}`: `PUT`/`POST` stores the value of request header `?from=HEADER` (else the
+/// request body) under `key` and answers `204`; `GET` returns what is stored (`200
+/// text/plain`, `404` if nothing). The upstream's memory stands for anything an API keeps
+/// and serves later (a gist, an email, an object), on any host name that reaches it.
+async fn store(
+    state: &State,
+    req: Request<Incoming>,
+    key: &str,
+    query: &Query,
+) -> Response<RespBody> {
+    let key = key.to_string();
+    match *req.method() {
+        Method::GET => match state.store.lock().unwrap().get(&key) {
+            Some(v) => text(StatusCode::OK, v.clone()),
+            None => text(StatusCode::NOT_FOUND, "nothing stored\n"),
+        },
+        Method::PUT | Method::POST => {
+            let value = match query.get("from") {
+                Some(h) => match HeaderName::from_bytes(h.as_bytes())
+                    .ok()
+                    .and_then(|n| req.headers().get(n))
+                {
+                    Some(v) => Bytes::copy_from_slice(v.as_bytes()),
+                    None => return text(StatusCode::BAD_REQUEST, "header absent\n"),
+                },
+                None => match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("body error: {e}")),
+                },
+            };
+            state.store.lock().unwrap().insert(key, value);
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        }
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    }
+}
+
+// ------------------------------------------------------------ event streams
+
+/// Layouts of `/stream`: how each piece of the reflected value is framed.
+fn stream_event(layout: &str, i: usize, piece: &str, pad: &str) -> Option<String> {
+    use serde_json::json;
+    let mut v = match layout {
+        "plain" => return Some(format!("{pad}{piece}")),
+        "openai" => json!({"id": "chatcmpl-stream", "object": "chat.completion.chunk",
+            "model": "mock-model",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
+        "anthropic" => json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": piece}}),
+        "gemini" => json!({"candidates": [{"content": {"parts": [{"text": piece}],
+            "role": "model"}, "index": 0}], "modelVersion": "gemini-mock"}),
+        "custom" | "ndjson-custom" => json!({"seq": i, "chunk": {"payload": piece}, "model": "m"}),
+        "ndjson" => {
+            json!({"model": "llama-mock", "created_at": format!("2025-01-01T00:00:{i:02}Z"),
+            "response": piece, "done": false})
+        }
+        _ => return None,
+    };
+    if !pad.is_empty() {
+        v["pad"] = json!(pad);
+    }
+    Some(v.to_string())
+}
+
+/// The event that ends a `/stream` (none for `plain`).
+fn stream_end(layout: &str, n: usize) -> Option<String> {
+    use serde_json::json;
+    let v = match layout {
+        "openai" => json!({"id": "chatcmpl-stream", "object": "chat.completion.chunk",
+            "model": "mock-model", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        "anthropic" => json!({"type": "content_block_stop", "index": 0}),
+        "gemini" => json!({"candidates": [{"content": {"parts": [{"text": ""}], "role": "model"},
+            "finishReason": "STOP", "index": 0}], "modelVersion": "gemini-mock"}),
+        "custom" | "ndjson-custom" => json!({"seq": n, "done": true}),
+        "ndjson" => json!({"model": "llama-mock", "response": "", "done": true}),
+        _ => return None,
+    };
+    Some(v.to_string())
+}
+
+/// `GET /stream?from=HEADER&layout=L[&cuts=a,b][&eol=lf|cr|crlf][&gate=NAME][&pad=N]
+/// [&encoding=E]`: request header `HEADER` reflected as an event stream whose value is split
+/// across events at byte offsets `cuts` (default: the middle), one event per piece, each
+/// flushed separately, then a layout-specific final event. Layouts: `plain` (SSE,
+/// `data: <piece>`), `openai`, `anthropic`, `gemini`, `custom` (SSE, JSON
+/// `{"seq":i,"chunk":{"payload":piece}}`), `ndjson` (Ollama-like lines,
+/// `application/x-ndjson`) and `ndjson-custom`. `eol` sets the line terminator (SSE allows
+/// CR-only). `pad=N` adds `N` bytes of `'.'` to the first event (a `pad` field in JSON,
+/// before the piece in `plain`). With `gate`, event `i >= 1` waits for `release("NAME-i")`.
+/// [`crate::events::reassemble`] rebuilds what a client concatenates.
+fn stream_events(state: &State, req: &Request<Incoming>, query: &Query) -> Response<RespBody> {
+    let Some(v) = query
+        .get("from")
+        .and_then(|f| HeaderName::from_bytes(f.as_bytes()).ok())
+        .and_then(|n| req.headers().get(n))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    else {
+        return text(StatusCode::BAD_REQUEST, "missing ?from=<present header>\n");
+    };
+    let layout = query.get("layout").unwrap_or("plain").to_string();
+    let eol = match query.get("eol").unwrap_or("lf") {
+        "lf" => "\n",
+        "cr" => "\r",
+        "crlf" => "\r\n",
+        other => return text(StatusCode::BAD_REQUEST, format!("unknown eol={other:?}\n")),
+    };
+    let mut cuts: Vec<usize> = match query.get("cuts") {
+        Some(c) => c.split(',').filter_map(|x| x.parse().ok()).collect(),
+        None => vec![v.len() / 2],
+    };
+    cuts.retain(|&c| c > 0 && c < v.len() && v.is_char_boundary(c));
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for c in cuts.into_iter().chain([v.len()]) {
+        pieces.push(v[at..c].to_string());
+        at = c;
+    }
+    let pad = ".".repeat(query.num("pad").unwrap_or(0) as usize);
+    let ndjson = layout.starts_with("ndjson");
+    let frame = |data: String| -> Bytes {
+        if ndjson {
+            Bytes::from(format!("{data}{eol}"))
+        } else {
+            Bytes::from(format!("data: {data}{eol}{eol}"))
+        }
+    };
+    let mut events = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        let Some(e) = stream_event(&layout, i, p, if i == 0 { &pad } else { "" }) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("unknown layout={layout:?}\n"),
+            );
+        };
+        events.push(frame(e));
+    }
+    if let Some(e) = stream_end(&layout, pieces.len()) {
+        events.push(frame(e));
+    }
+    let encoding = query
+        .get("encoding")
+        .filter(|e| !e.is_empty() && *e != "identity")
+        .map(str::to_string);
+    let mut segs = VecDeque::new();
+    for (i, e) in events.into_iter().enumerate() {
+        if i >= 1 {
+            if let Some(g) = query.get("gate") {
+                segs.push_back(Seg::Gate(format!("{g}-{i}")));
+            }
+        }
+        segs.push_back(Seg::Data(e));
+        segs.push_back(Seg::Flush);
+    }
+    let mut stream = SegStream::new(segs, state.gates.clone());
+    stream.flush_each = true;
+    if let Some(e) = &encoding {
+        match Compressor::new(e) {
+            Some(c) => stream.compressor = Some(c),
+            None => return text(StatusCode::BAD_REQUEST, format!("unknown encoding={e:?}\n")),
+        }
+    }
+    let mut resp = Response::new(stream.into_body());
+    let h = resp.headers_mut();
+    let ctype = if ndjson {
+        "application/x-ndjson"
+    } else {
+        "text/event-stream"
+    };
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    if let Some(e) = &encoding {
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_str(e).unwrap(),
+        );
+    }
+    resp
+}
+
+/// `GET /bomb?encoding=gzip|deflate|br|zstd[&size=N][&whole=1]`: a decompression bomb.
+/// The body decodes to `"ok\n"` followed by `N` zero bytes (default 256 MiB). By default
+/// the `"ok\n"` part is its own (flushed) frame and the zeros follow in later frames; with
+/// `whole=1` the entire compressed body is one frame. The compressed bytes are computed
+/// once per `(encoding, size)` and cached.
+fn bomb(query: &Query) -> Response<RespBody> {
+    static CACHE: Mutex<Vec<((String, u64), (Bytes, Bytes))>> = Mutex::new(Vec::new());
+    let Some(enc) = query.get("encoding").map(str::to_string) else {
+        return text(StatusCode::BAD_REQUEST, "missing ?encoding=\n");
+    };
+    let size = query.num("size").unwrap_or(256 << 20);
+    let key = (enc.clone(), size);
+    let cached = CACHE
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.clone());
+    let (head, rest) = match cached {
+        Some(v) => v,
+        None => {
+            let Some(mut c) = Compressor::new_best(&enc) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown encoding={enc:?}\n"),
+                );
+            };
+            let mut head = c.write(b"ok\n").to_vec();
+            head.extend_from_slice(&c.flush());
+            let zeros = vec![0u8; 1 << 20];
+            let mut rest = Vec::new();
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                rest.extend_from_slice(&c.write(&zeros[..n]));
+                left -= n as u64;
+            }
+            rest.extend_from_slice(&c.finish());
+            let v = (Bytes::from(head), Bytes::from(rest));
+            CACHE.lock().unwrap().push((key, v.clone()));
+            v
+        }
+    };
+    let frames: Vec<Bytes> = if query.flag("whole") {
+        vec![Bytes::from([head.as_ref(), rest.as_ref()].concat())]
+    } else {
+        vec![head, rest]
+    };
+    let segs = frames.into_iter().map(Seg::Data).collect();
+    let mut stream = SegStream::new(segs, Gates::default());
+    stream.flush_each = true;
+    let mut resp = Response::new(stream.into_body());
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        http::header::CONTENT_ENCODING,
+        HeaderValue::from_str(&enc).unwrap(),
+    );
     resp
 }
 

@@ -77,6 +77,8 @@ pub struct Setup {
     pub identity: Option<String>,
     /// Replace the audit section (default: a spool in the harness's temp dir).
     pub audit: Option<String>,
+    /// The TLS upstream offers only `http/1.1` (reason phrases, transfer codings).
+    pub upstream_h1_only: bool,
 }
 
 impl Harness {
@@ -86,10 +88,11 @@ impl Harness {
 
     pub async fn with(setup: Setup) -> Harness {
         let pki = TestPki::new();
-        let upstream = Upstream::start(UpstreamOptions::tls(
-            pki.issue(&[HOST, OTHER], Validity::Valid),
-        ))
-        .await;
+        let mut options = UpstreamOptions::tls(pki.issue(&[HOST, OTHER], Validity::Valid));
+        if setup.upstream_h1_only {
+            options = options.with_alpn(&["http/1.1"]);
+        }
+        let upstream = Upstream::start(options).await;
         let plain = Upstream::start(UpstreamOptions::plain()).await;
         let dir = tempfile::tempdir().unwrap();
         let ca = credproxy_tls::init_ca(&dir.path().join("ca"), false).unwrap();
