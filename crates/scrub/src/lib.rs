@@ -5,7 +5,10 @@
 //! key; [`PlaceholderSet::scan`] finds placeholders (and near misses that look like probing,
 //! A32) so the proxy can decide where one may be used; [`replace_all`] and [`StreamReplacer`]
 //! swap in the secret on the way out; [`ScrubPatterns`] and [`StreamScrubber`] remove the
-//! secret, in every common rendering, from what comes back (A1–A3, A5).
+//! secret, in every common rendering, from what comes back (A1–A3, A5). [`decode`] undoes
+//! content codings as a response streams, bounded by its input (A4); [`events`] (with the
+//! framings in [`sse`]) scrubs across the events of SSE and NDJSON streams and WebSocket
+//! messages, where a secret arrives split over several values that the client concatenates.
 //!
 //! The crate does no I/O and knows nothing of tokio or hyper, so all of this can be
 //! property-tested and fuzzed in isolation.
@@ -16,12 +19,15 @@
 //! scrubbing off.
 
 mod basic;
+pub mod decode;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod placeholder;
 mod render;
 mod replace;
 mod scrub;
+pub mod sse;
 mod token;
 mod trie;
 
@@ -30,6 +36,7 @@ pub use placeholder::{Findings, Found, NearMiss, PlaceholderSet, StreamScanner};
 pub use render::MARKER;
 pub use replace::{replace_all, Encoding, StreamReplacer};
 pub use scrub::{ScrubEntry, ScrubPatterns, StreamScrubber, MIN_SECRET_LEN};
+pub use sse::{EventStreamScrubber, Message, MessageScrubber, StreamFormat};
 
 /// Why a placeholder set or a set of scrub patterns cannot be built. Messages name
 /// placeholders (they are not secret) and entry indexes, never secret values.

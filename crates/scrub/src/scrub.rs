@@ -194,6 +194,44 @@ impl ScrubPatterns {
         (out, spans)
     }
 
+    /// The matches of `data` that are final and where the bytes to carry start, exactly as a
+    /// [`StreamScrubber`] decides when `data` is its carry followed by a new chunk: a match
+    /// is final unless it starts in the held-back suffix (the longest suffix that is a proper
+    /// prefix of a pattern); with `last`, nothing is held. Matches come in order, each with
+    /// its replacement; the carry is `data[keep..]`, which holds no final match.
+    pub(crate) fn final_matches(&self, data: &[u8], last: bool) -> (Vec<FinalMatch>, usize) {
+        let mut found = Vec::new();
+        let Some(matcher) = &self.inner.matcher else {
+            return (found, data.len());
+        };
+        let held_from = if last {
+            data.len()
+        } else {
+            data.len() - self.inner.trie.held_len(data)
+        };
+        let mut pos = 0;
+        matcher.for_each(data, |m| {
+            if m.start >= held_from {
+                return false;
+            }
+            found.push(FinalMatch {
+                range: m.start..m.end,
+                replacement: Arc::clone(&self.inner.replacement[m.pattern]),
+            });
+            pos = m.end;
+            true
+        });
+        (found, pos.max(held_from))
+    }
+
+    /// Length of the longest suffix of `data` that is a proper prefix of some pattern.
+    pub(crate) fn held_len(&self, data: &[u8]) -> usize {
+        if self.inner.matcher.is_none() {
+            return 0;
+        }
+        self.inner.trie.held_len(data)
+    }
+
     /// A scrubber for one response body.
     pub fn stream(&self) -> StreamScrubber {
         StreamScrubber {
@@ -203,6 +241,13 @@ impl ScrubPatterns {
             count: 0,
         }
     }
+}
+
+/// A match that [`ScrubPatterns::final_matches`] found: where, and what replaces it.
+#[derive(Debug, Clone)]
+pub(crate) struct FinalMatch {
+    pub range: Range<usize>,
+    pub replacement: Arc<[u8]>,
 }
 
 /// `value` with every occurrence of `secret` replaced by `placeholder`, or the placeholder
