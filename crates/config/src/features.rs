@@ -138,9 +138,30 @@ pub(crate) fn secrets(cx: &mut Ctx<'_>, raw: Option<RawSecrets>) -> SecretsConfi
         return SecretsConfig {
             openbao: None,
             cache_ttl: default_ttl,
+            scrub_retention: crate::DEFAULT_SCRUB_RETENTION,
+            scrub_refresh: crate::DEFAULT_SCRUB_REFRESH,
         };
     };
     let mut cache_ttl = cx.duration("secrets.cache_ttl", s.cache_ttl.as_deref(), default_ttl);
+    let scrub_retention = cx.duration(
+        "secrets.scrub_retention",
+        s.scrub_retention.as_deref(),
+        crate::DEFAULT_SCRUB_RETENTION,
+    );
+    if scrub_retention > Duration::from_secs(90 * 24 * 3600) {
+        cx.err(
+            "secrets.scrub_retention",
+            "at most 90d: every retained value is scanned for in every response",
+        );
+    }
+    let scrub_refresh = cx.duration(
+        "secrets.scrub_refresh",
+        s.scrub_refresh.as_deref(),
+        crate::DEFAULT_SCRUB_REFRESH,
+    );
+    if scrub_refresh < Duration::from_secs(1) || scrub_refresh > Duration::from_secs(24 * 3600) {
+        cx.err("secrets.scrub_refresh", "between 1s and 24h");
+    }
     let openbao = s.openbao.and_then(|o| {
         if let Some(t) = o.cache_ttl.as_deref() {
             if s.cache_ttl.is_some() {
@@ -212,7 +233,12 @@ pub(crate) fn secrets(cx: &mut Ctx<'_>, raw: Option<RawSecrets>) -> SecretsConfi
             request_timeout,
         })
     });
-    SecretsConfig { openbao, cache_ttl }
+    SecretsConfig {
+        openbao,
+        cache_ttl,
+        scrub_retention,
+        scrub_refresh,
+    }
 }
 
 /// Headers a credential may never be injected into: they frame or route the request, or

@@ -158,7 +158,16 @@ pub struct SecretsConfig {
     pub openbao: Option<OpenBaoConfig>,
     /// How long a fetched secret is reused (all sources); zero disables caching.
     pub cache_ttl: Duration,
+    /// How long a replaced (rotated or removed) value is still scrubbed from responses.
+    pub scrub_retention: Duration,
+    /// How often every credential's value is re-read for the scrub set.
+    pub scrub_refresh: Duration,
 }
+
+/// Default for [`SecretsConfig::scrub_retention`].
+pub const DEFAULT_SCRUB_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default for [`SecretsConfig::scrub_refresh`].
+pub const DEFAULT_SCRUB_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenBaoConfig {

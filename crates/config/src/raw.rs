@@ -206,6 +206,8 @@ pub struct RawPolicy {
 pub struct RawSecrets {
     pub openbao: Option<RawOpenBao>,
     pub cache_ttl: Option<String>,
+    pub scrub_retention: Option<String>,
+    pub scrub_refresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -686,3 +686,33 @@ fn credential_kinds_have_one_row_each_and_round_trip_by_name() {
     assert_eq!(names.len(), CredentialKind::TABLE.len(), "duplicate names");
     assert_eq!(CredentialKind::from_name("Bearer"), None, "names are exact");
 }
+
+#[test]
+fn scrub_set_retention_and_refresh() {
+    let base = "listeners: [{name: a, tcp: '127.0.0.1:1'}]\nca: {cert_file: /c, key_file: /k}\nallowed_domains: []\nidentity: {danger_allow_anonymous: true}\n";
+    let c = Config::parse(base, Path::new("/")).unwrap();
+    assert_eq!(c.secrets.scrub_retention, Duration::from_secs(24 * 3600));
+    assert_eq!(c.secrets.scrub_refresh, Duration::from_secs(60));
+    let set = format!("{base}secrets: {{scrub_retention: 7d, scrub_refresh: 10s}}\n");
+    let c = Config::parse(&set, Path::new("/")).unwrap();
+    assert_eq!(
+        c.secrets.scrub_retention,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    assert_eq!(c.secrets.scrub_refresh, Duration::from_secs(10));
+    let bad = format!("{base}secrets: {{scrub_retention: forever, scrub_refresh: 100ms}}\n");
+    let e = Config::parse(&bad, Path::new("/")).unwrap_err().to_string();
+    assert!(
+        e.contains("secrets.scrub_retention: expected a duration"),
+        "{e}"
+    );
+    assert!(
+        e.contains("secrets.scrub_refresh: between 1s and 24h"),
+        "{e}"
+    );
+    let long = format!("{base}secrets: {{scrub_retention: 365d}}\n");
+    let e = Config::parse(&long, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("secrets.scrub_retention: at most 90d"), "{e}");
+}

@@ -125,6 +125,12 @@ pub enum Reject {
     /// An internal service (`internal_services`, e.g. the hub) did not answer: its socket
     /// is missing, refused the connection, or it sent no valid response in time.
     InternalServiceUnavailable { name: String },
+    /// The upstream's compressed body decodes to more than the proxy allows for its size (a
+    /// decompression bomb).
+    UpstreamDecodeLimit { authority: Authority },
+    /// Not every secret value the proxy must scrub from responses is known yet (the secret
+    /// store does not answer): nothing is served unscrubbed.
+    ScrubSetUnavailable,
     /// A bug or an unexpected local failure; details are logged, never sent.
     Internal,
 }
@@ -187,7 +193,9 @@ impl Reject {
             | Reject::PolicyDenied { .. } => 403,
             Reject::SecretUnavailable { .. }
             | Reject::SecretInvalid { .. }
-            | Reject::UpstreamEncoding { .. } => 502,
+            | Reject::UpstreamEncoding { .. }
+            | Reject::UpstreamDecodeLimit { .. } => 502,
+            Reject::ScrubSetUnavailable => 503,
             Reject::UpstreamTimeout { .. } => 504,
             Reject::Framing { .. } | Reject::NestedConnect => 400,
             Reject::BodyTooLarge { .. } => 413,
@@ -240,6 +248,8 @@ impl Reject {
             Reject::IdentityStreamLimit => "identity_stream_limit",
             Reject::AgentTokenInRequest { .. } => "agent_token_in_request",
             Reject::InternalServiceUnavailable { .. } => "internal_service_unavailable",
+            Reject::UpstreamDecodeLimit { .. } => "upstream_decompression_limit",
+            Reject::ScrubSetUnavailable => "scrub_set_unavailable",
             Reject::Internal => "internal",
         }
     }
@@ -267,8 +277,12 @@ impl Reject {
             Reject::ProxyAuthRequired { .. }
             | Reject::ListenerAgentMismatch { .. }
             | Reject::PlaceholderMisuse { .. } => RejectSource::Agent,
-            Reject::SecretUnavailable { .. } | Reject::SecretInvalid { .. } => RejectSource::Vault,
-            Reject::UpstreamEncoding { .. } => RejectSource::Upstream,
+            Reject::SecretUnavailable { .. }
+            | Reject::SecretInvalid { .. }
+            | Reject::ScrubSetUnavailable => RejectSource::Vault,
+            Reject::UpstreamEncoding { .. } | Reject::UpstreamDecodeLimit { .. } => {
+                RejectSource::Upstream
+            }
             Reject::IdentityUnavailable
             | Reject::ListenerTokenUnavailable { .. }
             | Reject::AuditUnavailable => RejectSource::Internal,
@@ -339,6 +353,8 @@ impl Reject {
             Reject::IdentityStreamLimit => "your identity has too many requests in flight through the proxy; retry when some have finished".into(),
             Reject::AgentTokenInRequest { location } => format!("the request carries your proxy token in {location}; it is only ever sent to the proxy (Proxy-Authorization) and was not forwarded"),
             Reject::InternalServiceUnavailable { name } => format!("the internal service {name} is not answering; retry later"),
+            Reject::UpstreamDecodeLimit { authority } => format!("{authority} sent a compressed body that decodes to far more than its size (a decompression bomb?); the response was withheld"),
+            Reject::ScrubSetUnavailable => "the proxy cannot yet read every credential value it must remove from responses (the secret store is not answering); nothing was sent, retry shortly".into(),
             Reject::Internal => "internal proxy error; the operator can find details in the proxy log by request id".into(),
         }
     }

@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use credproxy_core::{Authority, Reject, Secret};
-use credproxy_scrub::{Encoding, PlaceholderSet, ScrubPatterns, StreamReplacer};
-use http::{HeaderValue, Response};
+use credproxy_core::{Reject, Secret};
+use credproxy_scrub::{Encoding, PlaceholderSet, StreamReplacer};
+use http::HeaderValue;
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 
 use crate::body::Body;
 use crate::creds::{self, Credentials, Location, Scan};
-use crate::decode;
 use crate::request_body::{BodyFlags, RequestTail};
-use crate::scrub_body::{scrub_headers, Counters, ScrubBody};
 use crate::Shared;
 
 /// The first part of a request body, held so its placeholders are checked before anything
@@ -175,10 +173,10 @@ pub(crate) async fn inject(
             _ => None,
         });
         let (value, rendered) = creds::header_value(cfg, &secret, agent_basic.as_deref())?;
-        // Remember it for response scrubbing first: a secret that cannot be scrubbed is not sent.
+        // In the scrub set first: a secret that cannot be scrubbed is not sent.
         shared
-            .recent
-            .record(&cfg.id, &secret, &cfg.placeholder, &rendered)
+            .scrub
+            .record(creds, i, &secret, &rendered)
             .map_err(|_| Reject::SecretInvalid {
                 credential: cfg.id.clone(),
             })?;
@@ -323,59 +321,6 @@ impl http_body::Body for Chain {
         }
         this.second.poll_frame(cx)
     }
-}
-
-/// Wrap a response for scrubbing: headers now, body and trailers as they stream.
-pub(crate) fn scrub_response(
-    shared: &Shared,
-    authority: &Authority,
-    mut parts: http::response::Parts,
-    body: Body,
-    patterns: ScrubPatterns,
-) -> Result<(Response<Body>, Arc<Counters>), Reject> {
-    let n = scrub_headers(&patterns, &mut parts.headers);
-    let encodings: Vec<&str> = parts
-        .headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let decoder = match decode::for_header(&encodings) {
-        decode::Encoding::Identity => None,
-        decode::Encoding::Decode(d) => Some(*d),
-        decode::Encoding::Unsupported(encoding) => {
-            return Err(Reject::UpstreamEncoding {
-                authority: authority.clone(),
-                encoding,
-            })
-        }
-    };
-    if decoder.is_some() {
-        parts.headers.remove(http::header::CONTENT_ENCODING);
-    }
-    // Scrubbing may change the length; the agent gets the body without a stale length.
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    let event_stream = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
-    let counters = Arc::new(Counters {
-        metric: shared.metrics.scrubbed.clone(),
-        ..Counters::default()
-    });
-    counters.scrubbed(n as u64);
-    Ok((
-        Response::from_parts(
-            parts,
-            ScrubBody::boxed(body, decoder, patterns, counters.clone(), event_stream),
-        ),
-        counters,
-    ))
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ mod body;
 mod clock;
 mod connector;
 mod creds;
-mod decode;
 mod drain;
 pub mod explain;
 mod framing;
@@ -22,11 +21,11 @@ mod limits;
 mod listener_token;
 mod metrics;
 mod prefixed;
-mod recent;
 mod request_body;
 mod scrub_body;
+mod scrub_set;
 mod service;
-mod sse;
+mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,11 +92,16 @@ pub(crate) struct Generation {
     pub(crate) allowlist: Allowlist,
     pub(crate) creds: creds::Credentials,
     pub(crate) policy: credproxy_policy::PolicyEngine,
+    /// Every secret value of `creds` is in the scrub set (set by the scrub-set loader);
+    /// until then the generation's requests are refused.
+    pub(crate) scrub_ready: std::sync::atomic::AtomicBool,
 }
 
 /// State shared by every connection.
 pub(crate) struct Shared {
     pub(crate) gen: arc_swap::ArcSwap<Generation>,
+    /// The id of the current generation, for what must react to a reload (open WebSockets).
+    pub(crate) generations: tokio::sync::watch::Sender<u64>,
     pub(crate) secrets: credproxy_secrets::SecretStore,
     pub(crate) startup: Startup,
     /// The audit spool; `None` when `audit` is not configured.
@@ -111,7 +115,8 @@ pub(crate) struct Shared {
     pub(crate) listener_tokens: listener_token::ListenerTokens,
     /// Internal names served over a local Unix socket (`internal_services`).
     pub(crate) internal: internal::InternalServices,
-    pub(crate) recent: recent::Recent,
+    /// Every secret value that responses are scrubbed of.
+    pub(crate) scrub: scrub_set::ScrubSet,
     pub(crate) leaf_cache: Arc<LeafCache>,
     pub(crate) client: UpstreamClient,
     pub(crate) ws_client: UpstreamClient,
@@ -255,12 +260,18 @@ impl ReloadHandle {
         }
         let id = self.shared.generation().id + 1;
         let hash = policy.hash().to_string();
+        // A generation whose secret values are all known already serves at once; one with new
+        // sources waits for the loader (woken below).
+        let ready = self.shared.scrub.covers(&creds);
         self.shared.gen.store(Arc::new(Generation {
             id,
             allowlist: config.allowed_domains,
             creds,
             policy,
+            scrub_ready: std::sync::atomic::AtomicBool::new(ready),
         }));
+        self.shared.scrub.wake();
+        self.shared.generations.send_replace(id);
         self.shared.metrics.generation.set(id as i64);
         info!(generation = id, policy = %hash, "configuration reloaded");
         Ok(id)
@@ -455,34 +466,52 @@ impl Proxy {
             limits: config.limits.clone(),
             internal_services: config.internal_services.clone(),
         };
-        Ok(Proxy {
-            shared: Arc::new(Shared {
-                startup,
-                audit,
-                _exporter: exporter,
-                verifier,
-                listener_agents,
-                listener_tokens,
-                internal: internal::InternalServices::new(config.internal_services.values()),
-                gen: arc_swap::ArcSwap::from_pointee(Generation {
-                    id: 1,
-                    allowlist: config.allowed_domains,
-                    creds,
-                    policy,
-                }),
-                secrets,
-                recent: recent::Recent::default(),
-                leaf_cache,
-                client,
-                ws_client,
-                metrics,
-                identity_conns: limits::PerIdentity::new(
-                    config.limits.max_connections_per_identity,
-                ),
-                identity_streams: limits::PerIdentity::new(config.limits.max_streams_per_identity),
-                limits: config.limits.clone(),
-                upstream: config.upstream,
+        let scrub_ready = std::sync::atomic::AtomicBool::new(creds.configs.is_empty());
+        let initial_wait = config
+            .secrets
+            .openbao
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |o| o.request_timeout)
+            + std::time::Duration::from_secs(1);
+        let shared = Arc::new(Shared {
+            startup,
+            audit,
+            _exporter: exporter,
+            verifier,
+            listener_agents,
+            listener_tokens,
+            internal: internal::InternalServices::new(config.internal_services.values()),
+            generations: tokio::sync::watch::channel(1).0,
+            gen: arc_swap::ArcSwap::from_pointee(Generation {
+                id: 1,
+                allowlist: config.allowed_domains,
+                creds,
+                policy,
+                scrub_ready,
             }),
+            secrets,
+            scrub: scrub_set::ScrubSet::new(
+                config.secrets.scrub_retention,
+                config.secrets.scrub_refresh,
+            ),
+            leaf_cache,
+            client,
+            ws_client,
+            metrics,
+            identity_conns: limits::PerIdentity::new(config.limits.max_connections_per_identity),
+            identity_streams: limits::PerIdentity::new(config.limits.max_streams_per_identity),
+            limits: config.limits.clone(),
+            upstream: config.upstream,
+        });
+        // The scrub set is loaded before the first request is served (bounded by the secret
+        // store's timeout; if it does not answer, requests are refused until it does).
+        scrub_set::spawn_loader(&shared);
+        let gen = shared.generation();
+        if !shared.scrub.wait_ready(&gen, initial_wait).await {
+            warn!("not every credential value could be read at start; requests are refused (503 scrub_set_unavailable) until they can");
+        }
+        Ok(Proxy {
+            shared,
             listeners,
             admin,
             limits: config.limits,
@@ -610,7 +639,16 @@ impl RunningProxy {
                 tokio::time::timeout_at(deadline, rx.wait_for(|_| t.token.current().is_ok())).await;
             tokens &= matches!(held, Ok(Ok(_)));
         }
-        identity && tokens && shared.secrets.wait_openbao_ready(timeout).await
+        identity
+            && tokens
+            && shared.secrets.wait_openbao_ready(timeout).await
+            && shared.scrub.wait_ready(&shared.generation(), timeout).await
+    }
+
+    /// Wait until the scrub set has re-read every credential's value twice (so at least once
+    /// entirely after this call): tests of `secrets.scrub_refresh`.
+    pub async fn wait_scrub_refresh(&self) {
+        self.reload.shared.scrub.passes(2).await;
     }
 
     /// Wait until every audit record queued so far is written (tests, shutdown).
@@ -738,6 +776,17 @@ async fn readiness(shared: &Shared) -> (u16, &'static str, String) {
         None => {}
     }
     let g = shared.generation();
+    let scrub_ready = g.scrub_ready.load(std::sync::atomic::Ordering::Acquire);
+    ready &= scrub_ready;
+    lines.push(format!(
+        "scrub set: {}{}",
+        if scrub_ready {
+            "ready, "
+        } else {
+            "not ready, "
+        },
+        shared.scrub.status()
+    ));
     lines.push(format!("generation: {} policy {}", g.id, g.policy.hash()));
     let status = if ready { 200 } else { 503 };
     let head = if ready { "ready" } else { "not ready" };

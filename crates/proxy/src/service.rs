@@ -828,6 +828,10 @@ async fn forward(
             authority: authority.clone(),
         });
     }
+    // Nothing is served before every secret value it could carry can be scrubbed from it.
+    if !gen.scrub_ready.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(Reject::ScrubSetUnavailable);
+    }
     let websocket = is_websocket_upgrade(&req)?;
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let path = req
@@ -851,6 +855,11 @@ async fn forward(
     // so they are removed before anything looks for placeholders.
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
+    crate::scrub_body::prepare_request(
+        &mut parts.headers,
+        websocket,
+        shared.scrub.patterns().is_some(),
+    );
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let method = parts.method.clone();
@@ -1029,8 +1038,12 @@ async fn forward(
     } else {
         &shared.client
     };
+    let injected: Vec<String> = to_inject
+        .iter()
+        .map(|&i| gen.creds.configs[i].id.clone())
+        .collect();
     let send = client.request(upstream_req);
-    let mut resp = match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
+    let resp = match tokio::time::timeout(shared.upstream.response_header_timeout, send).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             if let Some(reject) = body_cut(&flags, via.framing).map(body_limit) {
@@ -1054,42 +1067,52 @@ async fn forward(
     debug!(request_id = id, listener = %ctx.listener.name, %method, %authority, status = resp.status().as_u16(), "forwarded");
 
     let mut close_after = false;
+    // Loaded after injection: it holds whatever this request put in the set.
+    let patterns = shared.scrub.patterns();
     if let Some(agent_upgrade) = agent_upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let check = crate::websocket::Check {
+                authority: authority.clone(),
+                expires: identity.as_ref().map(|i| i.expires_at),
+                input,
+                credentials: injected,
+            };
             let guard = ctx.clock.request_started();
-            tokio::spawn(async move {
-                let _guard = guard;
-                let (Ok(a), Ok(u)) = (agent_upgrade.await, upstream_upgrade.await) else {
-                    return;
-                };
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u)).await;
-            });
-            let (parts, _) = resp.into_parts();
-            return Ok(Response::from_parts(parts, empty()));
+            return crate::websocket::switch(shared, guard, agent_upgrade, resp, patterns, check);
         }
         // No 101: an ordinary response, after which the agent's connection closes (the
         // bytes the agent sends after an upgrade request are not read as HTTP requests).
         close_after = true;
     }
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    // hyper keeps a non-standard HTTP/1.1 reason phrase as an extension and writes it back out;
+    // servers put rejected keys in it, so the agent always gets the standard one.
+    parts.extensions = http::Extensions::new();
+    let body: Body = body.map_err(Into::into).boxed();
+    let mut resp = match patterns {
+        None => {
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body)
+        }
+        Some(patterns) => {
+            let (resp, counters) = crate::scrub_body::scrub_response(
+                &method,
+                authority,
+                parts,
+                body,
+                patterns,
+                shared.metrics.scrubbed.clone(),
+            )
+            .await?;
+            draft.scrub = Some(counters);
+            resp
+        }
+    };
     if close_after {
-        parts
-            .headers
+        resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let body: Body = body.map_err(Into::into).boxed();
-    match shared.recent.patterns_for(&gen.creds, authority) {
-        None => Ok(Response::from_parts(parts, body)),
-        Some(patterns) => {
-            let (resp, counters) =
-                crate::inject::scrub_response(shared, authority, parts, body, patterns)?;
-            draft.scrub = Some(counters);
-            Ok(resp)
-        }
-    }
+    Ok(resp)
 }
 
 /// Map a client error to a rejection by what is in its cause chain.

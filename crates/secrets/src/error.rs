@@ -65,6 +65,21 @@ pub enum SecretError {
 }
 
 impl SecretError {
+    /// Whether the value may exist but could not be read now (the backend is down, the token
+    /// is refused or lacks permission, the file exists but cannot be read), as opposed to
+    /// there being no value at all (unset variable, missing file or field, bad path). The
+    /// proxy's scrub set fails closed on the first kind only: a value it cannot read is a value
+    /// it cannot scrub.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SecretError::FileRead { .. }
+                | SecretError::NotAuthenticated { .. }
+                | SecretError::Unavailable { .. }
+                | SecretError::PermissionDenied { .. }
+        )
+    }
+
     /// Stable label for metrics, logs and the agent-facing rejection; never renamed.
     ///
     /// `secret_unavailable`: the backend is down, auth is invalid, a timeout, or a

@@ -1142,19 +1142,19 @@ impl Compressor {
         })
     }
 
-    /// The strongest setting of each encoding (for `/bomb`: the smallest body).
+    /// Settings for `/bomb`: small output from zeros, quickly (even in a debug build).
     fn new_best(name: &str) -> Option<Self> {
-        let best = flate2::Compression::best();
+        let level = flate2::Compression::new(6);
         Some(match name {
-            "gzip" => Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), best)),
-            "deflate" => Self::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), best)),
+            "gzip" => Self::Gzip(flate2::write::GzEncoder::new(Vec::new(), level)),
+            "deflate" => Self::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), level)),
             "br" => Self::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
-                4096,
-                9,
+                1 << 16,
+                1,
                 24,
             ))),
-            "zstd" => Self::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap()),
+            "zstd" => Self::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap()),
             _ => return None,
         })
     }
@@ -1676,7 +1676,9 @@ fn stream_events(state: &State, req: &Request<Incoming>, query: &Query) -> Respo
 /// `whole=1` the entire compressed body is one frame. The compressed bytes are computed
 /// once per `(encoding, size)` and cached.
 fn bomb(query: &Query) -> Response<RespBody> {
-    static CACHE: Mutex<Vec<((String, u64), (Bytes, Bytes))>> = Mutex::new(Vec::new());
+    /// (encoding, size) → (the `"ok\n"` frame, the rest).
+    type Bombs = Vec<((String, u64), (Bytes, Bytes))>;
+    static CACHE: Mutex<Bombs> = Mutex::new(Vec::new());
     let Some(enc) = query.get("encoding").map(str::to_string) else {
         return text(StatusCode::BAD_REQUEST, "missing ?encoding=\n");
     };
