@@ -68,6 +68,9 @@ pub struct EventStreamScrubber {
     format: StreamFormat,
     core: EventCore<SseMeta>,
     buf: Vec<u8>,
+    /// Where the current event starts in `buf` (what is before it is written out; dropped
+    /// once per push, not once per event).
+    base: usize,
     /// Where scanning for the next line terminator resumes.
     pos: usize,
     line_start: usize,
@@ -82,6 +85,7 @@ impl EventStreamScrubber {
             format,
             core: EventCore::new(patterns),
             buf: Vec::new(),
+            base: 0,
             pos: 0,
             line_start: 0,
             lines: Vec::new(),
@@ -110,6 +114,7 @@ impl EventStreamScrubber {
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
         self.scan(false, &mut out);
+        self.compact();
         if self.buf.len() > MAX_EVENT {
             return Err(EventTooLarge { limit: MAX_EVENT });
         }
@@ -123,10 +128,11 @@ impl EventStreamScrubber {
         if self.buf.len() > self.line_start {
             self.lines.push((self.line_start, self.buf.len()));
         }
-        if !self.buf.is_empty() {
+        if self.buf.len() > self.base {
             let end = self.buf.len();
             self.event(end, &mut out);
         }
+        self.compact();
         let outs = self.core.finish();
         self.write(outs, &mut out);
         out
@@ -175,9 +181,25 @@ impl EventStreamScrubber {
         }
     }
 
-    /// The event made of `buf[..end]` and the collected lines.
+    /// Drop what was written out, keeping the current event.
+    fn compact(&mut self) {
+        if self.base == 0 {
+            return;
+        }
+        let b = self.base;
+        self.buf.drain(..b);
+        self.pos -= b;
+        self.line_start -= b;
+        for (s, e) in &mut self.lines {
+            *s -= b;
+            *e -= b;
+        }
+        self.base = 0;
+    }
+
+    /// The event made of `buf[base..end]` and the collected lines.
     fn event(&mut self, end: usize, out: &mut Vec<u8>) {
-        let raw: Vec<u8> = self.buf[..end].to_vec();
+        let raw: Vec<u8> = self.buf[self.base..end].to_vec();
         let eol = self.eol.take().unwrap_or(Eol::Lf);
         let lines = std::mem::take(&mut self.lines);
         let outs = match self.format {
@@ -233,9 +255,9 @@ impl EventStreamScrubber {
                 }
             }
         };
-        self.buf.drain(..end);
-        self.pos = 0;
-        self.line_start = 0;
+        self.base = end;
+        self.line_start = end;
+        self.pos = self.pos.max(end);
         self.write(outs, out);
     }
 
