@@ -595,6 +595,43 @@ fn move_step<M>(patterns: &ScrubPatterns, c: &mut MoveChannel<M>, w: &[u8]) -> (
     (out, n)
 }
 
+/// What a client assembles from events with these data, per channel (the stage's own channel
+/// keys): the concatenation of each channel's values in order. For checks (fuzzing).
+pub(crate) fn client_views(
+    datas: &[Vec<u8>],
+    bytes_key: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut views: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for d in datas {
+        match serde_json::from_slice::<Value>(d) {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => {
+                let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+                let mut leaves = Vec::new();
+                collect_strings(&v, &mut Vec::new(), &mut leaves);
+                for p in leaves {
+                    let s = path_string(&p);
+                    let key = if is_text_path(&s) {
+                        format!("{index}#{s}")
+                    } else {
+                        format!("json:{s}")
+                    };
+                    if let Some(Value::String(t)) = get(&v, &p) {
+                        views
+                            .entry(key)
+                            .or_default()
+                            .extend_from_slice(t.as_bytes());
+                    }
+                }
+            }
+            _ => views
+                .entry(bytes_key.to_string())
+                .or_default()
+                .extend_from_slice(d),
+        }
+    }
+    views
+}
+
 fn collect_strings(v: &Value, path: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
     match v {
         Value::String(_) => out.push(path.clone()),

@@ -8,10 +8,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use credproxy_core::Secret;
 
+use crate::decode::{DecodeLimit, Decoder};
 use crate::token::is_token;
 use crate::{
-    replace_all, Encoding, Findings, PlaceholderSet, ScrubEntry, ScrubPatterns, StreamReplacer,
-    MIN_SECRET_LEN,
+    replace_all, Encoding, EventStreamScrubber, Findings, PlaceholderSet, ScrubEntry,
+    ScrubPatterns, StreamFormat, StreamReplacer, MIN_SECRET_LEN,
 };
 
 /// The placeholder the scrub target replaces secrets with.
@@ -184,6 +185,218 @@ pub fn detect(data: &[u8]) {
     assert_eq!(replacer.count(), count);
 }
 
+/// The secret of the event-stream target: upper-case letters only, so that no replacement
+/// (placeholder or marker: lower case, digits, `-`) can ever form part of it, and any
+/// occurrence in a client's view is a real leak.
+pub const EVENT_SECRET: &[u8] = b"QWERTYUIOPASDFGH";
+
+/// The data of each SSE event in `body` (any line ending), per the specification.
+fn sse_datas(body: &[u8]) -> Vec<Vec<u8>> {
+    let mut events = Vec::new();
+    let mut data: Option<Vec<u8>> = None;
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\n' => {
+                lines.push(&body[start..i]);
+                i += 1;
+                start = i;
+            }
+            b'\r' => {
+                lines.push(&body[start..i]);
+                i += if body.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    if start < body.len() {
+        lines.push(&body[start..]);
+    }
+    lines.push(b"");
+    for line in lines {
+        if line.is_empty() {
+            if let Some(d) = data.take() {
+                events.push(d);
+            }
+            continue;
+        }
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(c) => {
+                let v = &line[c + 1..];
+                (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        if name == b"data" {
+            match data.as_mut() {
+                Some(d) => {
+                    d.push(b'\n');
+                    d.extend_from_slice(value);
+                }
+                None => data = Some(value.to_vec()),
+            }
+        }
+    }
+    events
+}
+
+/// Runs `input` through the event stage and the byte scrubber as the proxy does, in chunks.
+fn event_pipeline(
+    format: StreamFormat,
+    patterns: &ScrubPatterns,
+    input: &[u8],
+    seed: u8,
+) -> Vec<u8> {
+    let mut events = EventStreamScrubber::new(format, patterns.clone());
+    let mut bytes = patterns.stream();
+    let mut out = Vec::new();
+    for chunk in chunks(input, seed) {
+        let Ok(o) = events.push(chunk) else {
+            return out;
+        };
+        out.extend(bytes.push(&o));
+    }
+    let rest = events.finish();
+    out.extend(bytes.push(&rest));
+    out.extend(bytes.finish());
+    out
+}
+
+/// Layout: `[chunk seed, format, cut mask, input..]`. Every `0x01` byte of the input is
+/// replaced by the next piece of [`EVENT_SECRET`], cut at the positions set in the mask (bit
+/// `k`: a cut after byte `k + 1`), so that the fuzzer can put pieces of the secret anywhere
+/// in an event stream (plain events, JSON strings, NDJSON lines) without guessing it. Checks
+/// that the output does not depend on the chunking and that no channel's concatenated value
+/// in the output (what a client assembles) holds the secret.
+pub fn events(data: &[u8]) {
+    let [seed, format, mask, input @ ..] = data else {
+        return;
+    };
+    let format = if format & 1 == 0 {
+        StreamFormat::Sse
+    } else {
+        StreamFormat::Ndjson
+    };
+    let mut cuts: Vec<usize> = (0..8)
+        .filter(|k| mask & (1 << k) != 0)
+        .map(|k| k + 1)
+        .collect();
+    cuts.push(EVENT_SECRET.len());
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for c in cuts {
+        pieces.push(&EVENT_SECRET[at..c]);
+        at = c;
+    }
+    let mut next = pieces.iter().cycle();
+    let mut text = Vec::with_capacity(input.len() + EVENT_SECRET.len());
+    for &b in input {
+        match (b, next.next()) {
+            (1, Some(p)) => text.extend_from_slice(p),
+            _ => text.push(b),
+        }
+    }
+    let Ok(patterns) = ScrubPatterns::new(vec![ScrubEntry {
+        secret: Secret::new(EVENT_SECRET.to_vec()),
+        placeholder: PLACEHOLDER.into(),
+        rendered: vec![],
+    }]) else {
+        return;
+    };
+    let whole = event_pipeline(format, &patterns, &text, 0);
+    let chunked = event_pipeline(format, &patterns, &text, *seed);
+    assert!(whole == chunked, "the output depends on the chunking");
+    let (datas, key) = match format {
+        StreamFormat::Sse => (sse_datas(&whole), "sse:text"),
+        StreamFormat::Ndjson => (
+            whole
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .map(<[u8]>::to_vec)
+                .collect(),
+            "ndjson:text",
+        ),
+    };
+    for (channel, view) in crate::events::client_views(&datas, key) {
+        assert!(
+            memchr::memmem::find(&view, EVENT_SECRET).is_none(),
+            "the secret is whole in channel {channel}"
+        );
+    }
+}
+
+/// Layout: `[coding, chunk seed, input..]`. The input compressed with the coding decodes back
+/// to itself in any chunking; the input itself, decoded as if compressed, never panics and
+/// never yields more than the limit allows for what was pushed.
+pub fn decode(data: &[u8]) {
+    use std::io::Write;
+    let [coding, seed, input @ ..] = data else {
+        return;
+    };
+    let name = ["gzip", "deflate", "br", "zstd"][usize::from(coding % 4)];
+    let compressed = match name {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = e.write_all(input);
+            e.finish().unwrap_or_default()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = e.write_all(input);
+            e.finish().unwrap_or_default()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                let _ = w.write_all(input);
+            }
+            out
+        }
+        _ => zstd::encode_all(input, 1).unwrap_or_default(),
+    };
+    let limit = DecodeLimit::DEFAULT;
+    let mut d = Decoder::new(name, limit).expect("a supported coding");
+    let mut out = Vec::new();
+    for c in chunks(&compressed, *seed) {
+        out.extend(d.push(c).expect("a compressed body decodes"));
+    }
+    out.extend(d.finish().expect("a complete body finishes"));
+    assert!(out == input, "{name} does not round-trip");
+
+    let small = DecodeLimit {
+        floor: 4096,
+        ratio: 4,
+    };
+    let mut d = Decoder::new(name, small).expect("a supported coding");
+    let mut total = 0u64;
+    for c in chunks(input, *seed) {
+        match d.push(c) {
+            Ok(o) => total += o.len() as u64,
+            Err(_) => return,
+        }
+        assert!(
+            total <= small.allowed(d.input()),
+            "{name} decoded past its limit"
+        );
+    }
+    if let Ok(o) = d.finish() {
+        total += o.len() as u64;
+        assert!(
+            total <= small.allowed(d.input()),
+            "{name} decoded past its limit"
+        );
+    }
+}
+
 fn hex_lower(v: &[u8]) -> String {
     v.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -211,5 +424,19 @@ mod tests {
             scrub_stream(&d);
         }
         detect(b"\x01\x05!00000000-0000-0000-0000-000000000001\nvendor-ph\nx agent-vault-00000000-0000-0000-0000-000000000001 AGENT-VAULT-1 vendor-ph");
+        for mask in [0u8, 1, 0b100, 0xff] {
+            events(&[&[3, 0, mask][..], b"data: \x01\n\ndata: \x01\r\rdata: {\"a\":\"\x01\"}\n\n: c\n\ndata: {\"a\":\"\x01\"}\n\n"].concat());
+            events(
+                &[
+                    &[5, 1, mask][..],
+                    b"{\"response\":\"\x01\"}\n{\"response\":\"\x01\"}\nx\x01\n\x01\n",
+                ]
+                .concat(),
+            );
+        }
+        for coding in 0..4u8 {
+            decode(&[&[coding, 3][..], b"hello hello hello hello, and some more"].concat());
+            decode(&[coding, 0]);
+        }
     }
 }

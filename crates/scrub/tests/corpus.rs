@@ -30,3 +30,13 @@ fn scrub_stream_corpus() {
 fn detect_corpus() {
     replay("detect", credproxy_scrub::fuzzing::detect);
 }
+
+#[test]
+fn events_corpus() {
+    replay("events", credproxy_scrub::fuzzing::events);
+}
+
+#[test]
+fn decode_corpus() {
+    replay("decode", credproxy_scrub::fuzzing::decode);
+}
