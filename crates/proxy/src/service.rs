@@ -1076,6 +1076,7 @@ async fn forward(
                 expires: identity.as_ref().map(|i| i.expires_at),
                 input,
                 credentials: injected,
+                listener: ctx.listener.name.clone(),
             };
             let guard = ctx.clock.request_started();
             return crate::websocket::switch(shared, guard, agent_upgrade, resp, patterns, check);

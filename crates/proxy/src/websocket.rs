@@ -41,6 +41,9 @@ pub(crate) struct Check {
     pub input: credproxy_policy::PolicyInput,
     /// Ids of the credentials injected into the upgrade request.
     pub credentials: Vec<String>,
+    /// The listener the agent came in on: with `agent_token`, the connection continues on the
+    /// listener's current token (as tunnels do) when the first one expires.
+    pub listener: String,
 }
 
 /// The upstream answered `101`: check and scrub its head, and relay the two upgraded
@@ -110,6 +113,28 @@ fn still_allowed(shared: &Shared, check: &Check) -> Result<(), &'static str> {
     crate::authz::decide(&gen.policy, &input).map_err(|_| "the policy no longer allows it")
 }
 
+/// The token expired: with the listener's own token for the same agent still valid (and the
+/// policy still allowing it under that identity), how long until that one expires.
+async fn renew(shared: &Shared, check: &mut Check) -> Option<Duration> {
+    let lt = shared.listener_tokens.get(&check.listener)?;
+    let verifier = shared.verifier.as_ref()?;
+    let fresh = lt.identity(verifier).await.ok()?;
+    let current = check.input.identity.as_mut()?;
+    if current.agent_id != fresh.agent_id {
+        return None;
+    }
+    current.subject = fresh.subject.clone();
+    current.roles = fresh.roles.clone();
+    current.groups = fresh.groups.clone();
+    current.issuer = fresh.issuer.clone();
+    still_allowed(shared, check).ok()?;
+    fresh
+        .expires_at
+        .duration_since(SystemTime::now())
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
 fn to_scrub(m: Message) -> Option<credproxy_scrub::Message> {
     match m {
         Message::Text(t) => Some(credproxy_scrub::Message::Text(t)),
@@ -130,7 +155,7 @@ async fn relay(
     agent: hyper::upgrade::Upgraded,
     upstream: hyper::upgrade::Upgraded,
     patterns: Option<Arc<ScrubPatterns>>,
-    check: Check,
+    mut check: Check,
 ) {
     let config = WebSocketConfig {
         max_message_size: Some(MAX_EVENT),
@@ -231,6 +256,10 @@ async fn relay(
                 }
             }
             () = &mut expiry, if until_expiry.is_some() => {
+                if let Some(left) = renew(&shared, &mut check).await {
+                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                    continue;
+                }
                 info!(%authority, "closing a WebSocket: the agent's token expired");
                 let _ = to_agent.send(close(CloseCode::Policy, "the token this connection was opened with expired; reconnect with a fresh token")).await;
                 let _ = to_upstream.send(close(CloseCode::Away, "")).await;
