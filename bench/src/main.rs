@@ -16,8 +16,8 @@
 //!   write on a warmed connection).
 //! * `idle --n N ...` — open N TLS connections (through the proxy), one request each, hold
 //!   them; prints `READY ok` and waits for stdin to close.
-//! * `loop --n N` — in-process credproxy + upstream, N credential-bearing requests on one
-//!   keep-alive tunnel (for `valgrind --tool=callgrind`).
+//! * `loop --n N [--no-credential]` — in-process credproxy + upstream, N credential-bearing
+//!   (or plain) requests on one keep-alive tunnel (for `valgrind --tool=callgrind`).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -549,7 +549,10 @@ async fn inproc_loop(a: &Args) {
         connect: up.addr(),
         token: Some(files.token.clone()),
         tls: tokio_rustls::TlsConnector::from(client_config(&files.ca_cert, &[b"http/1.1"])),
-        header: Some(("x-api-key".into(), PLACEHOLDER.into())),
+        // `--no-credential`: the same requests without the placeholder (nothing injected;
+        // the response is still scrubbed when the proxy scrubs every response).
+        header: (!a.contains_key("no-credential"))
+            .then(|| ("x-api-key".into(), PLACEHOLDER.into())),
     };
     let mut send = t.open().await.unwrap();
     let start = Instant::now();
