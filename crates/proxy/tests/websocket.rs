@@ -231,3 +231,43 @@ async fn the_connection_closes_when_the_policy_generation_no_longer_allows_it() 
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+/// Threat A30: a reload whose Rego policy no longer allows the upgrade ends open WebSockets
+/// (the destination is still allowlisted: only the policy decision changed).
+#[tokio::test]
+async fn the_connection_closes_when_a_reloaded_policy_denies_it() {
+    const ALLOW: &str = "package credproxy.authz\n\ndefault allow := false\n\nallow if input.identity\n\ndeny_reasons := set()\n";
+    const DENY: &str = "package credproxy.authz\n\ndefault allow := false\n\ndeny_reasons contains \"maintenance: all requests are refused\" if true\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let (allow_dir, deny_dir) = (tmp.path().join("allow"), tmp.path().join("deny"));
+    for (dir, text) in [(&allow_dir, ALLOW), (&deny_dir, DENY)] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("authz.rego"), text).unwrap();
+    }
+    let h = Harness::with(Setup {
+        extra_yaml: format!("policy:\n  dir: {}\n", allow_dir.display()),
+        ..Setup::default()
+    })
+    .await;
+    let mut ws = open(&h, &h.bearer, "/ws", &[]).await;
+    ws.send(Message::text("allowed by policy")).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.into_text().unwrap(), "allowed by policy");
+    let (from, to) = (
+        allow_dir.display().to_string(),
+        deny_dir.display().to_string(),
+    );
+    h.reload(|y| y.replace(&from, &to)).unwrap();
+    let msgs = drain(&mut ws).await;
+    match msgs.last() {
+        Some(Message::Close(Some(c))) => {
+            assert_eq!(u16::from(c.code), 1008, "{c:?}");
+            assert!(c.reason.contains("policy"), "{c:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
