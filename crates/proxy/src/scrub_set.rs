@@ -1,6 +1,6 @@
 //! The scrub set: every secret value the proxy can inject — for any agent, to any host — plus
 //! the previous values of the last `secrets.scrub_retention`, compiled into one
-//! [`ScrubPatterns`] that every response is scrubbed with (A1, A33).
+//! [`ScrubPatterns`] that every response is scrubbed with (A1, A33, A40).
 //!
 //! Scrubbing only what the current request injected, or only on the hosts a credential is
 //! bound to, leaves gaps: an upstream can store a secret (a gist, an email, an object) and serve
