@@ -1020,7 +1020,7 @@ async fn forward(
         );
     }
     if let Some(svc) = internal {
-        return crate::internal::send(
+        let resp = crate::internal::send(
             svc,
             parts,
             body,
@@ -1029,7 +1029,25 @@ async fn forward(
             shared.upstream.connect_timeout,
             shared.upstream.response_header_timeout,
         )
-        .await;
+        .await?;
+        // An internal service's answers are scrubbed like any other host's: whatever an
+        // instance stored there, no secret value reaches an agent from it.
+        let Some(patterns) = shared.scrub.patterns() else {
+            return Ok(resp);
+        };
+        let (mut parts, body) = resp.into_parts();
+        parts.extensions = http::Extensions::new();
+        let (resp, counters) = crate::scrub_body::scrub_response(
+            &method,
+            authority,
+            parts,
+            body,
+            patterns,
+            shared.metrics.scrubbed.clone(),
+        )
+        .await?;
+        draft.scrub = Some(counters);
+        return Ok(resp);
     }
     let upstream_req = Request::from_parts(parts, body);
 

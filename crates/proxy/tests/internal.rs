@@ -75,10 +75,14 @@ async fn service(path: &Path) -> Arc<Mutex<Vec<Seen>>> {
                             body: String::from_utf8_lossy(&body).into_owned(),
                         };
                         let agent = seen.all("x-credproxy-agent").join(",");
+                        // `/stored`: what an instance stored earlier, served back (the body).
+                        let answer = if seen.uri == "/stored" {
+                            Bytes::from(seen.body.clone())
+                        } else {
+                            Bytes::from(format!("service saw {agent}"))
+                        };
                         rec.lock().unwrap().push(seen);
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(format!("service saw {agent}")),
-                        )))
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(answer)))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -294,5 +298,30 @@ async fn no_reload_binds_a_credential_to_an_internal_service() {
             "bound to {SVC}, an internal service of the running proxy"
         )),
         "{err}"
+    );
+}
+
+/// Threat A40: an internal service's answers are scrubbed like any host's, so a secret value
+/// stored there (by whatever path) never reaches an agent from it.
+#[tokio::test]
+async fn an_internal_services_answer_is_scrubbed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("hub.sock");
+    let _seen = service(&socket).await;
+    let h = harness(&socket).await;
+    let c = h
+        .curl(&[
+            "-w",
+            "\n%{http_code}",
+            "--data",
+            &format!("kept: {SECRET}"),
+            &format!("https://{SVC}/stored"),
+        ])
+        .await;
+    assert_eq!(
+        code(&c),
+        (format!("kept: {PH}"), "200".into()),
+        "{}",
+        c.stderr
     );
 }
