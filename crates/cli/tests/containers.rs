@@ -104,9 +104,15 @@ fn openclaw() -> (PathBuf, PathBuf) {
         let partial = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
         let mut cmd = std::process::Command::new(&npm);
-        cmd.args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
-            .arg(&partial)
-            .arg(package);
+        cmd.args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&partial)
+        .arg(package);
         if let Some(path) = path {
             cmd.env("PATH", path);
         }
