@@ -402,8 +402,31 @@ async fn podman_run(podman: &Podman, args: &[String]) -> Run {
 /// The JSON body of a `container-client` response.
 fn json_body(resp: &(String, String)) -> Value {
     // The head ends at the first empty line (the printed lines lost their CR).
-    let body = resp.1.split_once("\n\n").map_or("", |(_, b)| b);
+    let (head, body) = resp.1.split_once("\n\n").unwrap_or((&resp.1, ""));
+    // Scrubbed responses (the hub's too) are streamed: chunked, without Content-Length.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body).unwrap_or_else(|| panic!("bad chunked body: {}", resp.1))
+    } else {
+        body.to_string()
+    };
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", resp.1))
+}
+
+/// The data of a chunked body whose CRLFs were printed as LFs (the data has none).
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once('\n')?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix('\n')?;
+    }
 }
 
 /// `container-client request` as a shell word list for `sh -c`.
