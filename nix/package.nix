@@ -14,8 +14,8 @@
 }: let
   root = ../.;
   # Only what the build reads: a change to other docs, modules or scripts does not rebuild it.
-  # The crates include docs/policy-input.schema.json (include_str!); nix/eval/run checks
-  # that every file the Rust code includes is in this source.
+  # The crates include docs/policy-input.schema.json and docs/reasons.md (include_str!);
+  # nix/eval/run checks that every file the Rust code includes is in this source.
   src = lib.fileset.toSource {
     inherit root;
     fileset = lib.fileset.unions [
@@ -23,6 +23,7 @@
       (root + "/Cargo.lock")
       (root + "/crates")
       (root + "/docs/policy-input.schema.json")
+      (root + "/docs/reasons.md")
       (lib.fileset.maybeMissing (root + "/testsupport"))
       (lib.fileset.maybeMissing (root + "/policy"))
     ];

@@ -18,6 +18,6 @@ pub use allowlist::{Allowlist, AllowlistEntry, AllowlistError};
 pub use authority::{Authority, AuthorityError, Scheme};
 pub use clock::Clock;
 pub use listen_addr::{ListenAddr, PeerAddr};
-pub use reject::{MisuseKind, Reject, RejectSource};
+pub use reject::{AuthFailure, MisuseKind, PolicyFailure, Reject, RejectSource, SecretFailure};
 pub use secret::Secret;
 pub use uids::{UidSet, UidSetError};

@@ -8,6 +8,8 @@
 
 use crate::Authority;
 
+mod catalogue;
+
 /// Who caused a rejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectSource {
@@ -67,9 +69,9 @@ pub enum Reject {
     UpstreamTimeout { authority: Authority },
     /// The proxy is at `limits.max_connections`.
     TooManyConnections,
-    /// No usable identity in `Proxy-Authorization` (reason label from the verifier).
+    /// No usable identity in `Proxy-Authorization`.
     ProxyAuthRequired {
-        reason: &'static str,
+        failure: AuthFailure,
         message: String,
     },
     /// The identity provider has not answered yet; nothing that needs identity can proceed.
@@ -89,11 +91,11 @@ pub enum Reject {
     /// The policy denied the request; the reasons are the policy's sentences.
     PolicyDenied { reasons: Vec<String> },
     /// The policy could not be evaluated (error or time limit): fail closed.
-    PolicyUnavailable { reason: &'static str },
+    PolicyUnavailable { failure: PolicyFailure },
     /// The secret store could not provide a credential's value.
     SecretUnavailable {
         credential: String,
-        reason: &'static str,
+        failure: SecretFailure,
     },
     /// A credential's value cannot be injected safely (e.g. CR/LF in a header value).
     SecretInvalid { credential: String },
@@ -152,6 +154,16 @@ pub enum MisuseKind {
 }
 
 impl MisuseKind {
+    pub const ALL: [MisuseKind; 7] = [
+        MisuseKind::NotBound,
+        MisuseKind::WrongLocation,
+        MisuseKind::Cleartext,
+        MisuseKind::NearMiss,
+        MisuseKind::LateInBody,
+        MisuseKind::ForeignValue,
+        MisuseKind::NotGranted,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             MisuseKind::NotBound => "credential_not_bound",
@@ -161,6 +173,85 @@ impl MisuseKind {
             MisuseKind::LateInBody => "placeholder_late_in_body",
             MisuseKind::ForeignValue => "credential_foreign_value",
             MisuseKind::NotGranted => "credential_not_granted",
+        }
+    }
+}
+
+/// Why an identity was refused (407), each a stable reason label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No token was presented.
+    Missing,
+    /// The token (or the one a tunnel was opened with) has expired.
+    Expired,
+    /// The token's signing key was withdrawn while a tunnel held it.
+    Revoked,
+    /// Any other verification failure (signature, issuer, audience, form, …).
+    Invalid,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 4] = [
+        AuthFailure::Missing,
+        AuthFailure::Expired,
+        AuthFailure::Revoked,
+        AuthFailure::Invalid,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "identity_missing",
+            AuthFailure::Expired => "identity_expired",
+            AuthFailure::Revoked => "identity_revoked",
+            AuthFailure::Invalid => "identity_invalid",
+        }
+    }
+}
+
+/// Why the policy could not decide (503), each a stable reason label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyFailure {
+    /// Evaluation exceeded its time limit.
+    Timeout,
+    /// Loading, compiling or evaluating the policy failed, or its result was malformed.
+    Error,
+}
+
+impl PolicyFailure {
+    pub const ALL: [PolicyFailure; 2] = [PolicyFailure::Timeout, PolicyFailure::Error];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            PolicyFailure::Timeout => "policy_timeout",
+            PolicyFailure::Error => "policy_error",
+        }
+    }
+}
+
+/// Why a credential's value could not be read (502), each a stable reason label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFailure {
+    /// The backend is down, authentication is invalid, a timeout, or a configuration that
+    /// cannot serve this source.
+    Unavailable,
+    /// The file, variable or KV secret does not exist.
+    NotFound,
+    /// It exists but holds no usable value.
+    Invalid,
+}
+
+impl SecretFailure {
+    pub const ALL: [SecretFailure; 3] = [
+        SecretFailure::Unavailable,
+        SecretFailure::NotFound,
+        SecretFailure::Invalid,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            SecretFailure::Unavailable => "secret_unavailable",
+            SecretFailure::NotFound => "secret_not_found",
+            SecretFailure::Invalid => "secret_invalid",
         }
     }
 }
@@ -224,19 +315,14 @@ impl Reject {
             Reject::UpstreamProtocol { .. } => "upstream_protocol",
             Reject::UpstreamTimeout { .. } => "upstream_timeout",
             Reject::TooManyConnections => "too_many_connections",
-            Reject::ProxyAuthRequired { reason, .. } => match *reason {
-                "missing" => "identity_missing",
-                "expired" => "identity_expired",
-                "revoked" => "identity_revoked",
-                _ => "identity_invalid",
-            },
+            Reject::ProxyAuthRequired { failure, .. } => failure.reason(),
             Reject::IdentityUnavailable => "identity_unavailable",
             Reject::ListenerAgentMismatch { .. } => "listener_agent_mismatch",
             Reject::ListenerTokenUnavailable { .. } => "listener_token_unavailable",
             Reject::PlaceholderMisuse { kind, .. } => kind.reason(),
             Reject::PolicyDenied { .. } => "policy_denied",
-            Reject::PolicyUnavailable { reason } => reason,
-            Reject::SecretUnavailable { reason, .. } => reason,
+            Reject::PolicyUnavailable { failure } => failure.reason(),
+            Reject::SecretUnavailable { failure, .. } => failure.reason(),
             Reject::SecretInvalid { .. } => "secret_invalid",
             Reject::AuditUnavailable => "audit_unavailable",
             Reject::UpstreamEncoding { .. } => "upstream_encoding",
@@ -300,20 +386,48 @@ impl Reject {
     /// Whether the agent's connection must be closed after the response. Framing and
     /// authority errors close it: what follows on that connection cannot be trusted.
     pub fn closes_connection(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Reject::BadRequest { .. }
-                | Reject::AuthorityMismatch { .. }
-                | Reject::HeadersTooLarge
-                | Reject::TooManyConnections
-                | Reject::Internal
-                | Reject::ListenerAgentMismatch { .. }
-                | Reject::Framing { .. }
-                | Reject::NestedConnect
-                | Reject::BodyTooLarge { .. }
-                | Reject::BodyTimeout
-                | Reject::AgentTokenInRequest { .. }
-        ) || matches!(self, Reject::ProxyAuthRequired { reason, .. } if *reason == "expired" || *reason == "revoked")
+            | Reject::AuthorityMismatch { .. }
+            | Reject::HeadersTooLarge
+            | Reject::TooManyConnections
+            | Reject::Internal
+            | Reject::ListenerAgentMismatch { .. }
+            | Reject::Framing { .. }
+            | Reject::NestedConnect
+            | Reject::BodyTooLarge { .. }
+            | Reject::BodyTimeout
+            | Reject::AgentTokenInRequest { .. } => true,
+            // A tunnel whose token expired or was revoked must be reopened with a fresh one.
+            Reject::ProxyAuthRequired { failure, .. } => {
+                matches!(failure, AuthFailure::Expired | AuthFailure::Revoked)
+            }
+            Reject::NotAProxyRequest
+            | Reject::HttpsWithoutConnect
+            | Reject::IpLiteral { .. }
+            | Reject::DestinationNotAllowed { .. }
+            | Reject::PrivateAddress { .. }
+            | Reject::UpgradeNotAllowed { .. }
+            | Reject::DnsFailure { .. }
+            | Reject::UpstreamUnreachable { .. }
+            | Reject::UpstreamTls { .. }
+            | Reject::UpstreamProtocol { .. }
+            | Reject::UpstreamTimeout { .. }
+            | Reject::IdentityUnavailable
+            | Reject::ListenerTokenUnavailable { .. }
+            | Reject::PlaceholderMisuse { .. }
+            | Reject::PolicyDenied { .. }
+            | Reject::PolicyUnavailable { .. }
+            | Reject::SecretUnavailable { .. }
+            | Reject::SecretInvalid { .. }
+            | Reject::AuditUnavailable
+            | Reject::UpstreamEncoding { .. }
+            | Reject::IdentityConnectionLimit
+            | Reject::IdentityStreamLimit
+            | Reject::InternalServiceUnavailable { .. }
+            | Reject::UpstreamDecodeLimit { .. }
+            | Reject::ScrubSetUnavailable => false,
+        }
     }
 
     /// One line for the agent: what was refused, why, and what to do.

@@ -82,6 +82,26 @@ impl AuthError {
         }
     }
 
+    /// The proxy's refusal label for this error (`identity_missing`, `identity_expired`,
+    /// `identity_invalid`); `ProviderUnavailable` is not a refusal of the token (the proxy
+    /// answers 503 `identity_unavailable`) and maps to `Invalid` here.
+    pub fn failure(&self) -> credproxy_core::AuthFailure {
+        use credproxy_core::AuthFailure;
+        match self {
+            AuthError::Missing => AuthFailure::Missing,
+            AuthError::Expired => AuthFailure::Expired,
+            AuthError::Malformed
+            | AuthError::NotYetValid
+            | AuthError::BadAudience
+            | AuthError::BadIssuer
+            | AuthError::BadSignature
+            | AuthError::UnknownKey
+            | AuthError::AlgorithmNotAllowed
+            | AuthError::TooLarge
+            | AuthError::ProviderUnavailable => AuthFailure::Invalid,
+        }
+    }
+
     /// One line telling the agent what happened and what to do about it.
     pub fn agent_message(&self) -> &'static str {
         match self {

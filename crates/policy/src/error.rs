@@ -53,14 +53,20 @@ impl PolicyError {
     /// A stable label for metrics, audit records and the 503 body the proxy sends:
     /// `policy_timeout` for [`PolicyError::Timeout`], `policy_error` for everything else.
     pub fn reason(&self) -> &'static str {
+        self.failure().reason()
+    }
+
+    /// The typed form of [`PolicyError::reason`], carried by the proxy's refusal.
+    pub fn failure(&self) -> credproxy_core::PolicyFailure {
+        use credproxy_core::PolicyFailure;
         match self {
-            PolicyError::Timeout { .. } => "policy_timeout",
+            PolicyError::Timeout { .. } => PolicyFailure::Timeout,
             PolicyError::Load { .. }
             | PolicyError::Compile { .. }
             | PolicyError::NoPolicies { .. }
             | PolicyError::MissingRule { .. }
             | PolicyError::Evaluation { .. }
-            | PolicyError::BadResult { .. } => "policy_error",
+            | PolicyError::BadResult { .. } => PolicyFailure::Error,
         }
     }
 }

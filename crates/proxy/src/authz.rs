@@ -110,7 +110,9 @@ pub(crate) fn decide(
         }),
         Err(e) => {
             tracing::error!(error = %e, reason = e.reason(), "policy evaluation failed; denying");
-            Err(Reject::PolicyUnavailable { reason: e.reason() })
+            Err(Reject::PolicyUnavailable {
+                failure: e.failure(),
+            })
         }
     }
 }

@@ -156,7 +156,7 @@ pub(crate) async fn inject(
                 .await
                 .map_err(|e| Reject::SecretUnavailable {
                     credential: cfg.id.clone(),
-                    reason: e.reason(),
+                    failure: e.failure(),
                 })?;
         let locs: Vec<&Location> = scan
             .uses

@@ -522,7 +522,7 @@ async fn inner(
                     // The tunnel's token expired: refuse and close, so the client reconnects
                     // with a fresh token on a new CONNECT.
                     _ => return Err(Reject::ProxyAuthRequired {
-                        reason: "expired",
+                        failure: credproxy_core::AuthFailure::Expired,
                         message: "the token this tunnel was opened with has expired; reconnect with a fresh token".into(),
                     }),
                 }
@@ -575,7 +575,7 @@ async fn still_trusted(
         _ => {
             info!(agent = %identity.agent_id, "tunnel token no longer verifies (signing key withdrawn); closing the tunnel");
             Err(Reject::ProxyAuthRequired {
-                reason: "revoked",
+                failure: credproxy_core::AuthFailure::Revoked,
                 message: "the token this tunnel was opened with is no longer valid (its signing key was withdrawn); reconnect with a fresh token".into(),
             })
         }
@@ -709,7 +709,7 @@ async fn authenticate(
     let auth_reject = |e: credproxy_identity::AuthError| match e {
         credproxy_identity::AuthError::ProviderUnavailable => Reject::IdentityUnavailable,
         other => Reject::ProxyAuthRequired {
-            reason: other.reason(),
+            failure: other.failure(),
             message: other.agent_message().to_string(),
         },
     };

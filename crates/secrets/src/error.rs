@@ -86,22 +86,28 @@ impl SecretError {
     /// configuration that cannot serve this source. `secret_not_found`: the file, variable or
     /// KV secret does not exist. `secret_invalid`: it exists but holds no usable value.
     pub fn reason(&self) -> &'static str {
+        self.failure().reason()
+    }
+
+    /// The typed form of [`SecretError::reason`], carried by the proxy's refusal.
+    pub fn failure(&self) -> credproxy_core::SecretFailure {
+        use credproxy_core::SecretFailure;
         match self {
             SecretError::Config(_)
             | SecretError::FileRead { .. }
             | SecretError::OpenBaoNotConfigured { .. }
             | SecretError::NotAuthenticated { .. }
             | SecretError::Unavailable { .. }
-            | SecretError::PermissionDenied { .. } => "secret_unavailable",
+            | SecretError::PermissionDenied { .. } => SecretFailure::Unavailable,
             SecretError::FileNotFound { .. }
             | SecretError::EnvNotSet { .. }
-            | SecretError::NotFound { .. } => "secret_not_found",
+            | SecretError::NotFound { .. } => SecretFailure::NotFound,
             SecretError::FileEmpty { .. }
             | SecretError::EnvEmpty { .. }
             | SecretError::InvalidPath { .. }
             | SecretError::FieldMissing { .. }
             | SecretError::FieldNotString { .. }
-            | SecretError::FieldEmpty { .. } => "secret_invalid",
+            | SecretError::FieldEmpty { .. } => SecretFailure::Invalid,
         }
     }
 }
