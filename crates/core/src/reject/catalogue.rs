@@ -59,7 +59,8 @@ impl Reject {
     /// One example of every variant, and of every reason label a variant can carry, with
     /// placeholder values (`api.example.com`, `agent-a`, …).
     pub fn catalogue() -> Vec<Reject> {
-        let a = || Authority::parse_connect("api.example.com:443").unwrap_or_else(|_| unreachable!());
+        let a =
+            || Authority::parse_connect("api.example.com:443").unwrap_or_else(|_| unreachable!());
         let mut all = vec![
             Reject::BadRequest {
                 what: "invalid request target".into(),
@@ -87,15 +88,19 @@ impl Reject {
             Reject::UpstreamTimeout { authority: a() },
             Reject::TooManyConnections,
         ];
-        all.extend(AuthFailure::ALL.map(|failure| Reject::ProxyAuthRequired {
-            failure,
-            message: match failure {
-                AuthFailure::Missing => "no access token was presented",
-                AuthFailure::Expired => "the access token has expired; obtain a new one",
-                AuthFailure::Revoked => "the token this tunnel was opened with is no longer valid",
-                AuthFailure::Invalid => "the access token's signature does not verify",
+        all.extend(AuthFailure::ALL.map(|failure| {
+            Reject::ProxyAuthRequired {
+                failure,
+                message: match failure {
+                    AuthFailure::Missing => "no access token was presented",
+                    AuthFailure::Expired => "the access token has expired; obtain a new one",
+                    AuthFailure::Revoked => {
+                        "the token this tunnel was opened with is no longer valid"
+                    }
+                    AuthFailure::Invalid => "the access token's signature does not verify",
+                }
+                .into(),
             }
-            .into(),
         }));
         all.extend([
             Reject::IdentityUnavailable,
