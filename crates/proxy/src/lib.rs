@@ -708,18 +708,22 @@ async fn accept_loop(
     }
 }
 
-async fn refuse_busy(mut stream: credproxy_listen::Stream) {
-    use tokio::io::AsyncWriteExt;
-    let msg = Reject::TooManyConnections.agent_message();
-    let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nx-credproxy-reason: too_many_connections\r\nconnection: close\r\ncontent-length: {}\r\n\r\ncredproxy: {msg}\n",
-        msg.len() + 12
-    );
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        let _ = stream.write_all(resp.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+/// Answers a connection over `limits.max_connections` through the one response path
+/// (`body::reject_response`, served by hyper: status, reason header, request id, one line)
+/// for its first request, then closes it. Bounded: whatever the client does, the connection
+/// is gone after a second.
+async fn refuse_busy(stream: credproxy_listen::Stream) {
+    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+        Ok::<_, std::convert::Infallible>(body::reject_response(
+            &Reject::TooManyConnections,
+            &service::request_id(),
+            req.version(),
+        ))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
 }
 
 async fn admin_loop(shared: Arc<Shared>, listener: TcpListener) {

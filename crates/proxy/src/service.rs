@@ -107,7 +107,7 @@ struct Auth {
 /// dirtied a random B-tree page per record in two indexes). Ids are unique and increasing
 /// within the process; after the millisecond timestamp come a randomly seeded counter and 32
 /// random bits (uuid's shared v7 context). Nothing is authorized by knowing an id.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 

@@ -641,6 +641,12 @@ async fn connection_limit_answers_503() {
         .await
         .unwrap();
     assert_eq!(s3, 503, "{}", String::from_utf8_lossy(&body));
+    // The one response path: the reason's message and the request id, like every refusal.
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("connection limit") && body.contains("(request id "),
+        "{body}"
+    );
 }
 
 #[tokio::test]
