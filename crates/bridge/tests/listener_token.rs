@@ -166,7 +166,6 @@ limits:
         ProxyOptions {
             resolver: None,
             env: Some(Arc::new(Env)),
-            ..Default::default()
         },
     )
     .await
@@ -673,7 +672,6 @@ audit: {{path: {audit}}}
         ProxyOptions {
             resolver: None,
             env: Some(Arc::new(Env)),
-            ..Default::default()
         },
     )
     .await

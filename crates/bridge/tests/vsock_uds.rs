@@ -76,7 +76,6 @@ async fn setup() -> Setup {
         ProxyOptions {
             resolver: None,
             env: Some(Arc::new(Env)),
-            ..Default::default()
         },
     )
     .await
