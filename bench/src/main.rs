@@ -537,7 +537,11 @@ async fn inproc_loop(a: &Args) {
     let env: HashMap<String, String> = [("BENCH_SECRET".to_string(), SECRET.to_string())].into();
     let proxy = credproxy_proxy::Proxy::bind(
         config,
-        credproxy_proxy::ProxyOptions { resolver: None, env: Some(Arc::new(MapEnv(env))) },
+        credproxy_proxy::ProxyOptions {
+            resolver: None,
+            env: Some(Arc::new(MapEnv(env))),
+            ..Default::default()
+        },
     )
     .await
     .unwrap()

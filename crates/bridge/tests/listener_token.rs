@@ -166,6 +166,7 @@ limits:
         ProxyOptions {
             resolver: None,
             env: Some(Arc::new(Env)),
+            ..Default::default()
         },
     )
     .await
@@ -675,6 +676,7 @@ audit: {{path: {audit}}}
         ProxyOptions {
             resolver: None,
             env: Some(Arc::new(Env)),
+            ..Default::default()
         },
     )
     .await

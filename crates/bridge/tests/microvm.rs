@@ -470,6 +470,7 @@ async fn the_evaluated_test_host_runs_a_microvm_whose_only_way_out_is_credproxy(
         ProxyOptions {
             resolver: None,
             env: None,
+            ..Default::default()
         },
     )
     .await

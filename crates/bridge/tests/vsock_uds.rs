@@ -76,6 +76,7 @@ async fn setup() -> Setup {
         ProxyOptions {
             resolver: None,
             env: Some(Arc::new(Env)),
+            ..Default::default()
         },
     )
     .await

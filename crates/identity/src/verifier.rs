@@ -127,9 +127,18 @@ impl Verifier {
     /// A verifier with a fixed JWKS and no network (the dev issuer). An unknown `kid` is
     /// simply [`AuthError::UnknownKey`].
     pub fn with_static_jwks(cfg: OidcConfig, jwks_json: &str) -> Result<Verifier, IdentityError> {
+        Verifier::with_static_jwks_and_clock(cfg, jwks_json, Clock::system())
+    }
+
+    /// [`Verifier::with_static_jwks`] reading the time from `clock` (tests).
+    pub fn with_static_jwks_and_clock(
+        cfg: OidcConfig,
+        jwks_json: &str,
+        clock: Clock,
+    ) -> Result<Verifier, IdentityError> {
         let settings = Settings::from_config(&cfg)?;
         let keys = KeySet::parse(jwks_json.as_bytes()).map_err(IdentityError::Jwks)?;
-        Ok(Verifier::build(settings, None, Some(keys), Clock::system()))
+        Ok(Verifier::build(settings, None, Some(keys), clock))
     }
 
     fn build(

@@ -99,6 +99,8 @@ pub(crate) struct Generation {
 
 /// State shared by every connection.
 pub(crate) struct Shared {
+    /// Where token expiry is read (`ProxyOptions::clock`).
+    pub(crate) clock: credproxy_core::Clock,
     pub(crate) gen: arc_swap::ArcSwap<Generation>,
     /// The id of the current generation, for what must react to a reload (open WebSockets).
     pub(crate) generations: tokio::sync::watch::Sender<u64>,
@@ -170,6 +172,9 @@ pub struct ProxyOptions {
     pub resolver: Option<Arc<dyn Resolve>>,
     /// Environment for `env:` secret sources; the process environment when `None`.
     pub env: Option<Arc<dyn credproxy_secrets::EnvSource>>,
+    /// Where token expiry is read (the verifier, and the re-check inside tunnels); the system
+    /// clock by default. Tests pass an adjustable one to reach an expiry without waiting.
+    pub clock: credproxy_core::Clock,
 }
 
 /// Applies a new configuration to a running proxy. Cheap to clone.
@@ -418,7 +423,7 @@ impl Proxy {
                 warn!("identity.danger_allow_anonymous: agents are NOT authenticated; never use this with real credentials");
                 None
             }
-            Some(id) => Some(build_verifier(id, &dev_jwks)?),
+            Some(id) => Some(build_verifier(id, &dev_jwks, options.clock.clone())?),
         };
         let listener_agents = config
             .listeners
@@ -474,6 +479,7 @@ impl Proxy {
             .map_or(std::time::Duration::from_secs(5), |o| o.request_timeout)
             + std::time::Duration::from_secs(1);
         let shared = Arc::new(Shared {
+            clock: options.clock.clone(),
             startup,
             audit,
             _exporter: exporter,
@@ -864,6 +870,7 @@ fn secrets_config(c: &credproxy_config::SecretsConfig) -> credproxy_secrets::Sec
 fn build_verifier(
     id: &credproxy_config::IdentityConfig,
     dev_jwks: &[String],
+    clock: credproxy_core::Clock,
 ) -> Result<credproxy_identity::Verifier, ProxyError> {
     let cfg = credproxy_identity::OidcConfig {
         issuer: id.issuer.clone(),
@@ -887,14 +894,13 @@ fn build_verifier(
         docs.push(jwks);
     }
     match docs.as_slice() {
-        [] => credproxy_identity::Verifier::new(cfg).map_err(ProxyError::Identity),
-        [one] => {
-            credproxy_identity::Verifier::with_static_jwks(cfg, one).map_err(ProxyError::Identity)
-        }
+        [] => credproxy_identity::Verifier::with_clock(cfg, clock).map_err(ProxyError::Identity),
+        [one] => credproxy_identity::Verifier::with_static_jwks_and_clock(cfg, one, clock)
+            .map_err(ProxyError::Identity),
         many => {
             let merged = listener_token::merge_jwks(many)
                 .map_err(|e| ProxyError::Identity(credproxy_identity::IdentityError::Jwks(e)))?;
-            credproxy_identity::Verifier::with_static_jwks(cfg, &merged)
+            credproxy_identity::Verifier::with_static_jwks_and_clock(cfg, &merged, clock)
                 .map_err(ProxyError::Identity)
         }
     }

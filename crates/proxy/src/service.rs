@@ -509,7 +509,7 @@ async fn inner(
                 .verifier
                 .as_ref()
                 .is_some_and(|v| v.key_epoch() != tctx.key_epoch);
-            let expired = current.expires_at <= std::time::SystemTime::now();
+            let expired = current.expires_at <= shared.clock.now();
             if expired || (tctx.listener_token && keys_changed) {
                 match shared.listener_tokens.get(&tctx.conn.listener.name) {
                     // Opened with the listener's own token: continue with its current one

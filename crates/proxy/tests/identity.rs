@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::{Harness, Setup, AGENT, HOST, ROLE};
 use credproxy_testkit::oidc::{OidcProvider, OidcProviderOptions, TestClient};
@@ -130,9 +130,16 @@ async fn ten_requests_in_one_tunnel_share_one_connect() {
 
 #[tokio::test]
 async fn a_token_expiring_mid_tunnel_gets_407_and_the_connection_closes() {
-    let h = Harness::start().await;
-    let token = h.token_for(AGENT, &[ROLE], Duration::from_secs(3));
-    let exp = SystemTime::now() + Duration::from_secs(3);
+    // The proxy reads an adjustable clock: the test moves it past the token's expiry instead
+    // of sleeping until then.
+    let clock = credproxy_core::Clock::adjustable();
+    let h = Harness::with(Setup {
+        clock: clock.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let ttl = Duration::from_secs(60);
+    let token = h.token_for(AGENT, &[ROLE], ttl);
     let (tcp, status, _) = connect_tunnel(
         h.addr(),
         &format!("{HOST}:443"),
@@ -147,11 +154,8 @@ async fn a_token_expiring_mid_tunnel_gets_407_and_the_connection_closes() {
     let mut buf = vec![0u8; 4096];
     let n = within(tls.read(&mut buf)).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    // Reach the token's expiry (a known instant, not a wait for another party).
-    let wait =
-        exp.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(1100);
-    tokio::time::sleep(wait).await;
-    let _ = UNIX_EPOCH;
+    // Past the token's expiry.
+    clock.advance(ttl + Duration::from_secs(1));
     tls.write_all(req.as_bytes()).await.unwrap();
     let mut all = Vec::new();
     loop {

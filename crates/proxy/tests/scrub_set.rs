@@ -43,6 +43,7 @@ async fn restarted(h: &Harness, env: Vec<(String, String)>) -> RunningProxy {
         ProxyOptions {
             resolver: None,
             env: Some(Arc::new(MapEnv(env.into_iter().collect()))),
+            ..Default::default()
         },
     )
     .await

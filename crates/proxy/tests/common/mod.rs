@@ -75,6 +75,9 @@ pub struct Setup {
     pub listener_agent: Option<String>,
     /// Replace the identity section (e.g. a real OIDC issuer).
     pub identity: Option<String>,
+    /// The proxy's clock (`ProxyOptions::clock`); an adjustable one lets a test reach a
+    /// token's expiry without waiting for it.
+    pub clock: credproxy_core::Clock,
     /// Replace the audit section (default: a spool in the harness's temp dir).
     pub audit: Option<String>,
     /// The TLS upstream offers only `http/1.1` (reason phrases, transfer codings).
@@ -181,6 +184,7 @@ impl Harness {
             ProxyOptions {
                 resolver: setup.resolver,
                 env: Some(Arc::new(MapEnv(setup.env.into_iter().collect()))),
+                clock: setup.clock.clone(),
             },
         )
         .await
