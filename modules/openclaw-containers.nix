@@ -170,49 +170,10 @@
         '';
         example = ["api.anthropic.com"];
       };
-      credentials = mkOption {
-        default = {};
-        description = "Credentials this instance's agent may use (and no other instance's).";
-        example = literalExpression ''
-          {
-            anthropic = {
-              placeholder = "agent-vault-00000000-0000-0000-0000-000000000001";
-              envVar = "ANTHROPIC_API_KEY";
-              settings = {
-                header_name = "x-api-key";
-                bound_domains = [ "api.anthropic.com" ];
-                allowed_roles = [ "proxy-user" ];
-                source.openbao.path = "openclaw/credentials/anthropic";
-              };
-            };
-          }
-        '';
-        type = types.attrsOf (types.submodule {
-          options = {
-            placeholder = mkOption {
-              type = types.str;
-              description = "Placeholder handed to the agent (not a secret).";
-              example = "agent-vault-00000000-0000-0000-0000-000000000001";
-            };
-            envVar = mkOption {
-              type = types.nullOr types.str;
-              default = null;
-              description = "Environment variable that carries the placeholder in the container.";
-              example = "ANTHROPIC_API_KEY";
-            };
-            settings = mkOption {
-              type = (pkgs.formats.yaml {}).type;
-              default = {};
-              description = "The rest of the credential's entry in `services.credproxy.settings.credentials` (id and placeholder are added).";
-              example = {
-                header_name = "x-api-key";
-                bound_domains = ["api.anthropic.com"];
-                allowed_roles = ["proxy-user"];
-                source.openbao.path = "openclaw/credentials/anthropic";
-              };
-            };
-          };
-        });
+      credentials = cplib.credentialsOption {
+        inherit pkgs;
+        unit = "instance";
+        place = "container";
       };
       placeholderEnvironment = mkOption {
         type = types.attrsOf types.str;
@@ -941,18 +902,7 @@ in {
         settings = {
           listeners = map listener instanceList;
           allowed_domains = lib.unique (lib.concatMap (i: i.allowedDomains) instanceList ++ lib.optional hub.enable hub.name);
-          credentials = lib.concatMap (i:
-            lib.mapAttrsToList (id: c:
-              {
-                inherit id;
-                inherit (c) placeholder;
-              }
-              // c.settings
-              # The proxy itself refuses this credential to every other agent (403
-              # credential_not_granted, a misuse alarm), before and whatever the policy says.
-              // {allowed_agents = [i.agentId];})
-            i.credentials)
-          instanceList;
+          credentials = cplib.credproxyCredentials instanceList;
           internal_services = lib.mkIf hub.enable {${hub.name}.unix = hubSocket;};
         };
         policyFiles = lib.mkIf (instanceList != []) {

@@ -179,58 +179,18 @@
         '';
         example = ["api.anthropic.com"];
       };
-      credentials = mkOption {
-        default = {};
-        description = ''
-          Credentials this VM's agent may use (and no other VM's): placeholder, where it is
-          injected, and where the secret lives.
-        '';
-        example = literalExpression ''
-          {
-            anthropic = {
-              placeholder = "agent-vault-00000000-0000-0000-0000-000000000001";
-              envVar = "ANTHROPIC_API_KEY";
-              settings = {
-                header_name = "x-api-key";
-                bound_domains = [ "api.anthropic.com" ];
-                allowed_roles = [ "proxy-user" ];
-                source.openbao.path = "openclaw/credentials/anthropic";
-              };
-            };
-          }
-        '';
-        type = types.attrsOf (types.submodule {
-          options = {
-            placeholder = mkOption {
-              type = types.str;
-              description = "Placeholder handed to the agent.";
-              example = "agent-vault-00000000-0000-0000-0000-000000000001";
-            };
-            envVar = mkOption {
-              type = types.nullOr types.str;
-              default = null;
-              description = "Environment variable that carries the placeholder in the guest.";
-              example = "ANTHROPIC_API_KEY";
-            };
-            settings = mkOption {
-              type = (pkgs.formats.yaml {}).type;
-              default = {};
-              description = "The rest of the credential's entry in `services.credproxy.settings.credentials` (id and placeholder are added).";
-              example = {
-                header_name = "x-api-key";
-                bound_domains = ["api.anthropic.com"];
-                allowed_roles = ["proxy-user"];
-                source.openbao.path = "openclaw/credentials/anthropic";
-              };
-            };
-            devDummyValue = mkOption {
-              type = types.nullOr types.str;
-              default = null;
-              description = "With dangerousDevMode, the dummy value seeded into the dev OpenBao at this credential's path.";
-              example = "dummy-key-for-httpbin";
-            };
+      credentials = cplib.credentialsOption {
+        inherit pkgs;
+        unit = "VM";
+        place = "guest";
+        extraOptions = {
+          devDummyValue = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            description = "With dangerousDevMode, the dummy value seeded into the dev OpenBao at this credential's path.";
+            example = "dummy-key-for-httpbin";
           };
-        });
+        };
       };
       placeholderEnvironment = mkOption {
         type = types.attrsOf types.str;
@@ -808,18 +768,7 @@ in {
         settings = {
           listeners = map listener vmList;
           allowed_domains = lib.unique (lib.concatMap (vm: vm.allowedDomains) vmList);
-          credentials = lib.concatMap (vm:
-            lib.mapAttrsToList (id: c:
-              {
-                inherit id;
-                inherit (c) placeholder;
-              }
-              // c.settings
-              # The proxy itself refuses this credential to every other agent (403
-              # credential_not_granted, a misuse alarm), before and whatever the policy says.
-              // {allowed_agents = [vm.agentId];})
-            vm.credentials)
-          vmList;
+          credentials = cplib.credproxyCredentials vmList;
         };
         policyFiles = lib.mkIf (vmList != []) {
           "openclaw_vms.rego" = policyRules;

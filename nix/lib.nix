@@ -162,6 +162,82 @@
         ])
       ];
 
+  # `credentials` of an agent unit (services.openclaw-vm.vms.<name>,
+  # services.openclaw-containers.instances.<name>): placeholder, the variable that carries it,
+  # and the rest of the credproxy entry. `unit` ("VM", "instance") and `place` ("guest",
+  # "container") name the agent's unit in the descriptions; `extraOptions` adds options.
+  credentialsOption = {
+    pkgs,
+    unit,
+    place,
+    extraOptions ? {},
+  }:
+    lib.mkOption {
+      default = {};
+      description = ''
+        Credentials this ${unit}'s agent may use (and no other ${unit}'s): placeholder, where it
+        is injected, and where the secret lives.
+      '';
+      example = lib.literalExpression ''
+        {
+          anthropic = {
+            placeholder = "agent-vault-00000000-0000-0000-0000-000000000001";
+            envVar = "ANTHROPIC_API_KEY";
+            settings = {
+              header_name = "x-api-key";
+              bound_domains = [ "api.anthropic.com" ];
+              allowed_roles = [ "proxy-user" ];
+              source.openbao.path = "openclaw/credentials/anthropic";
+            };
+          };
+        }
+      '';
+      type = lib.types.attrsOf (lib.types.submodule {
+        options =
+          {
+            placeholder = lib.mkOption {
+              type = lib.types.str;
+              description = "Placeholder handed to the agent (not a secret).";
+              example = "agent-vault-00000000-0000-0000-0000-000000000001";
+            };
+            envVar = lib.mkOption {
+              type = lib.types.nullOr lib.types.str;
+              default = null;
+              description = "Environment variable that carries the placeholder in the ${place}.";
+              example = "ANTHROPIC_API_KEY";
+            };
+            settings = lib.mkOption {
+              type = (pkgs.formats.yaml {}).type;
+              default = {};
+              description = "The rest of the credential's entry in `services.credproxy.settings.credentials` (id and placeholder are added).";
+              example = {
+                header_name = "x-api-key";
+                bound_domains = ["api.anthropic.com"];
+                allowed_roles = ["proxy-user"];
+                source.openbao.path = "openclaw/credentials/anthropic";
+              };
+            };
+          }
+          // extraOptions;
+      });
+    };
+
+  # The `services.credproxy.settings.credentials` entries of agent units (each with
+  # `agentId` and `credentials` as `credentialsOption` declares them). Each credential is
+  # granted to its unit's agent only: the proxy itself refuses it to every other agent (403
+  # credential_not_granted, a misuse alarm), before and whatever the policy says.
+  credproxyCredentials = units:
+    lib.concatMap (u:
+      lib.mapAttrsToList (id: c:
+        {
+          inherit id;
+          inherit (c) placeholder;
+        }
+        // c.settings
+        // {allowed_agents = [u.agentId];})
+      u.credentials)
+    units;
+
   # The Rego rules that make each agent's credentials and domains its own, for modules that
   # give every agent a listener of its own (services.openclaw-vm, services.openclaw-containers),
   # and their unit tests. Both modules' rules live in one package (credproxy.authz): `prefix`
