@@ -105,60 +105,11 @@
         '';
         example = "alice";
       };
-      identity = {
-        tokenUrl = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "Token endpoint of your OIDC provider (client credentials); or give `issuer`.";
-          example = "https://id.example/realms/openclaw/protocol/openid-connect/token";
-        };
-        issuer = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "OIDC issuer whose token endpoint is found by discovery; or give `tokenUrl`.";
-          example = "https://id.example/realms/openclaw";
-        };
-        clientId = mkOption {
-          type = types.str;
-          default = config.agentId;
-          defaultText = literalExpression "agentId";
-          description = "The instance's OIDC client id.";
-          example = "alice";
-        };
-        clientSecretFile = mkOption {
-          type = types.nullOr types.path;
-          default = null;
-          description = ''
-            Host file with the instance's OIDC client secret (a string path read at run time,
-            never the store). Given to credproxy only (`LoadCredential`); the container never
-            sees it. Not needed with dangerousDevMode (the dev issuer is used).
-          '';
-          example = "/run/secrets/openclaw-alice-client-secret";
-        };
-        audience = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "Audience to ask the provider for.";
-          example = "credproxy";
-        };
-        scope = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "Scope to ask the provider for.";
-          example = "openid";
-        };
-        caFiles = mkOption {
-          type = types.listOf types.str;
-          default = [];
-          description = "Extra CA certificates to verify an https provider.";
-          example = ["/etc/ssl/id-ca.pem"];
-        };
-        devRoles = mkOption {
-          type = types.listOf types.str;
-          default = ["proxy-user"];
-          description = "With dangerousDevMode: the roles in the dev tokens of this instance's agent.";
-          example = ["proxy-user"];
-        };
+      identity = cplib.identityOptions {
+        inherit (config) agentId;
+        unit = "instance";
+        place = "container";
+        exampleId = "alice";
       };
       allowedDomains = mkOption {
         type = types.listOf types.str;
@@ -378,24 +329,12 @@
     ];
 
   agentToken = i:
-    if devIdentity i
-    then {
-      dev_issuer = {
-        key_file = devIssuerKey;
-        roles = i.identity.devRoles;
-      };
+    cplib.agentToken {
+      dev = devIdentity i;
+      inherit devIssuerKey;
+      clientSecretFile = "${cp.credentialsDirectory}/${clientSecretCredential i.name}";
     }
-    else if i.identity.clientSecretFile != null
-    then {
-      client_credentials = {
-        token_url = i.identity.tokenUrl;
-        inherit (i.identity) issuer audience scope;
-        client_id = i.identity.clientId;
-        client_secret_file = "${cp.credentialsDirectory}/${clientSecretCredential i.name}";
-        ca_files = i.identity.caFiles;
-      };
-    }
-    else null;
+    i.identity;
 
   listener = i: {
     name = listenerName i.name;

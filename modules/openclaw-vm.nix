@@ -114,60 +114,11 @@
           example = 18794;
         };
       };
-      identity = {
-        tokenUrl = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "Token endpoint of your OIDC provider (client credentials); or give `issuer`.";
-          example = "https://id.example/realms/openclaw/protocol/openid-connect/token";
-        };
-        issuer = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "OIDC issuer whose token endpoint is found by discovery; or give `tokenUrl`.";
-          example = "https://id.example/realms/openclaw";
-        };
-        clientId = mkOption {
-          type = types.str;
-          default = config.agentId;
-          defaultText = literalExpression "agentId";
-          description = "This VM's OIDC client id.";
-          example = "agent1";
-        };
-        clientSecretFile = mkOption {
-          type = types.nullOr types.path;
-          default = null;
-          description = ''
-            Host file with this VM's OIDC client secret (a string path read at run time, never
-            the store). It is given to credproxy only (`LoadCredential`); the guest never sees
-            it. Not needed with dangerousDevMode (the dev issuer is used).
-          '';
-          example = "/run/secrets/openclaw-agent1-client-secret";
-        };
-        audience = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "Audience to ask the provider for.";
-          example = "credproxy";
-        };
-        scope = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          description = "Scope to ask the provider for.";
-          example = "openid";
-        };
-        caFiles = mkOption {
-          type = types.listOf types.str;
-          default = [];
-          description = "Extra CA certificates to verify an https provider.";
-          example = ["/etc/ssl/id-ca.pem"];
-        };
-        devRoles = mkOption {
-          type = types.listOf types.str;
-          default = ["proxy-user"];
-          description = "With dangerousDevMode: the roles in the dev tokens of this VM's agent.";
-          example = ["proxy-user" "github-reader"];
-        };
+      identity = cplib.identityOptions {
+        inherit (config) agentId;
+        unit = "VM";
+        place = "guest";
+        exampleId = "agent1";
       };
       allowedDomains = mkOption {
         type = types.listOf types.str;
@@ -353,24 +304,12 @@
     else cplib.endpoint.vsockUds (hybridPath vm.name) port;
 
   agentToken = vm:
-    if devIdentity vm
-    then {
-      dev_issuer = {
-        key_file = devIssuerKey;
-        roles = vm.identity.devRoles;
-      };
+    cplib.agentToken {
+      dev = devIdentity vm;
+      inherit devIssuerKey;
+      clientSecretFile = "${cp.credentialsDirectory}/${clientSecretCredential vm.name}";
     }
-    else if vm.identity.clientSecretFile != null
-    then {
-      client_credentials = {
-        token_url = vm.identity.tokenUrl;
-        inherit (vm.identity) issuer audience scope;
-        client_id = vm.identity.clientId;
-        client_secret_file = "${cp.credentialsDirectory}/${clientSecretCredential vm.name}";
-        ca_files = vm.identity.caFiles;
-      };
-    }
-    else null;
+    vm.identity;
 
   listener = vm:
     {

@@ -222,6 +222,97 @@
       });
     };
 
+  # `identity` of an agent unit: how credproxy obtains the unit's agent token for its
+  # listener (client credentials with the secret on the host, or the dev issuer).
+  # `agentId` is the unit's agent id (the default client id); `unit`/`place` as above.
+  identityOptions = {
+    agentId,
+    unit,
+    place,
+    exampleId,
+  }: {
+    tokenUrl = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Token endpoint of your OIDC provider (client credentials); or give `issuer`.";
+      example = "https://id.example/realms/openclaw/protocol/openid-connect/token";
+    };
+    issuer = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "OIDC issuer whose token endpoint is found by discovery; or give `tokenUrl`.";
+      example = "https://id.example/realms/openclaw";
+    };
+    clientId = lib.mkOption {
+      type = lib.types.str;
+      default = agentId;
+      defaultText = lib.literalExpression "agentId";
+      description = "This ${unit}'s OIDC client id.";
+      example = exampleId;
+    };
+    clientSecretFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = ''
+        Host file with this ${unit}'s OIDC client secret (a string path read at run time, never
+        the store). It is given to credproxy only (`LoadCredential`); the ${place} never sees
+        it. Not needed with dangerousDevMode (the dev issuer is used).
+      '';
+      example = "/run/secrets/openclaw-${exampleId}-client-secret";
+    };
+    audience = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Audience to ask the provider for.";
+      example = "credproxy";
+    };
+    scope = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Scope to ask the provider for.";
+      example = "openid";
+    };
+    caFiles = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [];
+      description = "Extra CA certificates to verify an https provider.";
+      example = ["/etc/ssl/id-ca.pem"];
+    };
+    devRoles = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = ["proxy-user"];
+      description = "With dangerousDevMode: the roles in the dev tokens of this ${unit}'s agent.";
+      example = ["proxy-user" "github-reader"];
+    };
+  };
+
+  # A listener's `agent_token` from an `identityOptions` value: the dev issuer when `dev`,
+  # client credentials when a client secret is given (`clientSecretFile` is where credproxy
+  # reads it), otherwise none.
+  agentToken = {
+    dev,
+    devIssuerKey,
+    clientSecretFile,
+  }: identity:
+    if dev
+    then {
+      dev_issuer = {
+        key_file = devIssuerKey;
+        roles = identity.devRoles;
+      };
+    }
+    else if identity.clientSecretFile != null
+    then {
+      client_credentials = {
+        token_url = identity.tokenUrl;
+        inherit (identity) issuer audience scope;
+        client_id = identity.clientId;
+        client_secret_file = clientSecretFile;
+        ca_files = identity.caFiles;
+      };
+    }
+    else null;
+
   # The `services.credproxy.settings.credentials` entries of agent units (each with
   # `agentId` and `credentials` as `credentialsOption` declares them). Each credential is
   # granted to its unit's agent only: the proxy itself refuses it to every other agent (403
