@@ -203,8 +203,8 @@ pub enum CredentialKind {
 }
 
 /// What a kind is: its configuration name, the header it uses when `header_name` is not
-/// given (`None`: `header_name` is required), whether that header is fixed, and how the secret
-/// is rendered. The one table config validation, `credproxy dev` and the docs read.
+/// given (`None`: `header_name` is required), and whether that header is fixed. The one table
+/// config validation and `credproxy dev` read (the rendering is `proxy::creds`'s match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindInfo {
     pub kind: CredentialKind,
@@ -212,8 +212,6 @@ pub struct KindInfo {
     pub default_header: Option<&'static str>,
     /// The header cannot be changed (`authorization` for bearer and basic_auth).
     pub fixed_header: bool,
-    /// How the injected header value is rendered, for docs and help.
-    pub rendering: &'static str,
 }
 
 impl CredentialKind {
@@ -226,28 +224,24 @@ impl CredentialKind {
             name: "api_key",
             default_header: Some("x-api-key"),
             fixed_header: false,
-            rendering: "header_prefix + secret",
         },
         KindInfo {
             kind: CredentialKind::Bearer,
             name: "bearer",
             default_header: Some("authorization"),
             fixed_header: true,
-            rendering: "Bearer <secret>",
         },
         KindInfo {
             kind: CredentialKind::BasicAuth,
             name: "basic_auth",
             default_header: Some("authorization"),
             fixed_header: true,
-            rendering: "Basic base64(username:secret), or base64(secret) as user:password",
         },
         KindInfo {
             kind: CredentialKind::Header,
             name: "header",
             default_header: None,
             fixed_header: false,
-            rendering: "header_prefix + secret",
         },
     ];
 
