@@ -219,7 +219,7 @@ pub(crate) async fn inject(
     }
     // Responses to credential-bearing requests are scrubbed; ask for them uncompressed.
     // (Range and If-Range are removed from every request while credentials are configured,
-    // in `service::forward`.)
+    // in `forward::send::inject_and_record`.)
     parts.headers.insert(
         http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),

@@ -137,4 +137,28 @@ async fn no_rendering_of_the_secret_reaches_logs_metrics_or_the_agent() {
         !String::from_utf8_lossy(&logs).contains(&h.token),
         "the agent's token was logged"
     );
+    // A request's log lines carry its span (id, destination, verified agent) inside the
+    // connection's span (listener, peer).
+    let forwarded: Vec<serde_json::Value> = String::from_utf8_lossy(&logs)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "forwarded")
+        .collect();
+    assert!(!forwarded.is_empty(), "no 'forwarded' log line");
+    for line in &forwarded {
+        let span = &line["span"];
+        assert_eq!(span["name"], "request", "{line}");
+        assert_eq!(span["authority"], format!("{HOST}:443"), "{line}");
+        assert_eq!(span["agent"], common::AGENT, "{line}");
+        let id = span["id"].as_str().unwrap_or_default();
+        assert_eq!(id.len(), 32, "{line}");
+        let conn = line["spans"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "conn"))
+            .unwrap_or_else(|| panic!("no conn span: {line}"));
+        assert!(
+            conn["listener"].is_string() && conn["peer"].is_string(),
+            "{line}"
+        );
+    }
 }
