@@ -23,6 +23,7 @@ mod guard;
 mod input;
 mod source;
 mod testing;
+mod walk;
 
 pub use engine::{Decision, PolicyEngine, ALLOW_RULE, DENY_REASONS_RULE, PACKAGE};
 pub use error::PolicyError;
