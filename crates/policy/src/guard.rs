@@ -165,7 +165,7 @@ pub(crate) fn check_function_recursion(modules: &[Ref<Module>]) -> Result<(), Re
 }
 
 /// `alias -> target path` for the module's `import data.…` statements.
-fn import_aliases(module: &Module) -> BTreeMap<String, String> {
+pub(crate) fn import_aliases(module: &Module) -> BTreeMap<String, String> {
     let mut aliases = BTreeMap::new();
     for import in &module.imports {
         let Ok(target) = regorus::utils::get_path_string(&import.refr, None) else {
@@ -186,7 +186,11 @@ fn import_aliases(module: &Module) -> BTreeMap<String, String> {
     aliases
 }
 
-fn resolve_call(call: &str, package: &str, imports: &BTreeMap<String, String>) -> String {
+pub(crate) fn resolve_call(
+    call: &str,
+    package: &str,
+    imports: &BTreeMap<String, String>,
+) -> String {
     if call.starts_with("data.") {
         return call.to_owned();
     }
