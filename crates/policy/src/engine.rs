@@ -16,6 +16,16 @@
 //! too, so "over the limit" always means "denied". A runaway evaluation occupies its calling
 //! thread for about the limit and no longer; other evaluations, on other threads, are not
 //! affected, since each evaluation works on its own copy of the engine.
+//!
+//! # The decision cache
+//!
+//! Each generation caches decisions keyed by exactly the parts of the input its policy reads
+//! (see [`crate::cache`] and [`crate::reads`]): a request that repeats an earlier one in
+//! everything the policy can see gets the earlier decision without evaluating again. A policy
+//! that calls a builtin whose result is not a function of its arguments (`time.now_ns`,
+//! `rand.intn`, …) or uses `with` on anything but `input` gets no cache. Every evaluation that
+//! does run is bounded by the limit as described above; a cached decision is one the policy
+//! gave, within the limit, for the same values.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -25,9 +35,11 @@ use std::time::{Duration, Instant};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, LimitError, Value};
 
+use crate::cache::{CacheStats, DecisionCache};
 use crate::error::PolicyError;
 use crate::guard;
 use crate::input::PolicyInput;
+use crate::reads::{self, Reads};
 use crate::source::PolicySource;
 
 /// The Rego package credproxy queries.
@@ -58,6 +70,22 @@ pub struct Decision {
     pub deny_reasons: Vec<String>,
 }
 
+/// Options of [`PolicyEngine::compile_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Cache decisions when the policy allows it (the default). Off, every request is
+    /// evaluated; tests compare the two.
+    pub decision_cache: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            decision_cache: true,
+        }
+    }
+}
+
 /// One compiled policy generation.
 ///
 /// Cheap to clone (an `Arc`) and `Send + Sync`: the proxy keeps one per generation and calls
@@ -78,6 +106,8 @@ struct Compiled {
     /// Whether any file defines `deny_reasons`; regorus fails on an undefined rule path
     /// rather than returning undefined, and a policy need not give reasons.
     has_deny_reasons: bool,
+    /// `Ok`: this generation's decision cache. `Err`: why there is none.
+    cache: Result<DecisionCache, String>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -86,6 +116,7 @@ impl fmt::Debug for PolicyEngine {
             .field("hash", &self.inner.hash)
             .field("limit", &self.inner.limit)
             .field("files", &self.inner.files)
+            .field("cache", &self.cache_description())
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +130,15 @@ impl PolicyEngine {
     /// here, once, so that a bad policy is rejected at start-up or reload rather than on the
     /// first request.
     pub fn compile(src: &PolicySource, limit: Duration) -> Result<PolicyEngine, PolicyError> {
+        PolicyEngine::compile_with(src, limit, CompileOptions::default())
+    }
+
+    /// [`PolicyEngine::compile`] with options.
+    pub fn compile_with(
+        src: &PolicySource,
+        limit: Duration,
+        options: CompileOptions,
+    ) -> Result<PolicyEngine, PolicyError> {
         let files: Vec<String> = src.serving_files().map(|(name, _)| name.clone()).collect();
         let mut engine = build_engine(src.serving_files(), limit)?;
 
@@ -132,22 +172,34 @@ impl PolicyEngine {
             .compile_with_entrypoint(&regorus::Rc::from(ALLOW_RULE))
             .map_err(|e| compile_error(&files, &e))?;
 
+        let cache = if options.decision_cache {
+            match reads::analyse(engine.get_modules()) {
+                Reads::Paths(paths) => Ok(DecisionCache::new(paths)),
+                Reads::Uncacheable(why) => Err(format!("off: {why}")),
+            }
+        } else {
+            Err("off: disabled by the caller".to_owned())
+        };
+
         let hash = src.hash();
-        tracing::debug!(
-            hash = %hash,
-            files = ?files,
-            limit_ms = limit.as_millis() as u64,
-            "policy compiled"
-        );
-        Ok(PolicyEngine {
+        let engine = PolicyEngine {
             inner: Arc::new(Compiled {
                 engine,
                 hash,
                 limit,
                 files,
                 has_deny_reasons,
+                cache,
             }),
-        })
+        };
+        tracing::debug!(
+            hash = %engine.inner.hash,
+            files = ?engine.inner.files,
+            limit_ms = limit.as_millis() as u64,
+            decision_cache = %engine.cache_description(),
+            "policy compiled"
+        );
+        Ok(engine)
     }
 
     /// Decides one request. Synchronous CPU work, typically tens of microseconds, bounded by
@@ -157,7 +209,25 @@ impl PolicyEngine {
     /// evaluation error, the limit, a result of the wrong type); the caller must refuse the
     /// request (503) and log the error, which names the rule and, for evaluation errors, the
     /// file and line.
+    ///
+    /// With the decision cache on, a request equal to an earlier one in every value the
+    /// policy reads gets that earlier decision; errors and timeouts are never cached.
     pub fn evaluate(&self, input: &PolicyInput) -> Result<Decision, PolicyError> {
+        let Ok(cache) = &self.inner.cache else {
+            return self.evaluate_uncached(input);
+        };
+        let Some(key) = cache.key(input) else {
+            return self.evaluate_uncached(input);
+        };
+        if let Some(decision) = cache.get(&key) {
+            return Ok(decision);
+        }
+        let decision = self.evaluate_uncached(input)?;
+        cache.insert(key, &decision);
+        Ok(decision)
+    }
+
+    fn evaluate_uncached(&self, input: &PolicyInput) -> Result<Decision, PolicyError> {
         let start = Instant::now();
         let limit = self.inner.limit;
         let mut engine = self.inner.engine.clone();
@@ -224,6 +294,43 @@ impl PolicyEngine {
     /// The files compiled into this generation (test files excluded), sorted.
     pub fn files(&self) -> &[String] {
         &self.inner.files
+    }
+
+    /// The input paths (components after `input`) this generation's decisions are cached
+    /// by, or `None` when it caches nothing (see [`PolicyEngine::cache_description`]). An
+    /// empty path means the whole input document; an empty list, a policy that reads none
+    /// of it.
+    pub fn cache_paths(&self) -> Option<&[Vec<String>]> {
+        self.inner.cache.as_ref().ok().map(DecisionCache::paths)
+    }
+
+    /// The decision cache in one line, for logs and `credproxy policy` output: the paths it
+    /// is keyed by (`keyed by input.request.host, input.identity`), or why it is off.
+    pub fn cache_description(&self) -> String {
+        match &self.inner.cache {
+            Err(why) => why.clone(),
+            Ok(cache) if cache.paths().is_empty() => {
+                "on: the policy reads no input (one decision for every request)".to_owned()
+            }
+            Ok(cache) => {
+                let paths: Vec<String> = cache
+                    .paths()
+                    .iter()
+                    .map(|p| {
+                        std::iter::once("input")
+                            .chain(p.iter().map(String::as_str))
+                            .collect::<Vec<_>>()
+                            .join(".")
+                    })
+                    .collect();
+                format!("on: keyed by {}", paths.join(", "))
+            }
+        }
+    }
+
+    /// Counters of this generation's decision cache; `None` when it has none.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.cache.as_ref().ok().map(DecisionCache::stats)
     }
 
     fn eval_rule(

@@ -17,8 +17,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
+use regorus::unstable::{Expr, Module, Ref, Rule, RuleHead};
 use regorus::{Engine, Value};
+
+use crate::walk::{Visitor, Walker};
 
 /// Most elements `numbers.range` / `numbers.range_step` may return in a policy. Generous for
 /// any authorization use (hours of a day, ports of a range) and small enough to build in
@@ -120,8 +122,7 @@ pub(crate) fn check_function_recursion(modules: &[Ref<Module>]) -> Result<(), Re
         let imports = import_aliases(module);
         for rule in &module.policy {
             let Rule::Spec {
-                head: RuleHead::Func { refr, assign, .. },
-                bodies,
+                head: RuleHead::Func { refr, .. },
                 ..
             } = rule.as_ref()
             else {
@@ -133,20 +134,12 @@ pub(crate) fn check_function_recursion(modules: &[Ref<Module>]) -> Result<(), Re
             files
                 .entry(name.clone())
                 .or_insert_with(|| module.package.span.source.get_path().clone());
-            let mut calls = Vec::new();
+            let mut calls = Calls(Vec::new());
             let mut walker = Walker::default();
-            if let Some(assign) = assign {
-                walker.exprs.push(assign.value.clone());
-            }
-            for body in bodies {
-                if let Some(assign) = &body.assign {
-                    walker.exprs.push(assign.value.clone());
-                }
-                walker.queries.push(body.query.clone());
-            }
+            walker.push_rule(rule);
             walker.run(&mut calls);
             let edges = graph.entry(name).or_default();
-            for call in calls {
+            for call in calls.0 {
                 let target = resolve_call(&call, &package, &imports);
                 if functions.contains_key(&target) {
                     edges.insert(target);
@@ -172,7 +165,7 @@ pub(crate) fn check_function_recursion(modules: &[Ref<Module>]) -> Result<(), Re
 }
 
 /// `alias -> target path` for the module's `import data.…` statements.
-fn import_aliases(module: &Module) -> BTreeMap<String, String> {
+pub(crate) fn import_aliases(module: &Module) -> BTreeMap<String, String> {
     let mut aliases = BTreeMap::new();
     for import in &module.imports {
         let Ok(target) = regorus::utils::get_path_string(&import.refr, None) else {
@@ -193,7 +186,11 @@ fn import_aliases(module: &Module) -> BTreeMap<String, String> {
     aliases
 }
 
-fn resolve_call(call: &str, package: &str, imports: &BTreeMap<String, String>) -> String {
+pub(crate) fn resolve_call(
+    call: &str,
+    package: &str,
+    imports: &BTreeMap<String, String>,
+) -> String {
     if call.starts_with("data.") {
         return call.to_owned();
     }
@@ -262,111 +259,16 @@ fn successors<'a>(graph: &'a BTreeMap<String, BTreeSet<String>>, node: &str) -> 
         .unwrap_or_default()
 }
 
-/// Collects the paths of every call in a set of expressions and queries, without recursion.
-#[derive(Default)]
-struct Walker {
-    exprs: Vec<Ref<Expr>>,
-    queries: Vec<Ref<Query>>,
-}
+/// Collects the path of every call it sees.
+struct Calls(Vec<String>);
 
-impl Walker {
-    fn run(&mut self, calls: &mut Vec<String>) {
-        loop {
-            if let Some(query) = self.queries.pop() {
-                self.query(&query);
-            } else if let Some(expr) = self.exprs.pop() {
-                self.expr(&expr, calls);
-            } else {
-                return;
+impl Visitor for Calls {
+    fn expr(&mut self, expr: &Expr, _: &mut Vec<Ref<Expr>>) -> bool {
+        if let Expr::Call { fcn, .. } = expr {
+            if let Ok(path) = regorus::utils::get_path_string(fcn, None) {
+                self.0.push(path);
             }
         }
-    }
-
-    fn query(&mut self, query: &Query) {
-        for stmt in &query.stmts {
-            for modifier in &stmt.with_mods {
-                self.exprs.push(modifier.r#as.clone());
-            }
-            match &stmt.literal {
-                Literal::SomeVars { .. } => {}
-                Literal::SomeIn {
-                    key,
-                    value,
-                    collection,
-                    ..
-                } => {
-                    self.exprs.extend(key.iter().cloned());
-                    self.exprs.push(value.clone());
-                    self.exprs.push(collection.clone());
-                }
-                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
-                    self.exprs.push(expr.clone());
-                }
-                Literal::Every { domain, query, .. } => {
-                    self.exprs.push(domain.clone());
-                    self.queries.push(query.clone());
-                }
-            }
-        }
-    }
-
-    fn expr(&mut self, expr: &Expr, calls: &mut Vec<String>) {
-        match expr {
-            Expr::String { .. }
-            | Expr::RawString { .. }
-            | Expr::Number { .. }
-            | Expr::Bool { .. }
-            | Expr::Null { .. }
-            | Expr::Var { .. } => {}
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                self.exprs.extend(items.iter().cloned());
-            }
-            Expr::Object { fields, .. } => {
-                for (_, key, value) in fields {
-                    self.exprs.push(key.clone());
-                    self.exprs.push(value.clone());
-                }
-            }
-            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                self.exprs.push(term.clone());
-                self.queries.push(query.clone());
-            }
-            Expr::ObjectCompr {
-                key, value, query, ..
-            } => {
-                self.exprs.push(key.clone());
-                self.exprs.push(value.clone());
-                self.queries.push(query.clone());
-            }
-            Expr::Call { fcn, params, .. } => {
-                if let Ok(path) = regorus::utils::get_path_string(fcn, None) {
-                    calls.push(path);
-                }
-                self.exprs.extend(params.iter().cloned());
-            }
-            Expr::UnaryExpr { expr, .. } => self.exprs.push(expr.clone()),
-            Expr::RefDot { refr, .. } => self.exprs.push(refr.clone()),
-            Expr::RefBrack { refr, index, .. } => {
-                self.exprs.push(refr.clone());
-                self.exprs.push(index.clone());
-            }
-            Expr::BinExpr { lhs, rhs, .. }
-            | Expr::BoolExpr { lhs, rhs, .. }
-            | Expr::ArithExpr { lhs, rhs, .. }
-            | Expr::AssignExpr { lhs, rhs, .. } => {
-                self.exprs.push(lhs.clone());
-                self.exprs.push(rhs.clone());
-            }
-            Expr::Membership {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                self.exprs.extend(key.iter().cloned());
-                self.exprs.push(value.clone());
-                self.exprs.push(collection.clone());
-            }
-        }
+        true
     }
 }

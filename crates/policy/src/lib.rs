@@ -17,14 +17,18 @@
 //! Loading ([`PolicySource::load_dir`]) reads files and happens at start-up or on reload,
 //! never per request.
 
+mod cache;
 mod engine;
 mod error;
 mod guard;
 mod input;
+mod reads;
 mod source;
 mod testing;
+mod walk;
 
-pub use engine::{Decision, PolicyEngine, ALLOW_RULE, DENY_REASONS_RULE, PACKAGE};
+pub use cache::{CacheStats, MAX_ENTRIES as CACHE_MAX_ENTRIES};
+pub use engine::{CompileOptions, Decision, PolicyEngine, ALLOW_RULE, DENY_REASONS_RULE, PACKAGE};
 pub use error::PolicyError;
 pub use input::{
     input_schema, CredentialInput, IdentityInput, ListenerInput, PolicyInput, RequestInput,
