@@ -119,11 +119,15 @@ fn test(dir: &Path) -> Result<ExitCode, CmdError> {
     let source = PolicySource::load_dir(dir).map_err(policy_usage)?;
     // The serving files must also make a policy the proxy would accept (an `allow` rule in
     // package credproxy.authz): passing tests are worth little if serving would refuse it.
-    PolicyEngine::compile(&source, credproxy_policy::TEST_LIMIT).map_err(policy_usage)?;
+    let engine =
+        PolicyEngine::compile(&source, credproxy_policy::TEST_LIMIT).map_err(policy_usage)?;
     let outcomes = run_tests(&source).map_err(policy_usage)?;
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     #[allow(clippy::print_stdout)]
     {
+        // What the proxy will cache decisions by (or why it will not): an operator sees it
+        // before serving, next to the tests that show the policy right.
+        println!("decision cache: {}", engine.cache_description());
         for o in &outcomes {
             if o.passed {
                 println!("PASS {} ({})", o.name, o.file);

@@ -9,7 +9,7 @@ use credproxy_tls::{Ca, LeafCache};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::connector::{GuardedConnector, SystemResolver};
 use crate::metrics::{self, Metrics};
@@ -117,6 +117,7 @@ impl Proxy {
         )
         .map_err(ProxyError::Secrets)?;
         let policy = load_policy(&config.policy)?;
+        info!(policy = %policy.hash(), decision_cache = %policy.cache_description(), "policy loaded");
         let verifier = match &config.identity {
             None => {
                 warn!("identity.danger_allow_anonymous: agents are NOT authenticated; never use this with real credentials");

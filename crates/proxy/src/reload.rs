@@ -100,6 +100,7 @@ impl ReloadHandle {
         }
         let id = self.shared.generation().id + 1;
         let hash = policy.hash().to_string();
+        let cache = policy.cache_description();
         // A generation whose secret values are all known already serves at once; one with new
         // sources waits for the loader (woken below).
         let ready = self.shared.scrub.covers(&creds);
@@ -113,7 +114,7 @@ impl ReloadHandle {
         self.shared.scrub.wake();
         self.shared.generations.send_replace(id);
         self.shared.metrics.generation.set(id as i64);
-        info!(generation = id, policy = %hash, "configuration reloaded");
+        info!(generation = id, policy = %hash, decision_cache = %cache, "configuration reloaded");
         Ok(id)
     }
 
