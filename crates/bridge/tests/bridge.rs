@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use credproxy_bridge::{Bridge, BridgeArgs, BridgeConfig};
@@ -380,7 +380,8 @@ async fn oidc_token_is_refreshed_before_it_expires() {
         let heads = rec.heads();
         let auth = header(heads.last().unwrap(), "proxy-authorization")[0].to_string();
         let token = auth.strip_prefix("Bearer ").unwrap().to_string();
-        let now = SystemTime::now()
+        let now = credproxy_core::Clock::system()
+            .now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();

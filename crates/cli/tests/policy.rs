@@ -39,7 +39,10 @@ async fn init_writes_the_builtin_policy_whose_tests_pass() {
     // First what the proxy will key its decision cache by: the built-in policy reads the
     // identity and the destination, never the time or the path.
     let (cache, lines) = lines.split_first().unwrap();
-    assert!(cache.starts_with("decision cache: on: keyed by "), "{cache}");
+    assert!(
+        cache.starts_with("decision cache: on: keyed by "),
+        "{cache}"
+    );
     assert!(cache.contains("input.identity"), "{cache}");
     assert!(
         !cache.contains("input.time") && !cache.contains("input.request.path"),

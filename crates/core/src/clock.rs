@@ -13,33 +13,47 @@ use std::time::{Duration, Instant, SystemTime};
 /// offset.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
-    /// Nanoseconds added to the system clock; `None` for the plain system clock.
-    offset: Option<Arc<AtomicU64>>,
+    /// `None` for the plain system clock.
+    adjust: Option<Arc<Adjust>>,
+}
+
+#[derive(Debug)]
+struct Adjust {
+    /// Nanoseconds added to the system clock.
+    offset: AtomicU64,
+    /// Told of every advance, so that [`Clock::sleep_until`] wakes up to look again.
+    advanced: tokio::sync::watch::Sender<()>,
 }
 
 impl Clock {
     /// The system clock.
     pub fn system() -> Clock {
-        Clock { offset: None }
+        Clock { adjust: None }
     }
 
     /// A clock that starts at the system time and that [`Clock::advance`] moves forward
     /// (tests).
     pub fn adjustable() -> Clock {
         Clock {
-            offset: Some(Arc::new(AtomicU64::new(0))),
+            adjust: Some(Arc::new(Adjust {
+                offset: AtomicU64::new(0),
+                advanced: tokio::sync::watch::Sender::new(()),
+            })),
         }
     }
 
     fn offset(&self) -> Duration {
-        self.offset.as_ref().map_or(Duration::ZERO, |o| {
-            Duration::from_nanos(o.load(Ordering::Acquire))
+        self.adjust.as_ref().map_or(Duration::ZERO, |a| {
+            Duration::from_nanos(a.offset.load(Ordering::Acquire))
         })
     }
 
     /// Wall-clock time (token `exp`/`nbf`, record timestamps).
     pub fn now(&self) -> SystemTime {
-        SystemTime::now() + self.offset()
+        // The one read of the system time the workspace allows (clippy.toml).
+        #[allow(clippy::disallowed_methods)]
+        let system = SystemTime::now();
+        system + self.offset()
     }
 
     /// Monotonic time (cache ages, intervals).
@@ -50,9 +64,32 @@ impl Clock {
     /// Moves an adjustable clock forward by `by` (every clone sees it). On the system clock
     /// it does nothing: production time is never moved.
     pub fn advance(&self, by: Duration) {
-        if let Some(o) = &self.offset {
+        if let Some(a) = &self.adjust {
             let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-            o.fetch_add(nanos, Ordering::AcqRel);
+            a.offset.fetch_add(nanos, Ordering::AcqRel);
+            a.advanced.send_replace(());
+        }
+    }
+
+    /// Waits until this clock reads `deadline` or later: on the system clock a timer; on an
+    /// adjustable clock also woken by [`Clock::advance`], so a test reaches an expiry at once.
+    pub async fn sleep_until(&self, deadline: SystemTime) {
+        // Subscribed before the first look at the time: an advance after it is never missed.
+        let mut advanced = self.adjust.as_ref().map(|a| a.advanced.subscribe());
+        loop {
+            let left = deadline
+                .duration_since(self.now())
+                .unwrap_or(Duration::ZERO);
+            if left.is_zero() {
+                return;
+            }
+            match advanced.as_mut() {
+                None => tokio::time::sleep(left).await,
+                Some(rx) => {
+                    // Either the time comes, or the clock moved: look again.
+                    let _ = tokio::time::timeout(left, rx.changed()).await;
+                }
+            }
         }
     }
 }
@@ -60,6 +97,26 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sleep_until_wakes_on_an_advance_past_the_deadline_and_not_before() {
+        let c = Clock::adjustable();
+        let deadline = c.now() + Duration::from_secs(3600);
+        let sleeper = tokio::spawn({
+            let c = c.clone();
+            async move { c.sleep_until(deadline).await }
+        });
+        c.advance(Duration::from_secs(1800));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!sleeper.is_finished(), "woke half-way to the deadline");
+        c.advance(Duration::from_secs(1800));
+        tokio::time::timeout(Duration::from_secs(10), sleeper)
+            .await
+            .expect("still asleep after the clock passed the deadline")
+            .unwrap();
+    }
 
     #[test]
     fn advance_moves_both_clocks_of_every_clone_and_never_the_system_clock() {

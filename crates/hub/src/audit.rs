@@ -7,7 +7,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -59,7 +58,8 @@ pub struct Event {
 impl Event {
     pub fn now(event: &'static str, outcome: &'static str) -> Event {
         Event {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: humantime::format_rfc3339_millis(credproxy_core::Clock::system().now())
+                .to_string(),
             event,
             outcome,
             ..Event::default()

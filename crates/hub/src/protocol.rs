@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -632,7 +632,7 @@ impl Protocol {
 }
 
 fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(credproxy_core::Clock::system().now()).to_string()
 }
 
 fn ok(body: Value) -> Accepted {

@@ -6,7 +6,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -136,7 +136,9 @@ impl DevIssuer {
         if ttl.is_zero() {
             return Err(IdentityError::Issue("the ttl must be positive".to_owned()));
         }
-        let now = SystemTime::now()
+        // An issuer's time is the world's (its tokens meet other verifiers), not a test's.
+        let now = credproxy_core::Clock::system()
+            .now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| IdentityError::Issue("the clock is before 1970".to_owned()))?
             .as_secs();

@@ -331,7 +331,8 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
         // Measured before the request: the token cannot expire earlier than this plus its
         // lifetime, so the local expiry is conservative.
         let asked = Instant::now();
-        let asked_wall = SystemTime::now();
+        // The provider's tokens carry the world's time, so their wall-clock expiry does too.
+        let asked_wall = credproxy_core::Clock::system().now();
         let wait = match grant.fetch().await {
             Ok(resp) => {
                 let lifetime = resp.expires_in;

@@ -36,7 +36,8 @@ async fn ready_verifier(cfg: OidcConfig) -> Verifier {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
+    credproxy_core::Clock::system()
+        .now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()

@@ -33,6 +33,8 @@ pub(crate) struct RequestFacts<'a> {
     /// The destination is in the allowlist of the request's generation (re-checked per
     /// request, so a reload that removes a name applies inside open tunnels too).
     pub allowlisted: bool,
+    /// When the request was received, on the proxy's clock (`input.time`).
+    pub now: std::time::SystemTime,
 }
 
 pub(crate) fn input(facts: &RequestFacts<'_>, creds: &Credentials, scan: &Scan) -> PolicyInput {
@@ -94,7 +96,7 @@ pub(crate) fn input(facts: &RequestFacts<'_>, creds: &Credentials, scan: &Scan) 
             kind: facts.peer.kind().to_string(),
             peer: facts.peer.to_string(),
         },
-        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        time: humantime::format_rfc3339_seconds(facts.now).to_string(),
     }
 }
 

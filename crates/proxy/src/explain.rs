@@ -59,6 +59,7 @@ pub fn policy_input(
         listener,
         peer: &peer,
         allowlisted: config.allowed_domains.allows(&authority),
+        now: credproxy_core::Clock::system().now(),
     };
     Ok(input(&facts, &creds, &scan))
 }

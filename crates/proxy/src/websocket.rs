@@ -13,7 +13,7 @@
 //! policy refuse it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use credproxy_core::{Authority, Reject};
 use credproxy_scrub::{events::MAX_EVENT, MessageScrubber, ScrubPatterns};
@@ -109,13 +109,13 @@ fn still_allowed(shared: &Shared, check: &Check) -> Result<(), &'static str> {
     }
     let mut input = check.input.clone();
     input.request.allowlisted = true;
-    input.time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    input.time = humantime::format_rfc3339_seconds(shared.clock.now()).to_string();
     crate::authz::decide(&gen.policy, &input).map_err(|_| "the policy no longer allows it")
 }
 
 /// The token expired: with the listener's own token for the same agent still valid (and the
-/// policy still allowing it under that identity), how long until that one expires.
-async fn renew(shared: &Shared, check: &mut Check) -> Option<Duration> {
+/// policy still allowing it under that identity), when that one expires.
+async fn renew(shared: &Shared, check: &mut Check) -> Option<SystemTime> {
     let lt = shared.listener_tokens.get(&check.listener)?;
     let verifier = shared.verifier.as_ref()?;
     let fresh = lt.identity(verifier).await.ok()?;
@@ -128,11 +128,7 @@ async fn renew(shared: &Shared, check: &mut Check) -> Option<Duration> {
     current.groups = fresh.groups.clone();
     current.issuer = fresh.issuer.clone();
     still_allowed(shared, check).ok()?;
-    fresh
-        .expires_at
-        .duration_since(SystemTime::now())
-        .ok()
-        .filter(|d| !d.is_zero())
+    Some(fresh.expires_at).filter(|e| *e > shared.clock.now())
 }
 
 fn to_scrub(m: Message) -> Option<credproxy_scrub::Message> {
@@ -171,11 +167,10 @@ async fn relay(
     let mut scrubber = patterns
         .as_ref()
         .map(|p| MessageScrubber::new((**p).clone()));
-    let until_expiry = check.expires.map(|e| {
-        e.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-    });
-    let expiry = tokio::time::sleep(until_expiry.unwrap_or(Duration::from_secs(3600)));
+    // The token's expiry on the proxy's clock (tests move it instead of waiting).
+    let clock = shared.clock.clone();
+    let expires = check.expires;
+    let expiry = clock.sleep_until(expires.unwrap_or(SystemTime::UNIX_EPOCH));
     tokio::pin!(expiry);
     let mut proxy_running = true;
     let mut generations = shared.generations.subscribe();
@@ -255,9 +250,9 @@ async fn relay(
                     }
                 }
             }
-            () = &mut expiry, if until_expiry.is_some() => {
-                if let Some(left) = renew(&shared, &mut check).await {
-                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
+            () = &mut expiry, if expires.is_some() => {
+                if let Some(fresh) = renew(&shared, &mut check).await {
+                    expiry.set(clock.sleep_until(fresh));
                     continue;
                 }
                 info!(%authority, "closing a WebSocket: the agent's token expired");

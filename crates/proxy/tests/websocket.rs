@@ -190,11 +190,28 @@ async fn compression_is_never_negotiated() {
 /// Threat A30: the upgraded connection does not outlive the token it was opened with.
 #[tokio::test]
 async fn the_connection_closes_when_the_token_expires() {
-    let h = Harness::with(setup()).await;
-    let short = h.token_for(common::AGENT, &[common::ROLE], Duration::from_secs(3));
+    // The proxy reads an adjustable clock: the test moves it past the token's expiry instead
+    // of waiting for it.
+    let clock = credproxy_core::Clock::adjustable();
+    let h = Harness::with(Setup {
+        clock: clock.clone(),
+        ..setup()
+    })
+    .await;
+    let ttl = Duration::from_secs(300);
+    let short = h.token_for(common::AGENT, &[common::ROLE], ttl);
     let mut ws = open(&h, &format!("Bearer {short}"), "/ws", &[]).await;
     ws.send(Message::text("before expiry")).await.unwrap();
-    let msgs = drain(&mut ws).await;
+    // The echo comes back while the token is valid: the connection is open and relaying.
+    let echo = tokio::time::timeout(Duration::from_secs(60), ws.next())
+        .await
+        .expect("no echo")
+        .expect("closed before the echo")
+        .unwrap();
+    assert_eq!(echo.to_text().ok(), Some("before expiry"));
+    clock.advance(ttl + Duration::from_secs(1));
+    let mut msgs = vec![echo];
+    msgs.extend(drain(&mut ws).await);
     assert_eq!(
         msgs.first().and_then(|m| m.to_text().ok()),
         Some("before expiry")

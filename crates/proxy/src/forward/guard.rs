@@ -139,6 +139,7 @@ pub(super) fn authorize(
         listener: &via.conn.listener.name,
         peer: &via.conn.peer,
         allowlisted: gen.allowlist.allows(authority),
+        now: shared.clock.now(),
     };
     let input = crate::authz::input(&facts, &gen.creds, scan);
     if let Err(reject) = crate::authz::decide(&gen.policy, &input) {
