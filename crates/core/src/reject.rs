@@ -383,6 +383,50 @@ impl Reject {
         }
     }
 
+    /// Whether the refusal is a misuse alarm in itself (a sign of prompt injection or an
+    /// exfiltration attempt): counted in `credproxy_misuse_alarms_total` and recorded in the
+    /// audit record's `misuse_alarms`.
+    pub fn is_misuse(&self) -> bool {
+        match self {
+            Reject::PlaceholderMisuse { .. } | Reject::AgentTokenInRequest { .. } => true,
+            Reject::BadRequest { .. }
+            | Reject::NotAProxyRequest
+            | Reject::HttpsWithoutConnect
+            | Reject::IpLiteral { .. }
+            | Reject::DestinationNotAllowed { .. }
+            | Reject::PrivateAddress { .. }
+            | Reject::AuthorityMismatch { .. }
+            | Reject::UpgradeNotAllowed { .. }
+            | Reject::HeadersTooLarge
+            | Reject::Framing { .. }
+            | Reject::NestedConnect
+            | Reject::BodyTooLarge { .. }
+            | Reject::BodyTimeout
+            | Reject::IdentityConnectionLimit
+            | Reject::IdentityStreamLimit
+            | Reject::ProxyAuthRequired { .. }
+            | Reject::ListenerAgentMismatch { .. }
+            | Reject::PolicyDenied { .. }
+            | Reject::PolicyUnavailable { .. }
+            | Reject::SecretUnavailable { .. }
+            | Reject::SecretInvalid { .. }
+            | Reject::ScrubSetUnavailable
+            | Reject::UpstreamEncoding { .. }
+            | Reject::UpstreamDecodeLimit { .. }
+            | Reject::DnsFailure { .. }
+            | Reject::UpstreamUnreachable { .. }
+            | Reject::UpstreamTls { .. }
+            | Reject::UpstreamProtocol { .. }
+            | Reject::UpstreamTimeout { .. }
+            | Reject::IdentityUnavailable
+            | Reject::ListenerTokenUnavailable { .. }
+            | Reject::AuditUnavailable
+            | Reject::TooManyConnections
+            | Reject::Internal
+            | Reject::InternalServiceUnavailable { .. } => false,
+        }
+    }
+
     /// Whether the agent's connection must be closed after the response. Framing and
     /// authority errors close it: what follows on that connection cannot be trusted.
     pub fn closes_connection(&self) -> bool {
@@ -477,6 +521,25 @@ impl Reject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exactly_the_two_misuse_refusals_are_alarms_and_both_come_from_the_agent() {
+        let alarms: Vec<&str> = Reject::catalogue()
+            .iter()
+            .filter(|r| r.is_misuse())
+            .map(|r| {
+                assert_eq!(r.source(), RejectSource::Agent, "{r:?}");
+                r.reason()
+            })
+            .collect();
+        assert!(alarms.contains(&"agent_token_in_request"), "{alarms:?}");
+        assert!(
+            alarms.iter().all(|a| *a == "agent_token_in_request"
+                || MisuseKind::ALL.iter().any(|k| k.reason() == *a)),
+            "{alarms:?}"
+        );
+        assert_eq!(alarms.len(), 1 + MisuseKind::ALL.len(), "{alarms:?}");
+    }
 
     #[test]
     fn statuses_and_labels_are_stable() {

@@ -63,25 +63,21 @@ impl Draft {
         });
     }
 
-    /// Note how a rejection ends the request.
+    /// Note how a rejection ends the request: misuse alarms, the policy's reasons, and the
+    /// decision by where the refusal came from (every variant decided by `core`'s exhaustive
+    /// `is_misuse` and `source`).
     pub fn rejected(&mut self, reject: &Reject) {
-        match reject {
-            Reject::PlaceholderMisuse { .. } | Reject::AgentTokenInRequest { .. } => {
-                self.record.misuse_alarms.push(reject.reason().to_string());
-                self.record.decision = Decision::Deny;
-            }
-            Reject::PolicyDenied { reasons } => {
-                self.record.deny_reasons = reasons.clone();
-                self.record.decision = Decision::Deny;
-            }
-            _ => match reject.source() {
-                RejectSource::Agent | RejectSource::Policy => self.record.decision = Decision::Deny,
-                RejectSource::Vault | RejectSource::Internal => {
-                    self.record.decision = Decision::Error
-                }
-                // The request was allowed; the upstream failed it: the outcome says how.
-                RejectSource::Upstream => {}
-            },
+        if reject.is_misuse() {
+            self.record.misuse_alarms.push(reject.reason().to_string());
+        }
+        if let Reject::PolicyDenied { reasons } = reject {
+            self.record.deny_reasons = reasons.clone();
+        }
+        match reject.source() {
+            RejectSource::Agent | RejectSource::Policy => self.record.decision = Decision::Deny,
+            RejectSource::Vault | RejectSource::Internal => self.record.decision = Decision::Error,
+            // The request was allowed; the upstream failed it: the outcome says how.
+            RejectSource::Upstream => {}
         }
     }
 
