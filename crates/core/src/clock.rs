@@ -5,8 +5,11 @@
 //! flowing as usual (timeouts, real servers), and a test jumps past an expiry at once. In
 //! production the offset is always zero.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The system clock, optionally moved forward by a test. Cheap to clone; clones share the
@@ -21,8 +24,10 @@ pub struct Clock {
 struct Adjust {
     /// Nanoseconds added to the system clock.
     offset: AtomicU64,
-    /// Told of every advance, so that [`Clock::sleep_until`] wakes up to look again.
-    advanced: tokio::sync::watch::Sender<()>,
+    /// How many times the clock was advanced.
+    advances: AtomicU64,
+    /// Tasks waiting in [`Advanced`] for the next advance.
+    waiters: Mutex<Vec<Waker>>,
 }
 
 impl Clock {
@@ -37,7 +42,8 @@ impl Clock {
         Clock {
             adjust: Some(Arc::new(Adjust {
                 offset: AtomicU64::new(0),
-                advanced: tokio::sync::watch::Sender::new(()),
+                advances: AtomicU64::new(0),
+                waiters: Mutex::new(Vec::new()),
             })),
         }
     }
@@ -67,30 +73,54 @@ impl Clock {
         if let Some(a) = &self.adjust {
             let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
             a.offset.fetch_add(nanos, Ordering::AcqRel);
-            a.advanced.send_replace(());
+            a.advances.fetch_add(1, Ordering::AcqRel);
+            let waiters = std::mem::take(&mut *a.waiters.lock().unwrap_or_else(|e| e.into_inner()));
+            for w in waiters {
+                w.wake();
+            }
         }
     }
 
-    /// Waits until this clock reads `deadline` or later: on the system clock a timer; on an
-    /// adjustable clock also woken by [`Clock::advance`], so a test reaches an expiry at once.
-    pub async fn sleep_until(&self, deadline: SystemTime) {
-        // Subscribed before the first look at the time: an advance after it is never missed.
-        let mut advanced = self.adjust.as_ref().map(|a| a.advanced.subscribe());
-        loop {
-            let left = deadline
-                .duration_since(self.now())
-                .unwrap_or(Duration::ZERO);
-            if left.is_zero() {
-                return;
-            }
-            match advanced.as_mut() {
-                None => tokio::time::sleep(left).await,
-                Some(rx) => {
-                    // Either the time comes, or the clock moved: look again.
-                    let _ = tokio::time::timeout(left, rx.changed()).await;
-                }
-            }
+    /// A future that resolves at the first [`Clock::advance`] after this call; on the system
+    /// clock it never resolves. Whoever waits for a time on this clock (a token's expiry)
+    /// waits for the timer *or* this, then looks at the time again.
+    pub fn advanced(&self) -> Advanced {
+        Advanced {
+            seen: self
+                .adjust
+                .as_ref()
+                .map_or(0, |a| a.advances.load(Ordering::Acquire)),
+            adjust: self.adjust.clone(),
         }
+    }
+}
+
+/// See [`Clock::advanced`].
+#[derive(Debug)]
+pub struct Advanced {
+    adjust: Option<Arc<Adjust>>,
+    seen: u64,
+}
+
+impl Future for Advanced {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(a) = &self.adjust else {
+            return Poll::Pending;
+        };
+        if a.advances.load(Ordering::Acquire) != self.seen {
+            return Poll::Ready(());
+        }
+        let mut waiters = a.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked at again under the lock: an advance in between has taken the list already.
+        if a.advances.load(Ordering::Acquire) != self.seen {
+            return Poll::Ready(());
+        }
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -98,24 +128,33 @@ impl Clock {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn sleep_until_wakes_on_an_advance_past_the_deadline_and_not_before() {
-        let c = Clock::adjustable();
-        let deadline = c.now() + Duration::from_secs(3600);
-        let sleeper = tokio::spawn({
-            let c = c.clone();
-            async move { c.sleep_until(deadline).await }
-        });
-        c.advance(Duration::from_secs(1800));
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
+    #[test]
+    fn advanced_resolves_at_the_next_advance_only_and_never_on_the_system_clock() {
+        use std::task::Wake;
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
         }
-        assert!(!sleeper.is_finished(), "woke half-way to the deadline");
-        c.advance(Duration::from_secs(1800));
-        tokio::time::timeout(Duration::from_secs(10), sleeper)
-            .await
-            .expect("still asleep after the clock passed the deadline")
-            .unwrap();
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        let c = Clock::adjustable();
+        c.advance(Duration::from_secs(1)); // before the wait: not seen by it
+        let mut wait = Box::pin(c.advanced());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        c.clone().advance(Duration::from_secs(1));
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "the advance did not wake the waiter"
+        );
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+
+        let mut never = Box::pin(Clock::system().advanced());
+        Clock::system().advance(Duration::from_secs(1));
+        assert!(never.as_mut().poll(&mut cx).is_pending());
     }
 
     #[test]
