@@ -6,7 +6,7 @@
 //! values of N; (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost of one credentialed request, setup
 //! cancelling out. `--separate-threads` gives the writer thread (`audit-spool-writer`) its own
 //! file. Not a gate and not a wall-clock benchmark.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
