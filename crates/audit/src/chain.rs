@@ -19,8 +19,18 @@ pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000
 pub(crate) const KIND_BEGIN: &str = "begin";
 pub(crate) const KIND_COMPLETE: &str = "complete";
 
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
+/// The schema version this code writes (`meta.schema_version`).
+///
+/// * 1: `export_state` keyed by `record_id` (TEXT primary key, its own B-tree) plus an
+///   `export_pending(signaled, seq)` index, rows kept after export.
+/// * 2: `export_state` keyed by the begin event's `seq` (the table's rowid: no index of its
+///   own), holding only records whose export is unfinished (deleted when the outcome is
+///   acknowledged). A credentialed begin touches two B-trees fewer.
+pub(crate) const SCHEMA_VERSION: u32 = 2;
+
+/// The current schema, for a fresh spool.
+const SCHEMA: &str = "
+CREATE TABLE events (
     seq       INTEGER PRIMARY KEY,
     at        TEXT NOT NULL,
     record_id TEXT NOT NULL,
@@ -29,24 +39,102 @@ CREATE TABLE IF NOT EXISTS events (
     prev_hash TEXT NOT NULL,
     hash      TEXT NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_record_kind ON events(record_id, kind);
-CREATE TABLE IF NOT EXISTS chain_anchor (
+CREATE UNIQUE INDEX events_record_kind ON events(record_id, kind);
+CREATE TABLE chain_anchor (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     seq  INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS export_state (
-    record_id  TEXT PRIMARY KEY,
-    seq        INTEGER NOT NULL,
+CREATE TABLE export_state (
+    seq        INTEGER PRIMARY KEY,
     started    INTEGER NOT NULL DEFAULT 0,
-    signaled   INTEGER NOT NULL DEFAULT 0,
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS export_pending ON export_state(signaled, seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta(key, value) VALUES ('schema_version', '2');
 ";
+
+/// v1 → v2: `export_state` re-keyed by `seq`, finished exports dropped (nothing reads them).
+const MIGRATE_1_TO_2: &str = "
+CREATE TABLE export_state_v2 (
+    seq        INTEGER PRIMARY KEY,
+    started    INTEGER NOT NULL DEFAULT 0,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+INSERT INTO export_state_v2(seq, started, attempts, last_error)
+    SELECT seq, started, attempts, last_error FROM export_state WHERE signaled = 0;
+DROP TABLE export_state;
+ALTER TABLE export_state_v2 RENAME TO export_state;
+INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '2');
+";
+
+/// Why [`init_schema`] refused a file.
+#[derive(Debug)]
+pub(crate) enum SchemaError {
+    Sql(rusqlite::Error),
+    /// `meta.schema_version` is newer than this code (or not a version at all).
+    Unsupported(String),
+}
+
+impl From<rusqlite::Error> for SchemaError {
+    fn from(e: rusqlite::Error) -> SchemaError {
+        SchemaError::Sql(e)
+    }
+}
+
+/// Creates the schema in a fresh file, migrates an older one to [`SCHEMA_VERSION`], or refuses
+/// a newer one; in one immediate transaction, so two processes opening one file at once
+/// neither both create nor both migrate it.
+pub(crate) fn init_schema(conn: &Connection) -> Result<(), SchemaError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let res = init_schema_in_tx(conn);
+    match res {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(_) => {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+    res
+}
+
+fn init_schema_in_tx(conn: &Connection) -> Result<(), SchemaError> {
+    let table = |name: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    let version = if table("meta")? {
+        let v: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match v {
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (1..=SCHEMA_VERSION).contains(&n) => n,
+                _ => return Err(SchemaError::Unsupported(v)),
+            },
+            None => 1,
+        }
+    } else if table("events")? {
+        1
+    } else {
+        conn.execute_batch(SCHEMA)?;
+        return Ok(());
+    };
+    if version == 1 {
+        tracing::info!("migrating the audit spool from schema version 1 to 2");
+        conn.execute_batch(MIGRATE_1_TO_2)?;
+    }
+    Ok(())
+}
 
 /// Body of a `begin` event: the record as known when the request was decided.
 #[derive(Serialize, Deserialize)]
@@ -75,7 +163,11 @@ pub(crate) fn event_hash(
         h.update(b"\n");
     }
     h.update(body.as_bytes());
-    hex::encode(h.finalize())
+    let mut out = [0u8; 64];
+    // `encode_to_slice` cannot fail for a 32-byte digest into 64 bytes; `hex::encode` builds
+    // the string a char at a time, which cost the writer more than the digits.
+    let _ = hex::encode_to_slice(h.finalize(), &mut out);
+    out.iter().copied().map(char::from).collect()
 }
 
 /// The last event's `(seq, hash)`, or the retention anchor, or the genesis.

@@ -19,6 +19,17 @@ pub enum AuditError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The spool was written by a newer credproxy (schema version above what this one reads),
+    /// or its version row is not a number. Refused rather than guessed at.
+    #[error(
+        "audit spool {path} has schema version {found:?}; this credproxy reads versions 1 to \
+         {supported}: run a newer credproxy on it, or point audit.path at another file"
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: String,
+        supported: u32,
+    },
     /// A batch could not be committed (disk full, I/O error, read-only file …). The message is
     /// shared by every request of the batch, hence a string rather than the SQLite error.
     #[error("audit spool commit failed: {reason}")]

@@ -349,9 +349,10 @@ impl ExportReader {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT es.record_id, es.started FROM export_state es \
-                 WHERE es.signaled = 0 AND (es.started = 0 OR EXISTS (SELECT 1 FROM events c \
-                   WHERE c.record_id = es.record_id AND c.kind = 'complete')) \
+                "SELECT b.record_id, es.started FROM export_state es \
+                 JOIN events b ON b.seq = es.seq \
+                 WHERE es.started = 0 OR EXISTS (SELECT 1 FROM events c \
+                   WHERE c.record_id = b.record_id AND c.kind = 'complete') \
                  ORDER BY es.seq LIMIT ?1",
             )
             .map_err(|e| q(path, e))?;
@@ -380,7 +381,7 @@ impl ExportReader {
         self.conn
             .query_row(
                 "SELECT count(*), min(e.at) FROM export_state es \
-                 JOIN events e ON e.seq = es.seq WHERE es.signaled = 0",
+                 JOIN events e ON e.seq = es.seq",
                 [],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)),
             )

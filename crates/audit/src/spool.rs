@@ -1,5 +1,6 @@
 //! The durable spool: one writer thread, group commit, fail-closed begin.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -130,8 +131,8 @@ impl SpoolStats {
     }
 }
 
-/// Which export step the export driver acknowledges (`crate::export`; columns `started` and
-/// `signaled` of `export_state`).
+/// Which export step the export driver acknowledges (`crate::export`): column `started` of
+/// `export_state`, then the deletion of the record's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportStage {
     /// The sink has the record (for Temporal: its workflow exists).
@@ -223,11 +224,7 @@ impl AuditSpool {
             source,
         };
         let pending: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM export_state WHERE signaled = 0",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT count(*) FROM export_state", [], |r| r.get(0))
             .map_err(init_err)?;
         let counters = Arc::new(Counters::default());
         counters
@@ -239,6 +236,7 @@ impl AuditSpool {
             counters: counters.clone(),
             retention: cfg.retention,
             last_prune: Instant::now(),
+            open_ids: HashSet::new(),
         };
         writer.complete_interrupted().map_err(init_err)?;
         if cfg.retention.is_some() {
@@ -511,7 +509,14 @@ fn open_writer_connection(cfg: &AuditConfig) -> Result<Connection, AuditError> {
             })
             .map_err(init)?;
     }
-    conn.execute_batch(chain::SCHEMA).map_err(init)?;
+    chain::init_schema(&conn).map_err(|e| match e {
+        chain::SchemaError::Sql(source) => init(source),
+        chain::SchemaError::Unsupported(found) => AuditError::UnsupportedVersion {
+            path: path.clone(),
+            found,
+            supported: chain::SCHEMA_VERSION,
+        },
+    })?;
     Ok(conn)
 }
 
@@ -523,7 +528,15 @@ struct Writer {
     counters: Arc<Counters>,
     retention: Option<Duration>,
     last_prune: Instant,
+    /// Ids of records this writer began without an outcome and has not completed yet, so a
+    /// completion needs no lookup in the usual case. Only a cache: an id missing from it (after
+    /// a restart, a failed batch, a pruning, or beyond [`OPEN_IDS_MAX`]) is looked up in SQL.
+    open_ids: HashSet<String>,
 }
+
+/// Bound of [`Writer::open_ids`]: records in flight at once beyond it are completed through the
+/// SQL lookup instead (still correct, a little slower).
+const OPEN_IDS_MAX: usize = 1 << 16;
 
 /// Per-batch results, applied to counters and replies only once the batch has committed.
 #[derive(Default)]
@@ -646,7 +659,6 @@ impl Writer {
         durable: bool,
         replies: &mut Vec<(Reply<()>, Result<(), AuditError>)>,
     ) -> rusqlite::Result<BatchEffects> {
-        let mut fx = BatchEffects::default();
         // WAL + NORMAL skips the fsync at commit; frames become durable with the next FULL
         // commit (the WAL is sequential) or checkpoint. Only credentialed work pays an fsync.
         if self.synchronous_full != Some(durable) {
@@ -657,118 +669,24 @@ impl Writer {
             )?;
             self.synchronous_full = Some(durable);
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Read the head inside the write transaction: correct even if another process
-        // appended (two proxies on one file would interleave, but never fork the chain).
-        let (mut seq, mut prev) = chain::head(&tx)?;
-        let at = record::now_rfc3339();
-        // Replies are staged in the caller's vector so that, if the transaction fails, the
-        // caller can turn every one of them into an error (dropping them would look "closed").
-        let staged = replies;
-        for item in writes {
-            match item {
-                Item::Begin {
-                    mut record,
-                    durable: reply,
-                } => {
-                    // Stage the reply first: an early `?` below must still answer it.
-                    let slot = reply.map(|r| {
-                        staged.push((r, Ok(())));
-                        staged.len() - 1
-                    });
-                    let outcome = record.outcome.take();
-                    let credentialed = record.is_credentialed();
-                    let id = record.id.clone();
-                    let body = serde_json::to_string(&BeginBody { record: *record })
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    // The unique (record_id, kind) index is the duplicate check: a constraint
-                    // failure aborts only this statement, and the chain does not advance.
-                    match append(&tx, seq + 1, &at, &id, KIND_BEGIN, &body, &prev) {
-                        Ok(h) => {
-                            seq += 1;
-                            prev = h;
-                        }
-                        Err(rusqlite::Error::SqliteFailure(e, _))
-                            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                        {
-                            fx.rejected += 1;
-                            tracing::warn!(record_id = %id, "duplicate audit record id refused");
-                            if let Some(i) = slot {
-                                staged[i].1 = Err(AuditError::Duplicate { id });
-                            }
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    fx.records += 1;
-                    if credentialed {
-                        tx.prepare_cached(
-                            "INSERT OR IGNORE INTO export_state(record_id, seq) VALUES (?1, ?2)",
-                        )?
-                        .execute(params![id, seq])?;
-                        fx.new_pending += 1;
-                    }
-                    if let Some(o) = outcome {
-                        let body = serde_json::to_string(&CompleteBody { outcome: o })
-                            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                        seq += 1;
-                        prev = append(&tx, seq, &at, &id, KIND_COMPLETE, &body, &prev)?;
-                        fx.completions += 1;
-                    }
+        // Transaction statements prepared once (rusqlite's `Transaction` parses `BEGIN` and
+        // `COMMIT` anew every time).
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let res = write_items(&self.conn, &mut self.open_ids, writes, replies).and_then(|fx| {
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(fx)
+        });
+        if res.is_err() {
+            // A failed statement or COMMIT can leave the transaction open: end it, so the next
+            // batch starts afresh. The open-record cache may name rolled-back rows: drop it.
+            if !self.conn.is_autocommit() {
+                if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %e, "audit spool rollback failed");
                 }
-                Item::Complete { id, outcome } => {
-                    let kinds: Vec<String> = {
-                        let mut st =
-                            tx.prepare_cached("SELECT kind FROM events WHERE record_id = ?1")?;
-                        let rows = st.query_map([&id], |r| r.get::<_, String>(0))?;
-                        rows.collect::<rusqlite::Result<_>>()?
-                    };
-                    if kinds.iter().any(|k| k == KIND_COMPLETE) {
-                        fx.duplicate_completions += 1;
-                        tracing::warn!(record_id = %id, "second completion of an audit record ignored");
-                        continue;
-                    }
-                    if !kinds.iter().any(|k| k == KIND_BEGIN) {
-                        fx.orphan_completions += 1;
-                        tracing::warn!(record_id = %id, "completion of an unknown audit record ignored");
-                        continue;
-                    }
-                    let body = serde_json::to_string(&CompleteBody { outcome })
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    seq += 1;
-                    prev = append(&tx, seq, &at, &id, KIND_COMPLETE, &body, &prev)?;
-                    fx.completions += 1;
-                }
-                Item::ExportAck { id, stage } => {
-                    let sql = match stage {
-                        ExportStage::Record => {
-                            "UPDATE export_state SET started = 1, last_error = NULL \
-                             WHERE record_id = ?1"
-                        }
-                        ExportStage::Outcome => {
-                            "UPDATE export_state SET started = 1, signaled = 1, last_error = NULL \
-                             WHERE record_id = ?1 AND signaled = 0"
-                        }
-                    };
-                    let n = tx.prepare_cached(sql)?.execute([&id])?;
-                    if stage == ExportStage::Outcome && n > 0 {
-                        fx.exported += 1;
-                    }
-                }
-                Item::ExportFailed { id, error } => {
-                    tx.prepare_cached(
-                        "UPDATE export_state SET attempts = attempts + 1, last_error = ?2 \
-                         WHERE record_id = ?1",
-                    )?
-                    .execute(params![id, error])?;
-                }
-                Item::Flush(_) | Item::Prune(_) => {}
             }
+            self.open_ids.clear();
         }
-        tx.commit()?;
-        Ok(fx)
+        res
     }
 
     /// Completes records left open by a previous process (see [`AuditSpool::open`]).
@@ -841,17 +759,16 @@ impl Writer {
             return Ok(0);
         };
         let n = tx.execute("DELETE FROM events WHERE seq <= ?1", [seq])?;
-        let dropped_pending = tx.execute(
-            "DELETE FROM export_state WHERE seq <= ?1 AND signaled = 0",
-            [seq],
-        )?;
-        tx.execute("DELETE FROM export_state WHERE seq <= ?1", [seq])?;
+        // Every export_state row is an unfinished export.
+        let dropped_pending = tx.execute("DELETE FROM export_state WHERE seq <= ?1", [seq])?;
         tx.execute(
             "INSERT INTO chain_anchor(id, seq, hash) VALUES (1, ?1, ?2) \
              ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
             params![seq, hash],
         )?;
         tx.commit()?;
+        // An open record whose begin was pruned must now be found missing, as before.
+        self.open_ids.clear();
         if dropped_pending > 0 {
             tracing::warn!(
                 records = dropped_pending,
@@ -870,8 +787,139 @@ impl Writer {
     }
 }
 
+/// The statements of one batch, inside the transaction [`Writer::write_batch`] opened.
+fn write_items(
+    conn: &Connection,
+    open_ids: &mut HashSet<String>,
+    writes: Vec<Item>,
+    replies: &mut Vec<(Reply<()>, Result<(), AuditError>)>,
+) -> rusqlite::Result<BatchEffects> {
+    let mut fx = BatchEffects::default();
+    // Read the head inside the write transaction: correct even if another process
+    // appended (two proxies on one file would interleave, but never fork the chain).
+    let (mut seq, mut prev) = chain::head(conn)?;
+    let at = record::now_rfc3339();
+    // Replies are staged in the caller's vector so that, if the transaction fails, the
+    // caller can turn every one of them into an error (dropping them would look "closed").
+    let staged = replies;
+    for item in writes {
+        match item {
+            Item::Begin {
+                mut record,
+                durable: reply,
+            } => {
+                // Stage the reply first: an early `?` below must still answer it.
+                let slot = reply.map(|r| {
+                    staged.push((r, Ok(())));
+                    staged.len() - 1
+                });
+                let outcome = record.outcome.take();
+                let credentialed = record.is_credentialed();
+                let id = record.id.clone();
+                let body = serde_json::to_string(&BeginBody { record: *record })
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                // The unique (record_id, kind) index is the duplicate check: a constraint
+                // failure aborts only this statement, and the chain does not advance.
+                match append(conn, seq + 1, &at, &id, KIND_BEGIN, &body, &prev) {
+                    Ok(h) => {
+                        seq += 1;
+                        prev = h;
+                    }
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        fx.rejected += 1;
+                        tracing::warn!(record_id = %id, "duplicate audit record id refused");
+                        if let Some(i) = slot {
+                            staged[i].1 = Err(AuditError::Duplicate { id });
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                fx.records += 1;
+                if credentialed {
+                    // Keyed by the begin's seq: the table's rowid, appended at its end.
+                    conn.prepare_cached("INSERT INTO export_state(seq) VALUES (?1)")?
+                        .execute([seq])?;
+                    fx.new_pending += 1;
+                }
+                if let Some(o) = outcome {
+                    let body = serde_json::to_string(&CompleteBody { outcome: o })
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    seq += 1;
+                    prev = append(conn, seq, &at, &id, KIND_COMPLETE, &body, &prev)?;
+                    fx.completions += 1;
+                } else if open_ids.len() < OPEN_IDS_MAX {
+                    open_ids.insert(id);
+                }
+            }
+            // Begun by this writer and not completed yet: no lookup needed.
+            Item::Complete { id, outcome } if open_ids.remove(&id) => {
+                let body = serde_json::to_string(&CompleteBody { outcome })
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                seq += 1;
+                prev = append(conn, seq, &at, &id, KIND_COMPLETE, &body, &prev)?;
+                fx.completions += 1;
+            }
+            Item::Complete { id, outcome } => {
+                let kinds: Vec<String> = {
+                    let mut st =
+                        conn.prepare_cached("SELECT kind FROM events WHERE record_id = ?1")?;
+                    let rows = st.query_map([&id], |r| r.get::<_, String>(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                if kinds.iter().any(|k| k == KIND_COMPLETE) {
+                    fx.duplicate_completions += 1;
+                    tracing::warn!(record_id = %id, "second completion of an audit record ignored");
+                    continue;
+                }
+                if !kinds.iter().any(|k| k == KIND_BEGIN) {
+                    fx.orphan_completions += 1;
+                    tracing::warn!(record_id = %id, "completion of an unknown audit record ignored");
+                    continue;
+                }
+                let body = serde_json::to_string(&CompleteBody { outcome })
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                seq += 1;
+                prev = append(conn, seq, &at, &id, KIND_COMPLETE, &body, &prev)?;
+                fx.completions += 1;
+            }
+            // Export state is keyed by the begin event's seq, found through the
+            // (record_id, kind) index; a finished export's row is deleted.
+            Item::ExportAck { id, stage } => {
+                let sql = match stage {
+                    ExportStage::Record => {
+                        "UPDATE export_state SET started = 1, last_error = NULL \
+                             WHERE seq = (SELECT seq FROM events \
+                               WHERE record_id = ?1 AND kind = 'begin')"
+                    }
+                    ExportStage::Outcome => {
+                        "DELETE FROM export_state WHERE seq = (SELECT seq FROM events \
+                               WHERE record_id = ?1 AND kind = 'begin')"
+                    }
+                };
+                let n = conn.prepare_cached(sql)?.execute([&id])?;
+                if stage == ExportStage::Outcome && n > 0 {
+                    fx.exported += 1;
+                }
+            }
+            Item::ExportFailed { id, error } => {
+                conn.prepare_cached(
+                    "UPDATE export_state SET attempts = attempts + 1, last_error = ?2 \
+                         WHERE seq = (SELECT seq FROM events \
+                           WHERE record_id = ?1 AND kind = 'begin')",
+                )?
+                .execute(params![id, error])?;
+            }
+            Item::Flush(_) | Item::Prune(_) => {}
+        }
+    }
+    Ok(fx)
+}
+
 fn append(
-    tx: &rusqlite::Transaction<'_>,
+    conn: &Connection,
     seq: i64,
     at: &str,
     record_id: &str,
@@ -880,7 +928,7 @@ fn append(
     prev: &str,
 ) -> rusqlite::Result<String> {
     let hash = chain::event_hash(prev, seq, at, record_id, kind, body);
-    tx.prepare_cached(
+    conn.prepare_cached(
         "INSERT INTO events(seq, at, record_id, kind, body, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?

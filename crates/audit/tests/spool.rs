@@ -503,3 +503,180 @@ async fn canary_no_secret_token_or_claims_anywhere() {
     assert!(out.contains("\"query_keys\":[\"key\",\"beta\"]"));
     spool.close().await.unwrap();
 }
+
+/// The schema written by credproxy before the spool's schema version 2 (verbatim), for the
+/// migration test.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq       INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_record_kind ON events(record_id, kind);
+CREATE TABLE IF NOT EXISTS chain_anchor (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS export_state (
+    record_id  TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    started    INTEGER NOT NULL DEFAULT 0,
+    signaled   INTEGER NOT NULL DEFAULT 0,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS export_pending ON export_state(signaled, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
+";
+
+/// Writes a v1 spool the way the v1 writer did: events chained with SHA-256, export state by
+/// record id. Returns the path.
+fn write_v1_spool(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let path = dir.path().join("v1.db");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(SCHEMA_V1).unwrap();
+    let mut prev = "0".repeat(64);
+    let mut seq = 0i64;
+    let mut event = |id: &str, kind: &str, body: String| {
+        seq += 1;
+        let at = credproxy_audit::record::now_rfc3339();
+        let mut h = Sha256::new();
+        for part in [prev.as_str(), &seq.to_string(), &at, id, kind] {
+            h.update(part.as_bytes());
+            h.update(b"\n");
+        }
+        h.update(body.as_bytes());
+        let hash = hex::encode(h.finalize());
+        c.execute(
+            "INSERT INTO events(seq, at, record_id, kind, body, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![seq, at, id, kind, body, prev, hash],
+        )
+        .unwrap();
+        prev = hash;
+        seq
+    };
+    let begin = |r: credproxy_audit::AuditRecord| serde_json::json!({ "record": r }).to_string();
+    let done = |o| serde_json::json!({ "outcome": o }).to_string();
+    let mut export = vec![];
+    // 1: credentialed, completed, workflow started but outcome not signalled yet.
+    let s = event(&rid(1), "begin", begin(cred_record(1, "v1-agent")));
+    event(&rid(1), "complete", done(outcome(200, "ok")));
+    export.push((rid(1), s, 1, 0));
+    // 2: credentialed, left open by a crash, never exported.
+    let s = event(&rid(2), "begin", begin(cred_record(2, "v1-agent")));
+    export.push((rid(2), s, 0, 0));
+    // 3: credentialed, completed and fully exported.
+    let s = event(&rid(3), "begin", begin(cred_record(3, "v1-agent")));
+    event(&rid(3), "complete", done(outcome(201, "ok")));
+    export.push((rid(3), s, 1, 1));
+    // 4: without a credential (never exported).
+    let mut p = plain_record(4);
+    let o = p.outcome.take().unwrap();
+    event(&rid(4), "begin", begin(p));
+    event(&rid(4), "complete", done(o));
+    for (id, s, started, signaled) in export {
+        c.execute(
+            "INSERT INTO export_state(record_id, seq, started, signaled) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![id, s, started, signaled],
+        )
+        .unwrap();
+    }
+    path
+}
+
+#[tokio::test]
+async fn a_v1_spool_is_migrated_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_v1_spool(&dir);
+    assert!(query::verify(&path).unwrap().first_break.is_none());
+    let spool = AuditSpool::open(AuditConfig::new(&path)).unwrap();
+    let version: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, "2");
+    // Exports not finished in v1 are still pending, in order, with their progress.
+    assert_eq!(spool.stats().export_pending, 2);
+    let pending = query::ExportReader::open(&path)
+        .unwrap()
+        .pending(10)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.record.id, p.started))
+        .collect::<Vec<_>>();
+    assert_eq!(pending, [(rid(1), true), (rid(2), false)]);
+    // The record the v1 process left open was completed at open, like any interrupted one.
+    let rec = query::show(&path, &rid(2)).unwrap().unwrap();
+    assert_eq!(rec.outcome.unwrap().reason, "interrupted");
+    // The v2 writer continues the same chain; every record survives.
+    spool
+        .begin_credentialed(cred_record(5, "v2"))
+        .await
+        .unwrap();
+    spool.complete(&rid(5), outcome(200, "ok"));
+    spool.ack_export(&rid(1), credproxy_audit::ExportStage::Outcome);
+    spool.flush().await.unwrap();
+    assert_eq!(spool.stats().export_pending, 2, "5 added, 1 exported");
+    spool.close().await.unwrap();
+    let all = query::list(&path, &Filter::default()).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        [rid(1), rid(2), rid(3), rid(4), rid(5)]
+    );
+    assert_eq!(all[2].outcome.as_ref().unwrap().status, Some(201));
+    assert_eq!(all[3].status_label(), "denied");
+    let rep = query::verify(&path).unwrap();
+    assert!(rep.first_break.is_none(), "{:?}", rep.first_break);
+    assert_eq!(rep.records_checked, 10);
+    // Reopening a migrated spool is a no-op; export resumes where it stopped.
+    let spool = AuditSpool::open(AuditConfig::new(&path)).unwrap();
+    assert_eq!(spool.stats().export_pending, 2);
+    let pending = query::ExportReader::open(&path)
+        .unwrap()
+        .pending(10)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.record.id)
+        .collect::<Vec<_>>();
+    assert_eq!(pending, [rid(2), rid(5)]);
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_spool_of_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    AuditSpool::open(AuditConfig::new(&path))
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    tamper(
+        &path,
+        "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+    );
+    let e = AuditSpool::open(AuditConfig::new(&path)).err().unwrap();
+    assert!(
+        matches!(&e, AuditError::UnsupportedVersion { found, .. } if found == "99"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("schema version \"99\""), "{e}");
+    // Refused without touching it: still version 99.
+    let v: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT value FROM meta", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "99");
+}
