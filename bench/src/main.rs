@@ -74,6 +74,11 @@ fn write_state(a: &Args, v: serde_json::Value) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// The allocator of the `credproxy` binary (crates/cli/src/main.rs): the in-process loop and
+/// `benchkit serve` measure the proxy as it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let (cmd, a) = parse_args();
     let threads = a.get("threads").and_then(|t| t.parse().ok());

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use credproxy_core::{Authority, AuthorityError, PeerAddr, Reject, Scheme, Secret};
+use credproxy_core::{Authority, AuthorityError, PeerAddr, Reject, Scheme};
 use credproxy_identity::AgentIdentity;
 use credproxy_listen::{Accepted, Listener, ListenerInfo};
 use http::{HeaderValue, Method, Request, Response, Version};
@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn, Instrument, Span};
 
+use crate::agent_token::AgentToken;
 use crate::audit::Draft;
 use crate::body::{empty, reject_response, Body, Tracked};
 use crate::clock::{ConnClock, TimedIo};
@@ -74,7 +75,7 @@ pub(crate) struct Auth {
     pub identity: Arc<AgentIdentity>,
     /// The token the agent presented (`None`: the listener's own token, `agent_token`, which
     /// the agent never holds).
-    pub token: Option<Secret>,
+    pub token: Option<Arc<AgentToken>>,
 }
 
 /// A request id, also the audit record id and the Temporal workflow id. UUIDv7: time-ordered,
@@ -390,7 +391,7 @@ async fn plain(
         conn: ctx,
         framing: &ctx.framing,
         budget: &ctx.budget,
-        token: auth.as_ref().and_then(|a| a.token.as_ref()),
+        token: auth.as_ref().and_then(|a| a.token.as_deref()),
     };
     let target = Target {
         authority: &authority,
@@ -455,7 +456,7 @@ async fn authenticate(
     Span::current().record("agent", identity.agent_id.as_str());
     Ok(Some(Auth {
         identity,
-        token: Some(Secret::new(token.as_bytes().to_vec())),
+        token: Some(Arc::new(AgentToken::new(&token))),
     }))
 }
 

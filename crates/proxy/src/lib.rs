@@ -13,6 +13,7 @@
 //! verified the upstream's certificate for that name. Every refusal is a [`Reject`].
 
 mod admin;
+mod agent_token;
 mod audit;
 mod authz;
 mod body;

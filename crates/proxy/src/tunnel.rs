@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use credproxy_core::{Authority, Reject, Scheme, Secret};
+use credproxy_core::{Authority, Reject, Scheme};
 use credproxy_identity::AgentIdentity;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, Instrument};
 
+use crate::agent_token::AgentToken;
 use crate::audit::Draft;
 use crate::body::Body;
 use crate::conn::{finish, listener_verifier, request_id, request_span, Auth, ConnCtx};
@@ -41,7 +42,7 @@ struct TunnelCtx {
     sni: Option<String>,
     /// The token the tunnel was opened with: never forwarded (A21), and verified again when
     /// the issuer withdraws a key (`key_epoch` changed).
-    token: Option<Secret>,
+    token: Option<Arc<AgentToken>>,
     key_epoch: u64,
     /// The first HTTP/1 framing violation inside the tunnel.
     framing: Arc<FramingFlag>,
@@ -280,7 +281,7 @@ async fn answer(
             conn: &tctx.conn,
             framing: &tctx.framing,
             budget: &tctx.budget,
-            token: tctx.token.as_ref(),
+            token: tctx.token.as_deref(),
         };
         let target = Target { authority: &tctx.authority, scheme: tctx.scheme };
         let resp = forward(&shared, &via, target, identity, &mut draft, req).await?;

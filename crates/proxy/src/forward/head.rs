@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use super::{Target, Via};
+use crate::agent_token::AgentToken;
 use crate::body::{strip_hop_by_hop, Body};
 use crate::framing::FramingFlag;
 use crate::request_body::{BodyFlags, Guarded};
@@ -174,28 +175,22 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> Result<bool, Reject> {
 /// Where the agent's own token appears in a request it asked to forward, if anywhere: the
 /// target, a header value (raw or inside decoded `Basic` credentials), or the body window.
 pub(super) fn agent_token_in(
-    token: &credproxy_core::Secret,
+    token: &AgentToken,
     parts: &http::request::Parts,
     body: &[&bytes::Bytes],
 ) -> Option<String> {
-    let finder = memchr::memmem::Finder::new(token.expose());
-    if token.is_empty() {
-        return None;
-    }
     let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    if finder.find(target.as_bytes()).is_some() {
+    if token.found_in(target.as_bytes()) {
         return Some("the request target".into());
     }
     for (name, value) in &parts.headers {
-        let inside_basic = || {
-            credproxy_scrub::decode_basic(value.as_bytes())
-                .is_some_and(|d| finder.find(&d).is_some())
-        };
-        if finder.find(value.as_bytes()).is_some() || inside_basic() {
+        let inside_basic =
+            || credproxy_scrub::decode_basic(value.as_bytes()).is_some_and(|d| token.found_in(&d));
+        if token.found_in(value.as_bytes()) || inside_basic() {
             return Some(format!("header {name}"));
         }
     }
-    if body.iter().any(|d| finder.find(d).is_some()) {
+    if body.iter().any(|d| token.found_in(d)) {
         return Some("the request body".into());
     }
     None

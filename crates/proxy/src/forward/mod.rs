@@ -21,12 +21,13 @@ mod send;
 
 use std::sync::Arc;
 
-use credproxy_core::{Authority, Reject, Scheme, Secret};
+use credproxy_core::{Authority, Reject, Scheme};
 use credproxy_identity::AgentIdentity;
 use http::Request;
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
+use crate::agent_token::AgentToken;
 use crate::audit::Draft;
 use crate::body::Body;
 use crate::conn::ConnCtx;
@@ -39,7 +40,7 @@ pub(crate) struct Via<'a> {
     pub framing: &'a FramingFlag,
     pub budget: &'a Arc<Semaphore>,
     /// The agent's own token: never forwarded.
-    pub token: Option<&'a Secret>,
+    pub token: Option<&'a AgentToken>,
 }
 
 /// Where the request goes: the canonical destination and the scheme it is spoken in.
