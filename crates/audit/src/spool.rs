@@ -44,6 +44,9 @@ pub struct AuditConfig {
     /// Caps the database size (SQLite `max_page_count`); a full spool fails closed like a
     /// full disk.
     pub max_size_bytes: Option<u64>,
+    /// Where event times (and so retention ages) are read; the system clock by default.
+    /// Tests pass an adjustable one to age records without waiting.
+    pub clock: credproxy_core::Clock,
 }
 
 impl AuditConfig {
@@ -57,6 +60,7 @@ impl AuditConfig {
             async_linger: Duration::from_millis(2),
             queue_max: 65_536,
             max_size_bytes: None,
+            clock: credproxy_core::Clock::system(),
         }
     }
 }
@@ -235,6 +239,7 @@ impl AuditSpool {
             synchronous_full: None,
             counters: counters.clone(),
             retention: cfg.retention,
+            clock: cfg.clock.clone(),
             last_prune: Instant::now(),
             open_ids: HashSet::new(),
         };
@@ -527,6 +532,7 @@ struct Writer {
     synchronous_full: Option<bool>,
     counters: Arc<Counters>,
     retention: Option<Duration>,
+    clock: credproxy_core::Clock,
     last_prune: Instant,
     /// Ids of records this writer began without an outcome and has not completed yet, so a
     /// completion needs no lookup in the usual case. Only a cache: an id missing from it (after
@@ -672,10 +678,11 @@ impl Writer {
         // Transaction statements prepared once (rusqlite's `Transaction` parses `BEGIN` and
         // `COMMIT` anew every time).
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let res = write_items(&self.conn, &mut self.open_ids, writes, replies).and_then(|fx| {
-            self.conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(fx)
-        });
+        let res = write_items(&self.conn, &self.clock, &mut self.open_ids, writes, replies)
+            .and_then(|fx| {
+                self.conn.prepare_cached("COMMIT")?.execute([])?;
+                Ok(fx)
+            });
         if res.is_err() {
             // A failed statement or COMMIT can leave the transaction open: end it, so the next
             // batch starts afresh. The open-record cache may name rolled-back rows: drop it.
@@ -707,7 +714,7 @@ impl Writer {
             records = open_ids.len(),
             "completing audit records left open by a previous run as interrupted"
         );
-        let now = record::now_rfc3339();
+        let now = record::format_rfc3339(self.clock.now().into());
         let items = open_ids
             .into_iter()
             .map(|id| Item::Complete {
@@ -737,7 +744,7 @@ impl Writer {
         let Some(retention) = self.retention else {
             return Ok(0);
         };
-        let cutoff = time::OffsetDateTime::now_utc()
+        let cutoff = time::OffsetDateTime::from(self.clock.now())
             - time::Duration::try_from(retention).unwrap_or(time::Duration::MAX);
         let cutoff = record::format_rfc3339(cutoff);
         let tx = self
@@ -790,6 +797,7 @@ impl Writer {
 /// The statements of one batch, inside the transaction [`Writer::write_batch`] opened.
 fn write_items(
     conn: &Connection,
+    clock: &credproxy_core::Clock,
     open_ids: &mut HashSet<String>,
     writes: Vec<Item>,
     replies: &mut Vec<(Reply<()>, Result<(), AuditError>)>,
@@ -798,7 +806,7 @@ fn write_items(
     // Read the head inside the write transaction: correct even if another process
     // appended (two proxies on one file would interleave, but never fork the chain).
     let (mut seq, mut prev) = chain::head(conn)?;
-    let at = record::now_rfc3339();
+    let at = record::format_rfc3339(clock.now().into());
     // Replies are staged in the caller's vector so that, if the transaction fails, the
     // caller can turn every one of them into an error (dropping them would look "closed").
     let staged = replies;

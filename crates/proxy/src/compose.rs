@@ -135,6 +135,7 @@ impl Proxy {
                 let mut cfg = credproxy_audit::spool::AuditConfig::new(a.path.clone());
                 cfg.retention = a.retention;
                 cfg.max_size_bytes = a.max_size_bytes;
+                cfg.clock = options.clock.clone();
                 Some(credproxy_audit::spool::AuditSpool::open(cfg).map_err(ProxyError::Audit)?)
             }
             None => {
