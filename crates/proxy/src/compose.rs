@@ -96,7 +96,7 @@ impl Proxy {
         // Listener tokens start before the verifier: dev issuer keys they load are trusted by
         // it. The refreshers fetch in the background; the proxy does not wait for them.
         let (listener_tokens, dev_jwks) = listener_token::ListenerTokens::start(&config)?;
-        let metrics = Metrics::new(leaf_cache.clone(), listener_tokens.handles());
+        let mut metrics = Metrics::new(leaf_cache.clone(), listener_tokens.handles());
         for l in &mut listeners {
             let refused = metrics.refused_connections.clone();
             l.on_refused(Arc::new(move |r: &credproxy_listen::Refused| {
@@ -179,6 +179,14 @@ impl Proxy {
             .as_ref()
             .map_or(std::time::Duration::from_secs(5), |o| o.request_timeout)
             + std::time::Duration::from_secs(1);
+        let gen = Arc::new(arc_swap::ArcSwap::from_pointee(Generation {
+            id: 1,
+            allowlist: config.allowed_domains,
+            creds,
+            policy,
+            scrub_ready,
+        }));
+        metrics.watch_policy_cache(gen.clone());
         let shared = Arc::new(Shared {
             clock: options.clock.clone(),
             startup,
@@ -189,13 +197,7 @@ impl Proxy {
             listener_tokens,
             internal: internal::InternalServices::new(config.internal_services.values()),
             generations: tokio::sync::watch::channel(1).0,
-            gen: arc_swap::ArcSwap::from_pointee(Generation {
-                id: 1,
-                allowlist: config.allowed_domains,
-                creds,
-                policy,
-                scrub_ready,
-            }),
+            gen,
             secrets,
             scrub: scrub_set::ScrubSet::new(
                 config.secrets.scrub_retention,

@@ -112,7 +112,8 @@ pub(crate) struct Generation {
 pub(crate) struct Shared {
     /// Where token expiry is read (`ProxyOptions::clock`).
     pub(crate) clock: credproxy_core::Clock,
-    pub(crate) gen: arc_swap::ArcSwap<Generation>,
+    /// Shared with the metrics, which read the policy decision cache of the current one.
+    pub(crate) gen: Arc<arc_swap::ArcSwap<Generation>>,
     /// The id of the current generation, for what must react to a reload (open WebSockets).
     pub(crate) generations: tokio::sync::watch::Sender<u64>,
     pub(crate) secrets: credproxy_secrets::SecretStore,

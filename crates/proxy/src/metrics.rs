@@ -144,11 +144,59 @@ impl Metrics {
         }
     }
 
+    /// Expose the decision cache of whichever generation is current at scrape time.
+    pub fn watch_policy_cache(&mut self, gen: Arc<arc_swap::ArcSwap<crate::Generation>>) {
+        self.registry
+            .register_collector(Box::new(PolicyCacheCollector(gen)));
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The policy decision cache of the current generation (`policy::cache`): its counters start
+/// again at zero with every reload, which compiles a new generation with an empty cache.
+struct PolicyCacheCollector(Arc<arc_swap::ArcSwap<crate::Generation>>);
+
+impl std::fmt::Debug for PolicyCacheCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyCacheCollector")
+    }
+}
+
+impl Collector for PolicyCacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // No cache (a policy that reads the time or calls an impure builtin): no series.
+        let Some(s) = self.0.load().policy.cache_stats() else {
+            return Ok(());
+        };
+        for (name, help, v) in [
+            (
+                "policy_cache_hits",
+                "Policy decisions answered from the current generation's decision cache",
+                s.hits,
+            ),
+            (
+                "policy_cache_misses",
+                "Policy decisions evaluated after a miss in the current generation's cache",
+                s.misses,
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let g = ConstGauge::new(s.entries as i64);
+        g.encode(encoder.encode_descriptor(
+            "policy_cache_entries",
+            "Decisions held in the current generation's decision cache",
+            None,
+            g.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 

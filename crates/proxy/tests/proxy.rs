@@ -611,6 +611,20 @@ async fn keep_alive_tunnel_carries_many_requests_and_metrics_count_them() {
         body.contains("credproxy_leaf_cache_misses_total 1"),
         "{body}"
     );
+    // The built-in policy reads nothing that differs between the ten requests: one decision
+    // evaluated, nine answered from the generation's decision cache.
+    assert!(
+        body.contains("credproxy_policy_cache_misses_total 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("credproxy_policy_cache_hits_total 9\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("credproxy_policy_cache_entries 1\n"),
+        "{body}"
+    );
     assert!(body.contains("credproxy_open_connections"), "{body}");
     assert!(
         body.contains("credproxy_request_duration_seconds_bucket"),
