@@ -94,7 +94,23 @@ async function serve(portArg, configPath) {
 
   let jwksRequests = 0;
   let handler = null;
+  // Tests move this provider's clock forward together with credproxy's (`POST
+  // /__advance?seconds=N`), so tokens it issues afterwards carry the moved time and a refresh
+  // can be reached without waiting for it. Only ever forward.
+  let offsetMs = 0;
+  const realNow = Date.now.bind(Date);
+  Date.now = () => realNow() + offsetMs;
   const server = createServer((req, res) => {
+    if (req.method === 'POST' && req.url.startsWith('/__advance?seconds=')) {
+      const seconds = Number.parseFloat(req.url.split('=')[1]);
+      if (!(seconds >= 0)) {
+        res.writeHead(400).end();
+        return;
+      }
+      offsetMs += seconds * 1000;
+      res.writeHead(204).end();
+      return;
+    }
     if (req.method === 'GET' && req.url === '/__stats') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ jwks_requests: jwksRequests }));

@@ -119,6 +119,8 @@ pub struct BridgeConfig {
     pub max_connections: usize,
     pub buffer_size: usize,
     pub token: TokenConfig,
+    /// Where the OIDC token's age is read; the system clock (tests pass an adjustable one).
+    pub clock: credproxy_core::Clock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +203,7 @@ impl BridgeConfig {
             max_connections: args.max_connections,
             buffer_size: args.buffer_size,
             token,
+            clock: credproxy_core::Clock::system(),
         })
     }
 }
@@ -266,9 +269,10 @@ impl Bridge {
             TokenConfig::None => (None, None),
             TokenConfig::File(p) => (Some(TokenSource::File(p.clone())), None),
             TokenConfig::Oidc(grant) => {
-                let (t, task) = credproxy_identity::RefreshingToken::spawn(
+                let (t, task) = credproxy_identity::RefreshingToken::spawn_with_clock(
                     "bridge",
                     credproxy_identity::TokenGrant::ClientCredentials(grant.clone()),
+                    config.clock.clone(),
                 );
                 t.first_attempt().await;
                 (Some(TokenSource::Oidc(t)), Some(task))

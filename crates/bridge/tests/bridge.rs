@@ -47,10 +47,15 @@ struct Running {
 
 impl Running {
     async fn start(a: BridgeArgs) -> Running {
+        Running::start_on(a, credproxy_core::Clock::system()).await
+    }
+
+    /// On `clock` (the token refresher's).
+    async fn start_on(a: BridgeArgs, clock: credproxy_core::Clock) -> Running {
         let grace = a.shutdown_grace;
-        let bridge = Bridge::bind(BridgeConfig::from_args(&a).unwrap())
-            .await
-            .unwrap();
+        let mut config = BridgeConfig::from_args(&a).unwrap();
+        config.clock = clock;
+        let bridge = Bridge::bind(config).await.unwrap();
         let addr = bridge.local_addr().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(bridge.run(
@@ -352,7 +357,9 @@ fn jwt_exp(token: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_token_is_refreshed_before_it_expires() {
-    const TTL: u64 = 6;
+    // The bridge's clock and the provider's are moved forward together: each refresh (at
+    // 80% of a token's lifetime) and the final expiry are reached at once, not waited for.
+    const TTL: u64 = 300;
     let mut provider = OidcProvider::start(OidcProviderOptions {
         clients: vec![TestClient::new("vm-a", &["proxy-user"])],
         token_ttl_secs: TTL,
@@ -368,42 +375,51 @@ async fn oidc_token_is_refreshed_before_it_expires() {
     a.oidc_token_url = Some(provider.token_url());
     a.client_id = Some("vm-a".into());
     a.client_secret_file = Some(secret_file);
-    let b = Running::start(a).await;
+    let clock = credproxy_core::Clock::adjustable();
+    let b = Running::start_on(a, clock.clone()).await;
 
-    // Use the bridge continuously for more than two lifetimes: every token it adds must be
-    // unexpired when used, and it must have changed along the way.
-    let started = std::time::Instant::now();
-    let mut seen = Vec::<String>::new();
-    while started.elapsed() < Duration::from_secs(2 * TTL + 2) {
+    // The token the bridge adds to a request now; it must be unexpired on the moved clock.
+    let token_used = || async {
         let (head, _s) = connect_via(b.tcp(), "").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let heads = rec.heads();
         let auth = header(heads.last().unwrap(), "proxy-authorization")[0].to_string();
         let token = auth.strip_prefix("Bearer ").unwrap().to_string();
-        let now = credproxy_core::Clock::system()
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = clock.now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert!(jwt_exp(&token) > now, "an expired token was added");
-        if seen.last() != Some(&token) {
-            seen.push(token);
+        token
+    };
+    let mut seen = vec![token_used().await];
+    // Twice past 80% of the current token's lifetime: the bridge gets a new token each time
+    // (asked for on the advance, so within the bounded wait below), and never adds an
+    // expired one meanwhile.
+    let step = Duration::from_secs(TTL * 85 / 100);
+    for round in 1..=2 {
+        provider.advance(step).await;
+        clock.advance(step);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let token = token_used().await;
+            if Some(&token) != seen.last() {
+                seen.push(token);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new token after advance {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // Refreshed at ~80% of 6 s over 14 s: 3 or 4 tokens, not one per request.
-    assert!(
-        (2..=5).contains(&seen.len()),
-        "{} distinct tokens",
-        seen.len()
-    );
+    assert_eq!(seen.len(), 3, "one token, then one per refresh");
 
     // The provider goes away: the current token stays in use until it expires, then the
     // agent gets a 503 that says why.
     provider.stop().await;
     let (head, _s) = connect_via(b.tcp(), "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(TTL + 3);
+    clock.advance(Duration::from_secs(TTL + 1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (head, mut s) = connect_via(b.tcp(), "").await;
         if head.starts_with("HTTP/1.1 503") {
@@ -416,7 +432,7 @@ async fn oidc_token_is_refreshed_before_it_expires() {
             std::time::Instant::now() < deadline,
             "the expired token was still used"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -48,7 +48,14 @@ impl Clock {
         }
     }
 
-    fn offset(&self) -> Duration {
+    /// Whether [`Clock::advance`] can move this clock (a test's clock).
+    pub fn is_adjustable(&self) -> bool {
+        self.adjust.is_some()
+    }
+
+    /// How far this clock has been moved ahead of the system clock (zero in production), for
+    /// code that keeps its own monotonic clock (e.g. tokio's) and adds the offset to it.
+    pub fn offset(&self) -> Duration {
         self.adjust.as_ref().map_or(Duration::ZERO, |a| {
             Duration::from_nanos(a.offset.load(Ordering::Acquire))
         })

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use credproxy_core::Clock;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -170,6 +171,9 @@ pub enum TokenStatus {
 
 /// A token obtained and refreshed in the background by [`RefreshingToken::spawn`].
 pub struct RefreshingToken {
+    /// Where token ages and the refresh wait are read (tokio's clock plus this clock's
+    /// offset, so tokio's paused time in unit tests keeps working).
+    clock: Clock,
     label: String,
     state: RwLock<State>,
     /// The number of completed attempts (successful or not); watchers see every change.
@@ -239,7 +243,19 @@ impl RefreshingToken {
         label: impl Into<String>,
         grant: TokenGrant,
     ) -> (Arc<RefreshingToken>, RefreshTask) {
+        RefreshingToken::spawn_with_clock(label, grant, Clock::system())
+    }
+
+    /// [`Self::spawn`] on `clock`: token ages and the refresh wait are read from it, so a test
+    /// that advances it (and the provider's clock with it) reaches a refresh or an expiry at
+    /// once.
+    pub fn spawn_with_clock(
+        label: impl Into<String>,
+        grant: TokenGrant,
+        clock: Clock,
+    ) -> (Arc<RefreshingToken>, RefreshTask) {
         let me = Arc::new(RefreshingToken {
+            clock,
             label: label.into(),
             state: RwLock::new(State::default()),
             attempts: watch::Sender::new(0),
@@ -284,7 +300,7 @@ impl RefreshingToken {
     /// The token to use now.
     pub fn current(&self) -> Result<Zeroizing<String>, TokenUnavailable> {
         let state = self.read();
-        match state.valid(Instant::now()) {
+        match state.valid(self.now()) {
             Some(held) => Ok(held.token.clone()),
             None => Err(state.unavailable()),
         }
@@ -293,7 +309,7 @@ impl RefreshingToken {
     /// The current state, without the token.
     pub fn status(&self) -> TokenStatus {
         let state = self.read();
-        let now = Instant::now();
+        let now = self.now();
         match state.valid(now) {
             Some(held) => TokenStatus::Valid {
                 expires_in: held.expires.map(|e| e.saturating_duration_since(now)),
@@ -306,6 +322,11 @@ impl RefreshingToken {
     /// When the current token expires (wall clock), if there is one and it said.
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.read().token.as_ref().and_then(|h| h.expires_at)
+    }
+
+    /// Now on this token's clock.
+    fn now(&self) -> Instant {
+        Instant::now() + self.clock.offset()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -330,9 +351,8 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
     loop {
         // Measured before the request: the token cannot expire earlier than this plus its
         // lifetime, so the local expiry is conservative.
-        let asked = Instant::now();
-        // The provider's tokens carry the world's time, so their wall-clock expiry does too.
-        let asked_wall = credproxy_core::Clock::system().now();
+        let asked = me.now();
+        let asked_wall = me.clock.now();
         let wait = match grant.fetch().await {
             Ok(resp) => {
                 let lifetime = resp.expires_in;
@@ -349,7 +369,7 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
                 let lifetime = lifetime.unwrap_or(UNKNOWN_LIFETIME);
                 info!(token = %me.label, expires_in_s = lifetime.as_secs(), "agent token obtained");
                 backoff = FIRST_BACKOFF;
-                (asked + refresh_after(lifetime)).saturating_duration_since(Instant::now())
+                (asked + refresh_after(lifetime)).saturating_duration_since(me.now())
             }
             Err(e) => {
                 let msg = error_chain(&e);
@@ -369,7 +389,30 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
             }
         };
         me.attempts.send_modify(|n| *n += 1);
+        sleep_on(&me.clock, wait).await;
+    }
+}
+
+/// Waits `wait` on `clock`: a plain timer on the system clock; on an adjustable one, also
+/// woken by each advance to look at the clock again.
+async fn sleep_on(clock: &Clock, wait: Duration) {
+    if !clock.is_adjustable() {
         tokio::time::sleep(wait).await;
+        return;
+    }
+    let now = || Instant::now() + clock.offset();
+    let deadline = now() + wait;
+    loop {
+        // Taken before the time is read, so an advance in between is not missed.
+        let advanced = clock.advanced();
+        let left = deadline.saturating_duration_since(now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(left) => {}
+            () = advanced => {}
+        }
     }
 }
 

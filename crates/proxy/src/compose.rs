@@ -95,7 +95,8 @@ impl Proxy {
         }
         // Listener tokens start before the verifier: dev issuer keys they load are trusted by
         // it. The refreshers fetch in the background; the proxy does not wait for them.
-        let (listener_tokens, dev_jwks) = listener_token::ListenerTokens::start(&config)?;
+        let (listener_tokens, dev_jwks) =
+            listener_token::ListenerTokens::start(&config, &options.clock)?;
         let mut metrics = Metrics::new(leaf_cache.clone(), listener_tokens.handles());
         for l in &mut listeners {
             let refused = metrics.refused_connections.clone();

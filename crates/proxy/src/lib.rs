@@ -184,8 +184,10 @@ pub struct ProxyOptions {
     pub resolver: Option<Arc<dyn Resolve>>,
     /// Environment for `env:` secret sources; the process environment when `None`.
     pub env: Option<Arc<dyn credproxy_secrets::EnvSource>>,
-    /// Where token expiry is read (the verifier, and the re-check inside tunnels); the system
-    /// clock by default. Tests pass an adjustable one to reach an expiry without waiting.
+    /// Where time is read: the verifier (token expiry, JWKS intervals), the re-check inside
+    /// tunnels and WebSockets, the listener tokens' refresher, the policy input's `time` and
+    /// the audit spool's event times and retention; the system clock by default. Tests pass
+    /// an adjustable one to reach an expiry or a refresh without waiting.
     pub clock: credproxy_core::Clock,
 }
 

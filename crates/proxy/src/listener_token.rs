@@ -50,7 +50,10 @@ impl ListenerTokens {
     /// Load the dev issuer keys and start one refresher per listener with `agent_token`.
     /// Returns the tokens and the public JWKS of every dev issuer key used (the verifier
     /// trusts them). Must run inside a tokio runtime.
-    pub(crate) fn start(config: &Config) -> Result<(ListenerTokens, Vec<String>), ProxyError> {
+    pub(crate) fn start(
+        config: &Config,
+        clock: &credproxy_core::Clock,
+    ) -> Result<(ListenerTokens, Vec<String>), ProxyError> {
         let mut tokens = ListenerTokens::default();
         let mut dev_jwks = Vec::new();
         let mut dev_keys: HashMap<std::path::PathBuf, Arc<DevIssuer>> = HashMap::new();
@@ -95,7 +98,11 @@ impl ListenerTokens {
                     })
                 }
             };
-            let (token, task) = RefreshingToken::spawn(format!("listener {}", l.name), grant);
+            let (token, task) = RefreshingToken::spawn_with_clock(
+                format!("listener {}", l.name),
+                grant,
+                clock.clone(),
+            );
             tokens.by_listener.insert(
                 l.name.clone(),
                 ListenerToken {

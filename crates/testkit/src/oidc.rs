@@ -398,6 +398,15 @@ impl OidcProvider {
     }
 
     /// Stop the provider (the port stays reserved for [`Self::start_again`]).
+    /// Moves the provider's clock forward by `by` (whole milliseconds): tokens issued from
+    /// now on carry the moved time. Tests move credproxy's clock (`core::Clock::advance`) by
+    /// the same amount, so both sides agree on a token's age without waiting.
+    pub async fn advance(&self, by: std::time::Duration) {
+        let path = format!("/__advance?seconds={}", by.as_secs_f64());
+        let (status, _) = self.request(Method::POST, &path, None).await;
+        assert_eq!(status, 204, "the provider refused to advance its clock");
+    }
+
     pub async fn stop(&mut self) {
         if self.child.is_some() {
             // Count what this process served before it goes away.
