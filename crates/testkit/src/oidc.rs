@@ -5,7 +5,9 @@
 //! client-credentials access tokens as RS256/ES256 JWTs with `aud` from the resource
 //! indicator (`urn:credproxy` → `credproxy` by default, `urn:other` → `other`), and
 //! Keycloak-shaped `realm_access.roles` and `groups` claims per client. `GET /__stats`
-//! counts JWKS fetches, so tests can assert that a verifier does not hammer it.
+//! counts JWKS fetches, so tests can assert that a verifier does not hammer it;
+//! `POST /__advance?seconds=N` moves the provider's clock forward (tokens issued afterwards
+//! carry the moved time), for tests that move credproxy's `core::Clock` with it.
 //!
 //! The harness never installs npm packages: run `npm ci --prefix testsupport/oidc-provider`
 //! first (the project's test script does). It waits for the server's `LISTENING <port>`
