@@ -393,9 +393,11 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
     }
 }
 
-/// Waits `wait` on `clock`: a plain timer on the system clock; on an adjustable one, also
-/// woken by each advance to look at the clock again.
-async fn sleep_on(clock: &Clock, wait: Duration) {
+/// Waits `wait` on `clock`: a plain tokio timer on the system clock; on an adjustable one
+/// (tests), also woken by each [`Clock::advance`] to look at the clock again, so an advance
+/// past the end ends the wait at once. The one such wait in the workspace (`core`, where the
+/// clock lives, has no timer): the refresher here and the proxy's WebSocket expiry use it.
+pub async fn sleep_on(clock: &Clock, wait: Duration) {
     if !clock.is_adjustable() {
         tokio::time::sleep(wait).await;
         return;

@@ -297,25 +297,6 @@ impl<S: AsyncWrite> AsyncWrite for TimedIo<S> {
     }
 }
 
-/// Waits until `clock` reads `deadline` or later: a timer, cut short by an advance of an
-/// adjustable clock (tests), after which the time is looked at again.
-pub(crate) async fn sleep_until(clock: &credproxy_core::Clock, deadline: std::time::SystemTime) {
-    loop {
-        // Taken before the time is read, so an advance in between is not missed.
-        let advanced = clock.advanced();
-        let left = deadline
-            .duration_since(clock.now())
-            .unwrap_or(Duration::ZERO);
-        if left.is_zero() {
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(left) => {}
-            () = advanced => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,16 +142,20 @@ pub(crate) async fn serve_connection(
 pub(crate) fn request_span(
     conn: &ConnCtx,
     id: &str,
-    authority: Option<&str>,
+    authority: Option<&dyn std::fmt::Display>,
     agent: Option<&str>,
 ) -> Span {
     let span = tracing::info_span!(
         parent: &conn.span,
         "request",
         id,
-        authority = authority.unwrap_or(""),
+        authority = tracing::field::Empty,
         agent = tracing::field::Empty,
     );
+    // Recorded as `Display`: formatted only by a subscriber that takes the span.
+    if let Some(authority) = authority {
+        span.record("authority", tracing::field::display(authority));
+    }
     if let Some(agent) = agent {
         span.record("agent", agent);
     }
@@ -166,7 +170,13 @@ async fn outer(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let id = request_id();
-    let span = request_span(&ctx, &id, req.uri().authority().map(|a| a.as_str()), None);
+    let authority = req.uri().authority().cloned();
+    let span = request_span(
+        &ctx,
+        &id,
+        authority.as_ref().map(|a| a as &dyn std::fmt::Display),
+        None,
+    );
     answer(shared, ctx, watcher, req, id).instrument(span).await
 }
 

@@ -70,31 +70,22 @@ impl ReloadHandle {
             other => ReloadError::Credentials(other.to_string()),
         })?;
         let s = &self.shared.startup;
-        let mut restart = Vec::new();
-        if s.listeners != config.listeners {
-            restart.push("listeners");
-        }
-        if s.ca != config.ca {
-            restart.push("ca");
-        }
-        if s.upstream != config.upstream {
-            restart.push("upstream");
-        }
-        if s.identity != config.identity {
-            restart.push("identity");
-        }
-        if s.secrets != config.secrets {
-            restart.push("secrets");
-        }
-        if s.audit != config.audit {
-            restart.push("audit");
-        }
-        if s.limits != config.limits {
-            restart.push("limits");
-        }
-        if s.internal_services != config.internal_services {
-            restart.push("internal_services");
-        }
+        let restart: Vec<&str> = [
+            ("listeners", s.listeners != config.listeners),
+            ("ca", s.ca != config.ca),
+            ("upstream", s.upstream != config.upstream),
+            ("identity", s.identity != config.identity),
+            ("secrets", s.secrets != config.secrets),
+            ("audit", s.audit != config.audit),
+            ("limits", s.limits != config.limits),
+            (
+                "internal_services",
+                s.internal_services != config.internal_services,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
         if !restart.is_empty() {
             warn!(sections = ?restart, "these sections changed but need a restart to apply; the rest of the new configuration is active");
         }

@@ -212,9 +212,8 @@ async fn inner(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let id = request_id();
-    let authority = tctx.authority.to_string();
     let agent = tctx.identity.as_ref().map(|i| i.agent_id.as_str());
-    let span = request_span(&tctx.conn, &id, Some(&authority), agent);
+    let span = request_span(&tctx.conn, &id, Some(&tctx.authority), agent);
     answer(shared, tctx, req, id).instrument(span).await
 }
 

@@ -170,7 +170,7 @@ async fn relay(
     // The token's expiry on the proxy's clock (tests move it instead of waiting).
     let clock = shared.clock.clone();
     let expires = check.expires;
-    let expiry = crate::clock::sleep_until(&clock, expires.unwrap_or(SystemTime::UNIX_EPOCH));
+    let expiry = sleep_until(&clock, expires.unwrap_or(SystemTime::UNIX_EPOCH));
     tokio::pin!(expiry);
     let mut proxy_running = true;
     let mut generations = shared.generations.subscribe();
@@ -252,7 +252,7 @@ async fn relay(
             }
             () = &mut expiry, if expires.is_some() => {
                 if let Some(fresh) = renew(&shared, &mut check).await {
-                    expiry.set(crate::clock::sleep_until(&clock, fresh));
+                    expiry.set(sleep_until(&clock, fresh));
                     continue;
                 }
                 info!(%authority, "closing a WebSocket: the agent's token expired");
@@ -274,4 +274,10 @@ async fn relay(
             }
         }
     }
+}
+
+/// Until `clock` reads `deadline` (a token's `exp`), through the shared timer-or-advance wait.
+async fn sleep_until(clock: &credproxy_core::Clock, deadline: SystemTime) {
+    let wait = deadline.duration_since(clock.now()).unwrap_or_default();
+    credproxy_identity::sleep_on(clock, wait).await;
 }

@@ -98,16 +98,14 @@ pub(crate) async fn forward(
         &out.cut,
     )
     .await?;
-    let credentials = allowed
-        .to_inject
-        .iter()
-        .map(|&i| gen.creds.configs[i].id.clone())
-        .collect();
+    // Only an upgrade keeps what allowed it, for the relay's re-checks.
     let switch = out.agent_upgrade.map(|agent| respond::Switch {
         agent,
         expires: identity.as_ref().map(|i| i.expires_at),
         input: allowed.input,
-        credentials,
+        credentials: (allowed.to_inject.iter())
+            .map(|&i| gen.creds.configs[i].id.clone())
+            .collect(),
     });
     respond::wrap(
         shared,
