@@ -18,8 +18,12 @@ use crate::error::AuditError;
 use crate::group_commit::{GroupCommitQueue, PushError};
 use crate::record::{self, AuditRecord, Outcome};
 
-/// Spool configuration (`audit.*` in the proxy config).
-#[derive(Debug, Clone)]
+/// The smallest [`AuditConfig::max_size_bytes`] accepted.
+pub const MIN_MAX_SIZE_BYTES: u64 = 64 * 1024;
+
+/// Spool configuration (`audit.*` in the proxy config: `path`, `retention` and
+/// `max_size_bytes`; the rest keep their defaults there).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
     /// SQLite file. Created with mode 0600 (its directory with 0700 when missing).
     pub path: PathBuf,
@@ -62,6 +66,18 @@ impl AuditConfig {
             max_size_bytes: None,
             clock: credproxy_core::Clock::system(),
         }
+    }
+
+    /// Every rule this configuration breaks, as `(field, reason)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.max_size_bytes.is_some_and(|m| m < MIN_MAX_SIZE_BYTES) {
+            out.push((
+                "max_size_bytes",
+                format!("must be at least {MIN_MAX_SIZE_BYTES}"),
+            ));
+        }
+        out
     }
 }
 

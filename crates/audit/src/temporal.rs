@@ -57,10 +57,19 @@ pub const SEARCH_ATTRIBUTES: [&str; 4] = [
 /// Name of the signal carrying the outcome.
 pub const SIGNAL_RESPONSE_COMPLETE: &str = "response_complete";
 
-/// Exporter configuration (`audit.temporal`).
-#[derive(Debug, Clone)]
+/// Default for [`TemporalConfig::namespace`] (the dev server has it).
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default for [`TemporalConfig::task_queue`].
+pub const DEFAULT_TASK_QUEUE: &str = "credproxy";
+/// Default for [`TemporalConfig::signal_timeout`].
+pub const DEFAULT_SIGNAL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Exporter configuration (`audit.temporal`: `address`, `namespace`, `task_queue` and
+/// `signal_timeout`; the rest keep their defaults there).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemporalConfig {
-    /// gRPC address, e.g. `http://127.0.0.1:7233`.
+    /// gRPC address as a URL, e.g. `http://127.0.0.1:7233` ([`TemporalConfig::new`] accepts
+    /// `host:port` as operators write it).
     pub address: String,
     /// Namespace (the dev server has `default`).
     pub namespace: String,
@@ -81,13 +90,18 @@ pub struct TemporalConfig {
 }
 
 impl TemporalConfig {
-    /// Defaults for a local server at `address`.
+    /// Defaults for a server at `address`: a URL, or `host:port` (then `http://host:port`).
     pub fn new(address: impl Into<String>) -> TemporalConfig {
+        let address = address.into();
         TemporalConfig {
-            address: address.into(),
-            namespace: "default".into(),
-            task_queue: "credproxy-audit".into(),
-            signal_timeout: Duration::from_secs(600),
+            address: if address.contains("://") {
+                address
+            } else {
+                format!("http://{address}")
+            },
+            namespace: DEFAULT_NAMESPACE.into(),
+            task_queue: DEFAULT_TASK_QUEUE.into(),
+            signal_timeout: DEFAULT_SIGNAL_TIMEOUT,
             poll_interval: Duration::from_millis(200),
             batch: 256,
             backoff_initial: Duration::from_millis(200),

@@ -75,7 +75,7 @@ fn spool_path(s: &Spool) -> Result<PathBuf, ExitCode> {
         (Some(db), _) => Ok(db.clone()),
         (None, Some(c)) => match Config::load(c) {
             Ok(cfg) => match cfg.audit {
-                Some(a) => Ok(a.path),
+                Some(a) => Ok(a.spool.path),
                 None => {
                     eprintln!("credproxy audit: {} has no audit section", c.display());
                     Err(ExitCode::from(EXIT_USAGE))

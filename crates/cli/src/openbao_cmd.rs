@@ -102,7 +102,9 @@ fn options(args: &ProvisionArgs) -> anyhow::Result<ProvisionOptions> {
         ),
         None => None,
     };
-    let bao = config.as_ref().and_then(|c| c.secrets.openbao.as_ref());
+    let bao = config
+        .as_ref()
+        .and_then(|c| c.secrets.store.openbao.as_ref());
     let paths = match (&config, &args.config) {
         (Some(c), Some(path)) => {
             let paths: Vec<String> = c

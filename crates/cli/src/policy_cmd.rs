@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use credproxy_config::Config;
-use credproxy_identity::{identity_from_claims_unverified, AgentIdentity, OidcConfig};
+use credproxy_identity::{identity_from_claims_unverified, AgentIdentity};
 use credproxy_policy::{
     builtin_files, run_tests, PolicyEngine, PolicyError, PolicyInput, PolicySource, INPUT_VERSION,
 };
@@ -267,23 +267,9 @@ fn claims_identity(config: &Config, path: &Path) -> Result<Option<AgentIdentity>
         .map_err(CmdError::Usage)?;
     let claims: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| CmdError::Usage(anyhow!("{}: not JSON: {e}", path.display())))?;
-    identity_from_claims_unverified(&claims, &oidc_config(id))
+    identity_from_claims_unverified(&claims, &id.oidc)
         .map(Some)
         .map_err(|e| CmdError::Usage(anyhow!("{}: {e}", path.display())))
-}
-
-/// The verifier's view of `identity.oidc` (the proxy builds the same).
-pub fn oidc_config(id: &credproxy_config::IdentityConfig) -> OidcConfig {
-    let mut cfg = OidcConfig::new(id.issuer.clone(), id.audiences.clone());
-    cfg.roles_claim = id.roles_claim.clone();
-    cfg.groups_claim = id.groups_claim.clone();
-    cfg.agent_claim = id.agent_claim.clone();
-    cfg.algorithms = id.algorithms.clone();
-    cfg.leeway = id.leeway;
-    cfg.jwks_min_refresh_interval = id.jwks_min_refresh_interval;
-    cfg.max_token_bytes = id.max_token_bytes;
-    cfg.ca_files = id.ca_files.clone();
-    cfg
 }
 
 fn load_config(path: &Path) -> Result<Config, CmdError> {
@@ -298,11 +284,7 @@ fn load_config(path: &Path) -> Result<Config, CmdError> {
 
 /// The policy the configuration serves: its directory, or the built-in one.
 fn compile_configured(config: &Config) -> Result<PolicyEngine, CmdError> {
-    let source = match &config.policy.dir {
-        Some(dir) => PolicySource::load_dir(dir).map_err(policy_usage)?,
-        None => PolicySource::builtin(),
-    };
-    PolicyEngine::compile(&source, config.policy.eval_limit).map_err(policy_usage)
+    config.policy.load().map_err(policy_usage)
 }
 
 /// A policy that cannot be loaded or compiled is a configuration error (exit 64).

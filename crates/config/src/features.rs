@@ -9,15 +9,16 @@ use credproxy_core::{Allowlist, AllowlistEntry};
 use crate::raw::{RawAudit, RawCredential, RawIdentity, RawPolicy, RawSecrets};
 use crate::validate::Ctx;
 use crate::{
-    AuditConfig, CredentialConfig, CredentialKind, IdentityConfig, InjectIn, OpenBaoAuth,
-    OpenBaoConfig, PolicyConfig, SecretSourceConfig, SecretsConfig, TemporalConfig,
+    AuditConfig, CredentialConfig, CredentialKind, IdentityConfig, InjectIn, OidcConfig,
+    OpenBaoAuth, OpenBaoConfig, PolicyConfig, SecretSourceConfig, SecretsConfig, TemporalConfig,
 };
 
-/// Signature algorithms a token may use: asymmetric only, so a public key can never be
-/// used as an HMAC secret.
-pub const ALLOWED_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
+/// Report a leaf crate's `problems()` under the section's key path.
+fn leaf_problems(cx: &mut Ctx<'_>, section: &str, problems: Vec<(&'static str, String)>) {
+    for (field, reason) in problems {
+        cx.err(format!("{section}.{field}"), reason);
+    }
+}
 
 /// The shape of a default placeholder: `agent-vault-` and a lowercase UUID.
 pub const DEFAULT_PLACEHOLDER_PREFIX: &str = "agent-vault-";
@@ -54,90 +55,56 @@ pub(crate) fn identity(cx: &mut Ctx<'_>, raw: RawIdentity) -> Option<IdentityCon
             "required: at least one audience the tokens must be issued for",
         );
     }
-    let algorithms = o
-        .algorithms
-        .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
-    if algorithms.is_empty() {
-        cx.err(
-            "identity.oidc.algorithms",
-            "must list at least one algorithm",
-        );
+    // Defaults and rules are the identity crate's (`OidcConfig::new`, `problems`).
+    let mut oidc = OidcConfig::new(issuer, o.audiences);
+    if let Some(c) = o.roles_claim {
+        oidc.roles_claim = c;
     }
-    for (i, a) in algorithms.iter().enumerate() {
-        if !ALLOWED_ALGORITHMS.contains(&a.as_str()) {
-            cx.err(
-                format!("identity.oidc.algorithms[{i}]"),
-                format!(
-                    "{a:?} is not allowed; use one of {} (never none or HMAC)",
-                    ALLOWED_ALGORITHMS.join(", ")
-                ),
-            );
-        }
+    if let Some(c) = o.groups_claim {
+        oidc.groups_claim = c;
     }
-    let leeway = cx.duration(
-        "identity.oidc.leeway",
-        o.leeway.as_deref(),
-        Duration::from_secs(30),
-    );
-    if leeway > Duration::from_secs(300) {
-        cx.err("identity.oidc.leeway", "must be at most 5m");
+    if let Some(c) = o.agent_claim {
+        oidc.agent_claim = c;
     }
-    let jwks_min_refresh_interval = cx.duration(
+    if let Some(a) = o.algorithms {
+        oidc.algorithms = a;
+    }
+    oidc.leeway = cx.duration("identity.oidc.leeway", o.leeway.as_deref(), oidc.leeway);
+    oidc.jwks_min_refresh_interval = cx.duration(
         "identity.oidc.jwks_min_refresh_interval",
         o.jwks_min_refresh_interval.as_deref(),
-        Duration::from_secs(30),
+        oidc.jwks_min_refresh_interval,
     );
-    let max_token_bytes = o.max_token_bytes.unwrap_or(8192);
-    if !(512..=65536).contains(&max_token_bytes) {
-        cx.err(
-            "identity.oidc.max_token_bytes",
-            "must be between 512 and 65536",
-        );
+    if let Some(m) = o.max_token_bytes {
+        oidc.max_token_bytes = m;
     }
-    let ca_files = o.ca_files.iter().map(|f| cx.path(f)).collect();
+    oidc.ca_files = o.ca_files.iter().map(|f| cx.path(f)).collect();
+    // `issuer` and `audiences` were reported above as missing.
+    let problems = oidc
+        .problems()
+        .into_iter()
+        .filter(|(f, _)| !(matches!(*f, "issuer" | "audiences")))
+        .collect();
+    leaf_problems(cx, "identity.oidc", problems);
     let jwks_file = o.jwks_file.map(|f| cx.path(&f));
-    Some(IdentityConfig {
-        issuer,
-        audiences: o.audiences,
-        roles_claim: o.roles_claim.unwrap_or_else(|| "realm_access.roles".into()),
-        groups_claim: o.groups_claim.unwrap_or_else(|| "groups".into()),
-        agent_claim: o.agent_claim.unwrap_or_else(|| "azp".into()),
-        algorithms,
-        leeway,
-        jwks_min_refresh_interval,
-        max_token_bytes,
-        ca_files,
-        jwks_file,
-    })
+    Some(IdentityConfig { oidc, jwks_file })
 }
 
 pub(crate) fn policy(cx: &mut Ctx<'_>, raw: Option<RawPolicy>) -> PolicyConfig {
-    let default_limit = Duration::from_millis(100);
-    match raw {
-        None => PolicyConfig {
-            dir: None,
-            eval_limit: default_limit,
-        },
-        Some(p) => {
-            let eval_limit =
-                cx.duration("policy.eval_limit", p.eval_limit.as_deref(), default_limit);
-            if eval_limit.is_zero() || eval_limit > Duration::from_secs(10) {
-                cx.err("policy.eval_limit", "must be between 1ms and 10s");
-            }
-            PolicyConfig {
-                dir: p.dir.map(|d| cx.path(&d)),
-                eval_limit,
-            }
-        }
+    let mut c = PolicyConfig::default();
+    if let Some(p) = raw {
+        c.eval_limit = cx.duration("policy.eval_limit", p.eval_limit.as_deref(), c.eval_limit);
+        c.dir = p.dir.map(|d| cx.path(&d));
     }
+    leaf_problems(cx, "policy", c.problems());
+    c
 }
 
 pub(crate) fn secrets(cx: &mut Ctx<'_>, raw: Option<RawSecrets>) -> SecretsConfig {
-    let default_ttl = Duration::from_secs(30);
+    let default_ttl = credproxy_secrets::DEFAULT_CACHE_TTL;
     let Some(s) = raw else {
         return SecretsConfig {
-            openbao: None,
-            cache_ttl: default_ttl,
+            store: credproxy_secrets::SecretsConfig::default(),
             scrub_retention: crate::DEFAULT_SCRUB_RETENTION,
             scrub_refresh: crate::DEFAULT_SCRUB_REFRESH,
         };
@@ -207,7 +174,9 @@ pub(crate) fn secrets(cx: &mut Ctx<'_>, raw: Option<RawSecrets>) -> SecretsConfi
                     OpenBaoAuth::AppRole {
                         role_id_file: cx.path(&role),
                         secret_id_file: cx.path(&secret),
-                        mount: r.mount.unwrap_or_else(|| "approle".into()),
+                        mount: r
+                            .mount
+                            .unwrap_or_else(|| credproxy_secrets::DEFAULT_APPROLE_MOUNT.into()),
                     }
                 }
                 _ => {
@@ -222,20 +191,21 @@ pub(crate) fn secrets(cx: &mut Ctx<'_>, raw: Option<RawSecrets>) -> SecretsConfi
         let request_timeout = cx.duration(
             "secrets.openbao.request_timeout",
             o.request_timeout.as_deref(),
-            Duration::from_secs(5),
+            credproxy_secrets::DEFAULT_REQUEST_TIMEOUT,
         );
         Some(OpenBaoConfig {
             address,
             ca_file: o.ca_file.map(|f| cx.path(&f)),
             namespace: o.namespace,
             auth,
-            kv_mount: o.kv_mount.unwrap_or_else(|| "secret".into()),
+            kv_mount: o
+                .kv_mount
+                .unwrap_or_else(|| credproxy_secrets::DEFAULT_KV_MOUNT.into()),
             request_timeout,
         })
     });
     SecretsConfig {
-        openbao,
-        cache_ttl,
+        store: credproxy_secrets::SecretsConfig { openbao, cache_ttl },
         scrub_retention,
         scrub_refresh,
     }
@@ -470,7 +440,7 @@ pub(crate) fn credentials(
                     Some(SecretSourceConfig::Env(e))
                 }
                 (None, None, Some(o)) => {
-                    if secrets.openbao.is_none() {
+                    if secrets.store.openbao.is_none() {
                         cx.err(
                             at("source.openbao"),
                             "needs secrets.openbao to be configured",
@@ -595,10 +565,14 @@ pub(crate) fn audit(cx: &mut Ctx<'_>, raw: RawAudit) -> Option<AuditConfig> {
             return None;
         }
     };
-    let retention = raw
+    // Defaults and rules are the audit crate's (`AuditConfig::new`, `TemporalConfig::new`).
+    let mut spool = credproxy_audit::AuditConfig::new(path);
+    spool.retention = raw
         .retention
         .as_deref()
         .map(|r| cx.duration("audit.retention", Some(r), Duration::ZERO));
+    spool.max_size_bytes = raw.max_size_bytes;
+    leaf_problems(cx, "audit", spool.problems());
     let temporal = raw.temporal.and_then(|t| {
         let Some(address) = t.address else {
             cx.err(
@@ -607,25 +581,19 @@ pub(crate) fn audit(cx: &mut Ctx<'_>, raw: RawAudit) -> Option<AuditConfig> {
             );
             return None;
         };
-        let signal_timeout = cx.duration(
+        let mut c = TemporalConfig::new(address);
+        if let Some(n) = t.namespace {
+            c.namespace = n;
+        }
+        if let Some(q) = t.task_queue {
+            c.task_queue = q;
+        }
+        c.signal_timeout = cx.duration(
             "audit.temporal.signal_timeout",
             t.signal_timeout.as_deref(),
-            Duration::from_secs(300),
+            c.signal_timeout,
         );
-        Some(TemporalConfig {
-            address,
-            namespace: t.namespace.unwrap_or_else(|| "default".into()),
-            task_queue: t.task_queue.unwrap_or_else(|| "credproxy".into()),
-            signal_timeout,
-        })
+        Some(c)
     });
-    if raw.max_size_bytes.is_some_and(|m| m < 64 * 1024) {
-        cx.err("audit.max_size_bytes", "must be at least 65536");
-    }
-    Some(AuditConfig {
-        path,
-        retention,
-        max_size_bytes: raw.max_size_bytes,
-        temporal,
-    })
+    Some(AuditConfig { spool, temporal })
 }

@@ -6,6 +6,12 @@
 //! Both stages collect every problem they find rather than stopping at the first, and each
 //! problem carries the path of the offending key (`listeners[1].tcp`) and what was expected.
 //!
+//! One home per fact: the sections that configure a leaf crate (identity, policy, secrets,
+//! audit) hold that crate's own settings type ([`credproxy_identity::OidcConfig`],
+//! [`PolicyConfig`], [`credproxy_secrets::SecretsConfig`], [`credproxy_audit::AuditConfig`],
+//! [`TemporalConfig`]), built from its defaults and checked by its `problems()`; this crate
+//! adds only the YAML shape, the key paths of errors and the rules that span sections.
+//!
 //! Invariant: this crate reads nothing but the configuration text it is given. Files the
 //! configuration refers to (CA, extra roots) are opened by the crates that use them, at start.
 //! Relative paths are resolved against the directory of the configuration file.
@@ -21,7 +27,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use credproxy_audit::temporal::TemporalConfig;
 use credproxy_core::{Allowlist, ListenAddr, UidSet};
+pub use credproxy_identity::{OidcConfig, DEV_AUDIENCE, DEV_ISSUER};
+pub use credproxy_policy::PolicyConfig;
+pub use credproxy_secrets::{OpenBaoAuth, OpenBaoConfig};
 pub use error::{ConfigError, ConfigErrors};
 use ipnet::IpNet;
 
@@ -117,47 +127,23 @@ pub struct DevIssuerTokenConfig {
     pub ttl: Duration,
 }
 
-/// The `iss` of credproxy's dev issuer (`credproxy_identity::DEV_ISSUER`; the proxy's tests
-/// check that the two agree).
-pub const DEV_ISSUER: &str = "credproxy-dev";
-/// The `aud` of the dev issuer's tokens (`credproxy_identity::DEV_AUDIENCE`).
-pub const DEV_AUDIENCE: &str = "credproxy";
-
 /// Default lifetime of dev-issuer listener tokens.
 pub const DEFAULT_DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// `identity.oidc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityConfig {
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    pub roles_claim: String,
-    pub groups_claim: String,
-    pub agent_claim: String,
-    pub algorithms: Vec<String>,
-    pub leeway: Duration,
-    pub jwks_min_refresh_interval: Duration,
-    pub max_token_bytes: usize,
-    pub ca_files: Vec<PathBuf>,
+    /// How tokens are verified: the identity crate's settings, defaults and rules.
+    pub oidc: OidcConfig,
     /// Use this JWKS file instead of discovery (the dev issuer; air-gapped setups).
     pub jwks_file: Option<PathBuf>,
-}
-
-/// `policy`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyConfig {
-    /// Directory of `*.rego` files; the built-in default policy when `None`.
-    pub dir: Option<PathBuf>,
-    /// Upper bound on one evaluation; exceeding it denies (503).
-    pub eval_limit: Duration,
 }
 
 /// `secrets`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretsConfig {
-    pub openbao: Option<OpenBaoConfig>,
-    /// How long a fetched secret is reused (all sources); zero disables caching.
-    pub cache_ttl: Duration,
+    /// The secret store's settings (`openbao`, `cache_ttl`), with its defaults.
+    pub store: credproxy_secrets::SecretsConfig,
     /// How long a replaced (rotated or removed) value is still scrubbed from responses.
     pub scrub_retention: Duration,
     /// How often every credential's value is re-read for the scrub set.
@@ -168,26 +154,6 @@ pub struct SecretsConfig {
 pub const DEFAULT_SCRUB_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default for [`SecretsConfig::scrub_refresh`].
 pub const DEFAULT_SCRUB_REFRESH: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenBaoConfig {
-    pub address: String,
-    pub ca_file: Option<PathBuf>,
-    pub namespace: Option<String>,
-    pub auth: OpenBaoAuth,
-    pub kv_mount: String,
-    pub request_timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpenBaoAuth {
-    TokenFile(PathBuf),
-    AppRole {
-        role_id_file: PathBuf,
-        secret_id_file: PathBuf,
-        mount: String,
-    },
-}
 
 /// How a credential is presented upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,19 +296,10 @@ pub enum ForeignValue {
 /// `audit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
-    pub path: PathBuf,
-    pub retention: Option<Duration>,
-    /// Upper bound on the spool's size; when full, credential uses are refused (503).
-    pub max_size_bytes: Option<u64>,
+    /// The spool's settings (`path`, `retention`, `max_size_bytes`), with its defaults.
+    pub spool: credproxy_audit::AuditConfig,
+    /// Export to Temporal.
     pub temporal: Option<TemporalConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemporalConfig {
-    pub address: String,
-    pub namespace: String,
-    pub task_queue: String,
-    pub signal_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -98,13 +98,13 @@ fn parses_a_full_config() {
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(90));
     assert_eq!(c.log.format, LogFormat::Pretty);
     let id = c.identity.unwrap();
-    assert_eq!(id.roles_claim, "realm_access.roles");
-    assert_eq!(id.leeway, Duration::from_secs(10));
+    assert_eq!(id.oidc.roles_claim, "realm_access.roles");
+    assert_eq!(id.oidc.leeway, Duration::from_secs(10));
     assert_eq!(
         c.policy.dir.as_deref(),
         Some(Path::new("/etc/credproxy/policy"))
     );
-    assert_eq!(c.secrets.cache_ttl, Duration::from_secs(10));
+    assert_eq!(c.secrets.store.cache_ttl, Duration::from_secs(10));
     assert_eq!(c.credentials.len(), 2);
     assert_eq!(c.credentials[0].header_name, "x-api-key");
     assert_eq!(c.credentials[1].header_name, "authorization");
@@ -164,8 +164,8 @@ fn identity_is_required_unless_anonymous_is_explicit() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("algorithms[0]")
-            && e.contains("algorithms[1]")
+        e.contains("identity.oidc.algorithms: \"HS256\" is not allowed")
+            && e.contains("identity.oidc.algorithms: \"none\" is not allowed")
             && e.contains("never none or HMAC"),
         "{e}"
     );

@@ -403,7 +403,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         let dev_listener = listeners
             .iter()
             .any(|l| matches!(l.agent_token, Some(AgentTokenConfig::DevIssuer(_))));
-        if id.issuer == DEV_ISSUER && id.jwks_file.is_none() && !dev_listener {
+        if id.oidc.issuer == DEV_ISSUER && id.jwks_file.is_none() && !dev_listener {
             cx.err(
                 "identity.oidc.jwks_file",
                 format!("required for issuer {DEV_ISSUER:?}, which has no discovery: the dev issuer's public JWKS (or give a listener agent_token.dev_issuer, whose key is then trusted)"),
@@ -736,13 +736,13 @@ fn agent_token_against_identity(
     };
     match t {
         AgentTokenConfig::DevIssuer(_) => {
-            if id.issuer != DEV_ISSUER {
+            if id.oidc.issuer != DEV_ISSUER {
                 cx.err(
                     format!("{at}.dev_issuer"),
-                    format!("dev issuer tokens are issued by {DEV_ISSUER:?}, but identity.oidc.issuer is {:?}, so they would never verify; use client_credentials, or set identity.oidc.issuer: {DEV_ISSUER}", id.issuer),
+                    format!("dev issuer tokens are issued by {DEV_ISSUER:?}, but identity.oidc.issuer is {:?}, so they would never verify; use client_credentials, or set identity.oidc.issuer: {DEV_ISSUER}", id.oidc.issuer),
                 );
             }
-            if !id.audiences.iter().any(|a| a == DEV_AUDIENCE) {
+            if !id.oidc.audiences.iter().any(|a| a == DEV_AUDIENCE) {
                 cx.err(
                     format!("{at}.dev_issuer"),
                     format!("dev issuer tokens have audience {DEV_AUDIENCE:?}, which identity.oidc.audiences does not list"),
@@ -751,10 +751,10 @@ fn agent_token_against_identity(
         }
         AgentTokenConfig::ClientCredentials(c) => {
             if let TokenEndpoint::Issuer(iss) = &c.endpoint {
-                if iss != &id.issuer {
+                if iss != &id.oidc.issuer {
                     cx.err(
                         format!("{at}.client_credentials.issuer"),
-                        format!("tokens from {iss:?} would not verify against identity.oidc.issuer {:?}; use the same issuer (or token_url)", id.issuer),
+                        format!("tokens from {iss:?} would not verify against identity.oidc.issuer {:?}; use the same issuer (or token_url)", id.oidc.issuer),
                     );
                 }
             }

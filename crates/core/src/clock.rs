@@ -30,6 +30,20 @@ struct Adjust {
     waiters: Mutex<Vec<Waker>>,
 }
 
+/// Two clocks are equal when they are the same clock: both the plain system clock, or clones
+/// sharing one offset. (A configuration holding the system clock compares equal to another.)
+impl PartialEq for Clock {
+    fn eq(&self, other: &Clock) -> bool {
+        match (&self.adjust, &other.adjust) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Clock {}
+
 impl Clock {
     /// The system clock.
     pub fn system() -> Clock {

@@ -23,10 +23,14 @@ pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 /// Default timeout of one request to the provider.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest clock leeway accepted: more would keep expired tokens valid for long.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// The bounds of [`OidcConfig::max_token_bytes`].
+pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 512..=65536;
 
 /// Algorithms that may appear in the allowlist: asymmetric signatures only, so that a public
 /// key can never be abused as an HMAC secret and `none` can never be configured.
-const ASYMMETRIC: [&str; 9] = [
+pub const ALLOWED_ALGORITHMS: [&str; 9] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
@@ -100,45 +104,78 @@ pub(crate) struct Settings {
     pub(crate) http_timeout: Duration,
 }
 
+impl OidcConfig {
+    /// Every rule this configuration breaks, as `(field, reason)`: empty when it is valid.
+    /// The configuration file's validation reports these under `identity.oidc.<field>`; the
+    /// verifier refuses to start with the first.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.issuer.is_empty() {
+            out.push(("issuer", "must not be empty".to_owned()));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            out.push((
+                "audiences",
+                "must list at least one non-empty audience".to_owned(),
+            ));
+        }
+        for (field, path) in [
+            ("roles_claim", &self.roles_claim),
+            ("groups_claim", &self.groups_claim),
+        ] {
+            if let Err(reason) = claim_path(path) {
+                out.push((field, reason));
+            }
+        }
+        if self.agent_claim.is_empty() {
+            out.push(("agent_claim", "must not be empty".to_owned()));
+        }
+        if self.algorithms.is_empty() {
+            out.push(("algorithms", "must list at least one algorithm".to_owned()));
+        }
+        for name in &self.algorithms {
+            if let Err(reason) = parse_algorithm(name) {
+                out.push(("algorithms", reason));
+            }
+        }
+        if self.leeway > MAX_LEEWAY {
+            out.push(("leeway", "must be at most 5m".to_owned()));
+        }
+        if !TOKEN_BYTES_RANGE.contains(&self.max_token_bytes) {
+            out.push((
+                "max_token_bytes",
+                format!(
+                    "must be between {} and {}",
+                    TOKEN_BYTES_RANGE.start(),
+                    TOKEN_BYTES_RANGE.end()
+                ),
+            ));
+        }
+        if self.http_timeout.is_zero() {
+            out.push(("http_timeout", "must be positive".to_owned()));
+        }
+        out
+    }
+}
+
 impl Settings {
     /// Validate everything except the issuer's URL form, which only matters when the keys
     /// are fetched over the network (the dev issuer's `iss` is not a URL).
     pub(crate) fn from_config(cfg: &OidcConfig) -> Result<Settings, IdentityError> {
-        if cfg.issuer.is_empty() {
-            return Err(config_error("issuer", "must not be empty"));
+        if let Some((field, reason)) = cfg.problems().into_iter().next() {
+            return Err(config_error(field, &reason));
         }
-        if cfg.audiences.is_empty() || cfg.audiences.iter().any(String::is_empty) {
-            return Err(config_error(
-                "audiences",
-                "must list at least one non-empty audience",
-            ));
-        }
-        let roles_path = claim_path("roles_claim", &cfg.roles_claim)?;
-        let groups_path = claim_path("groups_claim", &cfg.groups_claim)?;
-        if cfg.agent_claim.is_empty() {
-            return Err(config_error("agent_claim", "must not be empty"));
-        }
-        if cfg.algorithms.is_empty() {
-            return Err(config_error(
-                "algorithms",
-                "must list at least one algorithm",
-            ));
-        }
-        let mut algorithms = Vec::new();
-        for name in &cfg.algorithms {
-            algorithms.push(parse_algorithm(name)?);
-        }
-        if cfg.max_token_bytes == 0 {
-            return Err(config_error("max_token_bytes", "must be positive"));
-        }
-        if cfg.http_timeout.is_zero() {
-            return Err(config_error("http_timeout", "must be positive"));
-        }
+        let path = |p: &str| p.split('.').map(str::to_owned).collect();
+        let algorithms = cfg
+            .algorithms
+            .iter()
+            .filter_map(|a| parse_algorithm(a).ok())
+            .collect();
         Ok(Settings {
             issuer: cfg.issuer.clone(),
             audiences: cfg.audiences.clone(),
-            roles_path,
-            groups_path,
+            roles_path: path(&cfg.roles_claim),
+            groups_path: path(&cfg.groups_claim),
             agent_claim: cfg.agent_claim.clone(),
             algorithms,
             leeway_secs: cfg.leeway.as_secs_f64(),
@@ -151,45 +188,37 @@ impl Settings {
 }
 
 /// Map an allowlisted algorithm name to jsonwebtoken's enum; `none`, HMAC and unknown names
-/// are configuration errors.
-pub(crate) fn parse_algorithm(name: &str) -> Result<Algorithm, IdentityError> {
-    if !ASYMMETRIC.contains(&name) {
-        return Err(config_error(
-            "algorithms",
-            &format!(
-                "{name:?} is not allowed; choose from {} (asymmetric algorithms only)",
-                ASYMMETRIC.join(", ")
-            ),
+/// are refused with the reason.
+fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    if !ALLOWED_ALGORITHMS.contains(&name) {
+        return Err(format!(
+            "{name:?} is not allowed; use one of {} (asymmetric only: never none or HMAC)",
+            ALLOWED_ALGORITHMS.join(", ")
         ));
     }
     name.parse::<Algorithm>()
-        .map_err(|_| config_error("algorithms", &format!("{name:?} is not supported")))
+        .map_err(|_| format!("{name:?} is not supported"))
 }
 
 /// Whether `name` (a token header's `alg`) is one of the algorithms in `allowed`.
 pub(crate) fn allowed_algorithm(name: &str, allowed: &[Algorithm]) -> Option<Algorithm> {
-    if !ASYMMETRIC.contains(&name) {
+    if !ALLOWED_ALGORITHMS.contains(&name) {
         return None;
     }
     let alg = name.parse::<Algorithm>().ok()?;
     allowed.contains(&alg).then_some(alg)
 }
 
-fn claim_path(field: &'static str, path: &str) -> Result<Vec<String>, IdentityError> {
-    let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
-    if path.is_empty() || segments.iter().any(String::is_empty) {
-        return Err(config_error(
-            field,
-            "must be a dotted claim path such as realm_access.roles",
+fn claim_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err("must be a dotted claim path such as realm_access.roles".to_owned());
+    }
+    if path.split('.').count() > MAX_CLAIM_PATH_SEGMENTS {
+        return Err(format!(
+            "must have at most {MAX_CLAIM_PATH_SEGMENTS} segments"
         ));
     }
-    if segments.len() > MAX_CLAIM_PATH_SEGMENTS {
-        return Err(config_error(
-            field,
-            &format!("must have at most {MAX_CLAIM_PATH_SEGMENTS} segments"),
-        ));
-    }
-    Ok(segments)
+    Ok(())
 }
 
 pub(crate) fn config_error(field: &'static str, reason: &str) -> IdentityError {
@@ -248,6 +277,24 @@ mod tests {
         let mut c = cfg();
         c.max_token_bytes = 0;
         assert!(Settings::from_config(&c).is_err());
+    }
+
+    #[test]
+    fn problems_lists_every_broken_rule_by_field() {
+        assert!(cfg().problems().is_empty());
+        let mut c = cfg();
+        c.leeway = MAX_LEEWAY + Duration::from_secs(1);
+        c.max_token_bytes = *TOKEN_BYTES_RANGE.end() + 1;
+        c.algorithms = vec!["HS256".into(), "none".into()];
+        let fields: Vec<&str> = c.problems().iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            fields,
+            ["algorithms", "algorithms", "leeway", "max_token_bytes"]
+        );
+        c.leeway = MAX_LEEWAY;
+        c.max_token_bytes = *TOKEN_BYTES_RANGE.start();
+        c.algorithms = ALLOWED_ALGORITHMS.iter().map(|a| (*a).to_owned()).collect();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! never per request.
 
 mod cache;
+mod config;
 mod engine;
 mod error;
 mod guard;
@@ -28,6 +29,7 @@ mod testing;
 mod walk;
 
 pub use cache::{CacheStats, MAX_ENTRIES as CACHE_MAX_ENTRIES};
+pub use config::{PolicyConfig, DEFAULT_EVAL_LIMIT, MAX_EVAL_LIMIT};
 pub use engine::{CompileOptions, Decision, PolicyEngine, ALLOW_RULE, DENY_REASONS_RULE, PACKAGE};
 pub use error::PolicyError;
 pub use input::{

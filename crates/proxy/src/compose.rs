@@ -111,13 +111,13 @@ impl Proxy {
         }
         let creds = creds::Credentials::new(config.credentials).map_err(ProxyError::Credentials)?;
         let secrets = credproxy_secrets::SecretStore::new(
-            secrets_config(&config.secrets),
+            config.secrets.store.clone(),
             options
                 .env
                 .unwrap_or_else(|| Arc::new(credproxy_secrets::ProcessEnv)),
         )
         .map_err(ProxyError::Secrets)?;
-        let policy = load_policy(&config.policy)?;
+        let policy = config.policy.load().map_err(ProxyError::Policy)?;
         info!(policy = %policy.hash(), decision_cache = %policy.cache_description(), "policy loaded");
         let verifier = match &config.identity {
             None => {
@@ -133,9 +133,7 @@ impl Proxy {
             .collect();
         let audit = match &config.audit {
             Some(a) => {
-                let mut cfg = credproxy_audit::spool::AuditConfig::new(a.path.clone());
-                cfg.retention = a.retention;
-                cfg.max_size_bytes = a.max_size_bytes;
+                let mut cfg = a.spool.clone();
                 cfg.clock = options.clock.clone();
                 Some(credproxy_audit::spool::AuditSpool::open(cfg).map_err(ProxyError::Audit)?)
             }
@@ -150,17 +148,10 @@ impl Proxy {
             &audit,
             config.audit.as_ref().and_then(|a| a.temporal.as_ref()),
         ) {
-            (Some(spool), Some(t)) => {
-                let mut cfg =
-                    credproxy_audit::temporal::TemporalConfig::new(temporal_address(&t.address));
-                cfg.namespace = t.namespace.clone();
-                cfg.task_queue = t.task_queue.clone();
-                cfg.signal_timeout = t.signal_timeout;
-                Some(credproxy_audit::temporal::Exporter::spawn(
-                    spool.clone(),
-                    cfg,
-                ))
-            }
+            (Some(spool), Some(t)) => Some(credproxy_audit::temporal::Exporter::spawn(
+                spool.clone(),
+                t.clone(),
+            )),
             _ => None,
         };
         let startup = Startup {
@@ -176,6 +167,7 @@ impl Proxy {
         let scrub_ready = std::sync::atomic::AtomicBool::new(creds.configs.is_empty());
         let initial_wait = config
             .secrets
+            .store
             .openbao
             .as_ref()
             .map_or(std::time::Duration::from_secs(5), |o| o.request_timeout)
@@ -229,37 +221,6 @@ impl Proxy {
     }
 }
 
-/// The secret store's settings from the validated configuration.
-fn secrets_config(c: &credproxy_config::SecretsConfig) -> credproxy_secrets::SecretsConfig {
-    credproxy_secrets::SecretsConfig {
-        cache_ttl: c.cache_ttl,
-        openbao: c
-            .openbao
-            .as_ref()
-            .map(|o| credproxy_secrets::OpenBaoConfig {
-                address: o.address.clone(),
-                ca_file: o.ca_file.clone(),
-                namespace: o.namespace.clone(),
-                auth: match &o.auth {
-                    credproxy_config::OpenBaoAuth::TokenFile(f) => {
-                        credproxy_secrets::OpenBaoAuth::TokenFile(f.clone())
-                    }
-                    credproxy_config::OpenBaoAuth::AppRole {
-                        role_id_file,
-                        secret_id_file,
-                        mount,
-                    } => credproxy_secrets::OpenBaoAuth::AppRole {
-                        role_id_file: role_id_file.clone(),
-                        secret_id_file: secret_id_file.clone(),
-                        mount: mount.clone(),
-                    },
-                },
-                kv_mount: o.kv_mount.clone(),
-                request_timeout: o.request_timeout,
-            }),
-    }
-}
-
 /// The token verifier: discovery in the background, or a fixed JWKS: the JWKS file and the
 /// public keys of the dev issuer keys listeners use (`agent_token.dev_issuer`).
 fn build_verifier(
@@ -267,19 +228,7 @@ fn build_verifier(
     dev_jwks: &[String],
     clock: credproxy_core::Clock,
 ) -> Result<credproxy_identity::Verifier, ProxyError> {
-    let cfg = credproxy_identity::OidcConfig {
-        issuer: id.issuer.clone(),
-        audiences: id.audiences.clone(),
-        roles_claim: id.roles_claim.clone(),
-        groups_claim: id.groups_claim.clone(),
-        agent_claim: id.agent_claim.clone(),
-        algorithms: id.algorithms.clone(),
-        leeway: id.leeway,
-        jwks_min_refresh_interval: id.jwks_min_refresh_interval,
-        max_token_bytes: id.max_token_bytes,
-        ca_files: id.ca_files.clone(),
-        http_timeout: credproxy_identity::DEFAULT_HTTP_TIMEOUT,
-    };
+    let cfg = id.oidc.clone();
     let mut docs = dev_jwks.to_vec();
     if let Some(path) = &id.jwks_file {
         let jwks = std::fs::read_to_string(path).map_err(|source| ProxyError::JwksFile {
@@ -298,25 +247,5 @@ fn build_verifier(
             credproxy_identity::Verifier::with_static_jwks_and_clock(cfg, &merged, clock)
                 .map_err(ProxyError::Identity)
         }
-    }
-}
-
-/// Load and compile the policy of a generation: the operator's directory or the built-in one.
-pub(crate) fn load_policy(
-    p: &credproxy_config::PolicyConfig,
-) -> Result<credproxy_policy::PolicyEngine, ProxyError> {
-    let source = match &p.dir {
-        Some(dir) => credproxy_policy::PolicySource::load_dir(dir).map_err(ProxyError::Policy)?,
-        None => credproxy_policy::PolicySource::builtin(),
-    };
-    credproxy_policy::PolicyEngine::compile(&source, p.eval_limit).map_err(ProxyError::Policy)
-}
-
-/// The Temporal SDK wants a URL; the configuration takes `host:port` as operators write it.
-fn temporal_address(a: &str) -> String {
-    if a.contains("://") {
-        a.to_string()
-    } else {
-        format!("http://{a}")
     }
 }

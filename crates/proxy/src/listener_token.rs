@@ -237,15 +237,6 @@ pub(crate) fn merge_jwks(docs: &[String]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_config_crate_names_the_dev_issuer_as_the_identity_crate_does() {
-        assert_eq!(credproxy_config::DEV_ISSUER, credproxy_identity::DEV_ISSUER);
-        assert_eq!(
-            credproxy_config::DEV_AUDIENCE,
-            credproxy_identity::DEV_AUDIENCE
-        );
-    }
-
-    #[test]
     fn jwks_documents_merge() {
         let merged = super::merge_jwks(&[
             r#"{"keys":[{"kid":"a"}]}"#.into(),

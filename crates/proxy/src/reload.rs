@@ -7,10 +7,9 @@ use std::sync::Arc;
 use credproxy_config::{Config, Limits, UpstreamConfig};
 use tracing::{info, warn};
 
-use crate::compose::load_policy;
 use crate::creds;
 use crate::metrics::{self};
-use crate::{Generation, ProxyError, Shared};
+use crate::{Generation, Shared};
 
 /// Applies a new configuration to a running proxy. Cheap to clone.
 #[derive(Clone)]
@@ -65,10 +64,7 @@ impl ReloadHandle {
         }
         let creds =
             creds::Credentials::new(config.credentials).map_err(ReloadError::Credentials)?;
-        let policy = load_policy(&config.policy).map_err(|e| match e {
-            ProxyError::Policy(p) => ReloadError::Policy(p),
-            other => ReloadError::Credentials(other.to_string()),
-        })?;
+        let policy = config.policy.load().map_err(ReloadError::Policy)?;
         let s = &self.shared.startup;
         let restart: Vec<&str> = [
             ("listeners", s.listeners != config.listeners),
