@@ -346,3 +346,28 @@ impl fmt::Display for Response {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::last_head;
+
+    #[test]
+    fn the_last_head_is_the_last_status_line_and_not_trailers() {
+        let dump = "HTTP/1.1 200 Connection established\r\n\r\n\
+                    HTTP/1.1 100 Continue\r\n\r\n\
+                    HTTP/2 403\r\nx-credproxy-reason: policy_denied\r\nX-Two: a\r\nx-two: b\r\n\r\n\
+                    x-trailer: t\r\n\r\n";
+        assert_eq!(
+            last_head(dump),
+            vec![
+                (
+                    "x-credproxy-reason".to_string(),
+                    "policy_denied".to_string()
+                ),
+                ("x-two".to_string(), "a".to_string()),
+                ("x-two".to_string(), "b".to_string()),
+            ]
+        );
+        assert!(last_head("").is_empty());
+    }
+}
