@@ -16,21 +16,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
 use std::time::Duration;
 
 use credproxy_bridge::{Bridge, BridgeArgs, BridgeConfig};
-use credproxy_config::Config;
 use credproxy_core::ListenAddr;
-use credproxy_proxy::{Proxy, ProxyOptions, RunningProxy};
+use credproxy_harness::{Client, Harness, Logs, Response, Setup, HOST};
 use credproxy_testkit::oidc::{free_port, OidcProvider, OidcProviderOptions, TestClient};
-use credproxy_testkit::{connect_tunnel, tls_over, TestPki, Upstream, UpstreamOptions, Validity};
-use rustls_pki_types::pem::PemObject;
+use credproxy_testkit::{connect_tunnel, tls_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const HOST: &str = "api.anthropic.com";
 const PORT: u32 = 18790;
 const ROLE: &str = "proxy-user";
 const PH: &str = "agent-vault-00000000-0000-0000-0000-0000000000d1";
@@ -45,34 +41,10 @@ const WRONG_SECRET: &str = "vm-c-wrong-secret-CANARY-5e6f7a8b";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Every log line of this test binary (JSON, debug level), for the canary checks.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn logs() -> Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "debug,credproxy_proxy=trace,credproxy_identity=trace,credproxy_bridge=trace",
-            ))
-            .with_writer(move || writer.clone())
-            .json()
-            .try_init();
-        logs
-    })
-    .clone()
+    credproxy_harness::logs::capture(
+        "debug,credproxy_proxy=trace,credproxy_identity=trace,credproxy_bridge=trace",
+    )
 }
 
 /// This process's uid: the only peer the Unix listeners here admit (`peer_uids`).
@@ -80,40 +52,50 @@ fn own_uid() -> u32 {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
 }
 
-#[derive(Debug)]
-struct Env;
-impl credproxy_secrets::EnvSource for Env {
-    fn var(&self, name: &str) -> Option<String> {
-        match name {
-            "KEY" => Some(SECRET.into()),
-            "ADMIN_KEY" => Some(ADMIN_SECRET.into()),
-            _ => None,
-        }
+/// The credential `anthropic` (x-api-key, role ROLE, `env: KEY` = SECRET), and with `admin`
+/// also `admin-only` (x-admin-key, role `admin`, `env: ADMIN_KEY`).
+fn credentials(admin: bool) -> String {
+    let mut c = format!(
+        "  - id: anthropic\n    placeholder: {PH}\n    type: api_key\n    header_name: x-api-key\n    bound_domains: [{HOST}]\n    allowed_roles: [{ROLE}]\n    source: {{env: KEY}}\n"
+    );
+    if admin {
+        c.push_str(&format!(
+            "  - id: admin-only\n    placeholder: {ADMIN_PH}\n    type: api_key\n    header_name: x-admin-key\n    bound_domains: [{HOST}]\n    allowed_roles: [admin]\n    source: {{env: ADMIN_KEY}}\n"
+        ));
     }
+    c
+}
+
+fn env() -> Vec<(String, String)> {
+    vec![
+        ("KEY".into(), SECRET.into()),
+        ("ADMIN_KEY".into(), ADMIN_SECRET.into()),
+    ]
 }
 
 /// The host (proxy, upstream) and the guest side (bridge) of one VM, `vm-a`.
 struct D1 {
-    dir: tempfile::TempDir,
-    upstream: Upstream,
-    proxy: RunningProxy,
-    proxy_ca: PathBuf,
+    h: Harness,
     bridge: SocketAddr,
     _bridge_task: tokio::task::JoinHandle<()>,
+}
+
+impl std::ops::Deref for D1 {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
+    }
 }
 
 /// `provider_port`: the provider's port (it may not be running yet). `extra_listeners`: YAML
 /// list items appended under `listeners:`.
 async fn start(provider_port: u16, extra_listeners: &str) -> D1 {
     logs();
-    let pki = TestPki::new();
-    let upstream = Upstream::start(UpstreamOptions::tls(pki.issue(&[HOST], Validity::Valid))).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = credproxy_tls::init_ca(&d.join("ca"), false).unwrap();
     std::fs::write(d.join("vm-a-secret"), format!("{CLIENT_SECRET}\n")).unwrap();
     let issuer = format!("http://127.0.0.1:{provider_port}");
-    let yaml = format!(
+    let listeners = format!(
         r#"listeners:
   - name: vm-a
     vsock_uds: {{path: {uds}, port: {PORT}}}
@@ -125,70 +107,42 @@ async fn start(provider_port: u16, extra_listeners: &str) -> D1 {
         client_id: vm-a
         client_secret_file: {secret}
         audience: "urn:credproxy"
-{extra_listeners}admin: {{tcp: "127.0.0.1:0"}}
-ca: {{cert_file: {cert}, key_file: {key}}}
-allowed_domains: [{HOST}]
-upstream:
-  extra_ca_files: [{pki_ca}]
-  resolve: {{{HOST}: "{up}"}}
-identity:
-  oidc: {{issuer: "{issuer}", audiences: [credproxy], leeway: 0s}}
-credentials:
-  - id: anthropic
-    placeholder: {PH}
-    type: api_key
-    header_name: x-api-key
-    bound_domains: [{HOST}]
-    allowed_roles: [{ROLE}]
-    source: {{env: KEY}}
-  - id: admin-only
-    placeholder: {ADMIN_PH}
-    type: api_key
-    header_name: x-admin-key
-    bound_domains: [{HOST}]
-    allowed_roles: [admin]
-    source: {{env: ADMIN_KEY}}
-audit: {{path: {audit}}}
-limits:
-  shutdown_grace: 1s
-"#,
+{extra_listeners}"#,
         uds = d.join("vm-a.vsock").display(),
         secret = d.join("vm-a-secret").display(),
-        cert = ca.cert_file.display(),
-        key = ca.key_file.display(),
-        pki_ca = pki.ca_cert_path().display(),
-        up = upstream.addr(),
-        audit = d.join("audit.db").display(),
     );
-    let config = Config::parse(&yaml, d).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let proxy = Proxy::bind(
-        config,
-        ProxyOptions {
-            resolver: None,
-            env: Some(Arc::new(Env)),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .spawn();
-    // The guest's bridge: no token, no secret; the hypervisor's socket is `<path>_<port>`.
     let socket = d.join(format!("vm-a.vsock_{PORT}"));
-    let bridge = Bridge::bind(BridgeConfig::from_args(&bridge_args(&socket)).unwrap())
+    let h = Harness::with(Setup {
+        listeners: Some(listeners),
+        admin: true,
+        identity: Some(format!(
+            "identity:\n  oidc: {{issuer: \"{issuer}\", audiences: [credproxy], leeway: 0s}}\n"
+        )),
+        credentials: credentials(true),
+        env: env(),
+        dir: Some(dir),
+        ..Setup::default()
+    })
+    .await;
+    // The guest's bridge: no token, no secret; the hypervisor's socket is `<path>_<port>`.
+    let (bridge, task) = bridge(&socket).await;
+    D1 {
+        h,
+        bridge,
+        _bridge_task: task,
+    }
+}
+
+/// The guest's bridge from an OS-assigned TCP port to the Unix socket `to`, carrying no token.
+async fn bridge(to: &Path) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let bridge = Bridge::bind(BridgeConfig::from_args(&bridge_args(to)).unwrap())
         .await
         .unwrap();
-    let ListenAddr::Tcp(bridge_addr) = bridge.local_addr().clone() else {
+    let ListenAddr::Tcp(addr) = bridge.local_addr().clone() else {
         panic!()
     };
     let task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
-    D1 {
-        dir,
-        upstream,
-        proxy,
-        proxy_ca: ca.cert_file,
-        bridge: bridge_addr,
-        _bridge_task: task,
-    }
+    (addr, task)
 }
 
 fn bridge_args(socket: &Path) -> BridgeArgs {
@@ -211,51 +165,26 @@ fn bridge_args(socket: &Path) -> BridgeArgs {
     }
 }
 
-struct Curl {
-    /// The CONNECT response's status (`000` when none).
-    connect: String,
-    /// The final response's status (`000` when none).
-    status: String,
-    body: String,
-    stderr: String,
-}
-
 impl D1 {
-    fn admin(&self) -> SocketAddr {
-        self.proxy.admin_addr().unwrap()
+    /// The agent: curl with `HTTPS_PROXY` the guest bridge (no credentials in it), the proxy
+    /// CA trusted.
+    fn agent(&self) -> Client {
+        Client::new(format!("http://{}", self.bridge), &self.proxy_ca).with_proxy_from_env()
     }
 
-    /// curl as the agent: `HTTPS_PROXY` is the guest bridge (no credentials in it), the proxy
-    /// CA trusted; `proxy_user` adds `--proxy-user` (a token the agent presents itself).
-    async fn curl(&self, headers: &[String], proxy_user: Option<&str>) -> Curl {
-        let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-q", "-sS", "--max-time", "30"])
-            .args(["-w", "\n%{http_connect} %{http_code}"])
-            .arg("--cacert")
-            .arg(&self.proxy_ca)
-            .env("HTTPS_PROXY", format!("http://{}", self.bridge));
-        for v in ["https_proxy", "NO_PROXY", "no_proxy", "CURL_CA_BUNDLE"] {
-            cmd.env_remove(v);
-        }
+    /// GET /echo as the agent with `headers`; `proxy_user` adds `--proxy-user` (a token the
+    /// agent presents itself).
+    async fn curl(&self, headers: &[String], proxy_user: Option<&str>) -> Response {
+        let mut req = self.agent().get(format!("https://{HOST}/echo"));
         for h in headers {
-            cmd.args(["-H", h]);
+            req = req.header_line(h);
         }
         if let Some(u) = proxy_user {
-            cmd.arg("--proxy-user").arg(u);
+            req = req.curl_args(&["--proxy-user", u]);
         }
-        let out = tokio::time::timeout(WAIT, cmd.arg(format!("https://{HOST}/echo")).output())
+        tokio::time::timeout(WAIT, req.send())
             .await
             .expect("curl finished")
-            .expect("curl runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, codes) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let (connect, status) = codes.split_once(' ').unwrap_or((codes, ""));
-        Curl {
-            connect: connect.to_owned(),
-            status: status.to_owned(),
-            body: body.to_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
     }
 
     /// A CONNECT through the bridge with `Connection: close`: the response head and body.
@@ -275,41 +204,6 @@ impl D1 {
         let text = String::from_utf8_lossy(&out).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         (head.to_owned(), body.to_owned())
-    }
-
-    async fn admin_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.admin()).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text[9..12].parse().unwrap();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    }
-
-    /// The value of one metric series (`name{labels}` exactly as exposed), 0 when absent.
-    async fn metric(&self, series: &str) -> f64 {
-        let (_, text) = self.admin_get("/metrics").await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
     }
 
     /// Wait until `series` reaches `at_least` (an event the refresher causes), bounded.
@@ -334,22 +228,6 @@ impl D1 {
             &credproxy_audit::query::Filter::default(),
         )
         .unwrap()
-    }
-
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let pem = std::fs::read(&self.proxy_ca).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut cfg =
-            rustls::ClientConfig::builder_with_provider(credproxy_testkit::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(cfg)
     }
 }
 
@@ -384,9 +262,9 @@ async fn the_listener_token_authenticates_the_vm_and_its_roles_pick_the_credenti
 
     // No token anywhere on the agent's side: the listener's identity applies.
     let c = h.curl(&[format!("x-api-key: {PH}")], None).await;
-    assert_eq!(c.status, "200", "{} {}", c.body, c.stderr);
-    assert!(c.body.contains(&format!("x-api-key: {PH}")), "{}", c.body);
-    assert!(!c.body.contains(SECRET), "{}", c.body);
+    assert_eq!(c.status, 200, "{c}");
+    assert!(c.text().contains(&format!("x-api-key: {PH}")), "{c}");
+    assert!(!c.text().contains(SECRET), "{c}");
     let got = h.upstream.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].header_all("x-api-key"), vec![SECRET.to_string()]);
@@ -394,8 +272,8 @@ async fn the_listener_token_authenticates_the_vm_and_its_roles_pick_the_credenti
 
     // The credential its roles do not allow is refused by policy, and nothing is sent.
     let c = h.curl(&[format!("x-admin-key: {ADMIN_PH}")], None).await;
-    assert_eq!(c.status, "403", "{} {}", c.body, c.stderr);
-    assert!(c.body.contains("denied by policy"), "{}", c.body);
+    assert_eq!(c.status, 403, "{c}");
+    assert!(c.text().contains("denied by policy"), "{c}");
     assert_eq!(h.upstream.request_count(), 1);
 
     h.proxy.flush_audit().await;
@@ -431,7 +309,7 @@ async fn the_token_is_refreshed_before_it_expires_and_an_open_tunnel_moves_on_to
         .await
         .unwrap();
     assert_eq!(status, 200);
-    let mut tls = tls_over(tcp, HOST, h.client_config()).await;
+    let mut tls = tls_over(tcp, HOST, h.proxy_client_config(&["http/1.1"])).await;
     let req = format!("GET /echo HTTP/1.1\r\nHost: {HOST}\r\nx-api-key: {PH}\r\n\r\n");
     let mut buf = vec![0u8; 64 * 1024];
     tls.write_all(req.as_bytes()).await.unwrap();
@@ -469,7 +347,7 @@ async fn the_token_is_refreshed_before_it_expires_and_an_open_tunnel_moves_on_to
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     // ... and a new connection too.
     let c = h.curl(&[format!("x-api-key: {PH}")], None).await;
-    assert_eq!(c.status, "200", "{} {}", c.body, c.stderr);
+    assert_eq!(c.status, 200, "{c}");
 
     // Three requests, made with two different tokens (the audit keeps a hash of each jti).
     h.proxy.flush_audit().await;
@@ -489,7 +367,7 @@ async fn with_the_provider_down_at_start_requests_get_503_then_recover() {
     let h = start(port, "").await;
 
     let c = h.curl(&[format!("x-api-key: {PH}")], None).await;
-    assert_eq!(c.connect, "503", "{} {}", c.body, c.stderr);
+    assert_eq!(c.connect, 503, "{c}");
     let (head, body) = h.raw_connect("").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert!(
@@ -512,7 +390,7 @@ async fn with_the_provider_down_at_start_requests_get_503_then_recover() {
     let _provider = provider(300, port).await;
     assert!(h.proxy.wait_ready(WAIT).await, "never recovered");
     let c = h.curl(&[format!("x-api-key: {PH}")], None).await;
-    assert_eq!(c.status, "200", "{} {}", c.body, c.stderr);
+    assert_eq!(c.status, 200, "{c}");
     let (status, ready) = h.admin_get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert!(
@@ -531,7 +409,7 @@ async fn another_agents_token_is_refused_on_this_listener() {
     let c = h
         .curl(&[format!("x-api-key: {PH}")], Some(&format!("vm-b:{b}")))
         .await;
-    assert_eq!(c.connect, "403", "{} {}", c.body, c.stderr);
+    assert_eq!(c.connect, 403, "{c}");
     let (head, body) = h
         .raw_connect(&format!("Proxy-Authorization: Bearer {b}\r\n"))
         .await;
@@ -549,7 +427,7 @@ async fn another_agents_token_is_refused_on_this_listener() {
     let c = h
         .curl(&[format!("x-api-key: {PH}")], Some(&format!("vm-a:{a}")))
         .await;
-    assert_eq!(c.status, "200", "{} {}", c.body, c.stderr);
+    assert_eq!(c.status, 200, "{c}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,8 +455,8 @@ async fn the_client_secret_never_reaches_logs_errors_readyz_metrics_or_audit() {
 
     let mut agent_saw = Vec::new();
     let c = h.curl(&[format!("x-api-key: {PH}")], None).await;
-    assert_eq!(c.status, "200", "{} {}", c.body, c.stderr);
-    agent_saw.extend_from_slice(c.body.as_bytes());
+    assert_eq!(c.status, 200, "{c}");
+    agent_saw.extend_from_slice(&c.body);
     // vm-c's listener has no token: its refusal is what its agent sees.
     let mut s = tokio::net::UnixStream::connect(dir.path().join("vm-c.sock"))
         .await
@@ -608,7 +486,7 @@ async fn the_client_secret_never_reaches_logs_errors_readyz_metrics_or_audit() {
     let (_, metrics) = h.admin_get("/metrics").await;
     h.proxy.flush_audit().await;
     let audit = format!("{:?}", h.audit());
-    let logged = logs().0.lock().unwrap().clone();
+    let logged = logs().bytes();
     assert!(!logged.is_empty());
     for secret in [CLIENT_SECRET, WRONG_SECRET] {
         for (what, bytes) in [
@@ -629,90 +507,40 @@ async fn the_client_secret_never_reaches_logs_errors_readyz_metrics_or_audit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_issuer_token_goes_through_the_same_verifier() {
     logs();
-    let pki = TestPki::new();
-    let upstream = Upstream::start(UpstreamOptions::tls(pki.issue(&[HOST], Validity::Valid))).await;
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ca = credproxy_tls::init_ca(&d.join("ca"), false).unwrap();
+    let d = dir.path().to_path_buf();
     let key = d.join("state/dev-issuer-key.pem");
-    let yaml = format!(
-        r#"listeners:
-  - name: vm-a
-    unix: {sock}
-    peer_uids: [{uid}]
-    agent: vm-a
-    agent_token:
-      dev_issuer: {{key_file: {key}, roles: [{ROLE}]}}
-admin: {{tcp: "127.0.0.1:0"}}
-ca: {{cert_file: {cert}, key_file: {cakey}}}
-allowed_domains: [{HOST}]
-upstream:
-  extra_ca_files: [{pki_ca}]
-  resolve: {{{HOST}: "{up}"}}
-identity:
-  oidc: {{issuer: credproxy-dev, audiences: [credproxy], algorithms: [ES256]}}
-credentials:
-  - id: anthropic
-    placeholder: {PH}
-    type: api_key
-    header_name: x-api-key
-    bound_domains: [{HOST}]
-    allowed_roles: [{ROLE}]
-    source: {{env: KEY}}
-audit: {{path: {audit}}}
-"#,
-        sock = d.join("vm-a.sock").display(),
-        uid = own_uid(),
-        key = key.display(),
-        cert = ca.cert_file.display(),
-        cakey = ca.key_file.display(),
-        pki_ca = pki.ca_cert_path().display(),
-        up = upstream.addr(),
-        audit = d.join("audit.db").display(),
-    );
-    let config = Config::parse(&yaml, d).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let proxy = Proxy::bind(
-        config,
-        ProxyOptions {
-            resolver: None,
-            env: Some(Arc::new(Env)),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .spawn();
-    assert!(proxy.wait_ready(WAIT).await);
+    let h = Harness::with(Setup {
+        listeners: Some(format!(
+            "listeners:\n  - name: vm-a\n    unix: {sock}\n    peer_uids: [{uid}]\n    agent: vm-a\n    agent_token:\n      dev_issuer: {{key_file: {key}, roles: [{ROLE}]}}\n",
+            sock = d.join("vm-a.sock").display(),
+            uid = own_uid(),
+            key = key.display(),
+        )),
+        identity: Some(
+            "identity:\n  oidc: {issuer: credproxy-dev, audiences: [credproxy], algorithms: [ES256]}\n"
+                .into(),
+        ),
+        credentials: credentials(false),
+        env: env(),
+        dir: Some(dir),
+        ..Setup::default()
+    })
+    .await;
+    assert!(h.proxy.wait_ready(WAIT).await);
     // The key was created, private.
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o077, 0, "{mode:o}");
-    let bridge = Bridge::bind(BridgeConfig::from_args(&bridge_args(&d.join("vm-a.sock"))).unwrap())
-        .await
-        .unwrap();
-    let ListenAddr::Tcp(addr) = bridge.local_addr().clone() else {
-        panic!()
-    };
-    let _task = tokio::spawn(bridge.run(std::future::pending(), Duration::from_secs(1)));
-    let out = tokio::process::Command::new("curl")
-        .args(["-q", "-sS", "--max-time", "30", "-w", "\n%{http_code}"])
-        .arg("--proxy")
-        .arg(format!("http://{addr}"))
-        .arg("--cacert")
-        .arg(&ca.cert_file)
-        .args(["-H", &format!("x-api-key: {PH}")])
-        .arg(format!("https://{HOST}/echo"))
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.ends_with("200"),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (addr, _task) = bridge(&d.join("vm-a.sock")).await;
+    let c = Client::new(format!("http://{addr}"), &h.proxy_ca)
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", PH)
+        .send()
+        .await;
+    assert_eq!(c.status, 200, "{c}");
     assert_eq!(
-        upstream.received()[0].header_all("x-api-key"),
+        h.upstream.received()[0].header_all("x-api-key"),
         vec![SECRET.to_string()]
     );
 

@@ -15,96 +15,49 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credproxy_bridge::{Bridge, BridgeArgs, BridgeConfig};
-use credproxy_config::Config;
 use credproxy_core::ListenAddr;
-use credproxy_identity::DevIssuer;
-use credproxy_proxy::{Proxy, ProxyOptions, RunningProxy};
-use credproxy_testkit::{tls_over, TestPki, Upstream, UpstreamOptions, Validity};
-use rustls_pki_types::pem::PemObject;
+use credproxy_harness::{client_config, Harness, Setup, HOST};
+use credproxy_testkit::tls_over;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-const HOST: &str = "api.anthropic.com";
 const PH: &str = "agent-vault-00000000-0000-0000-0000-0000000000b2";
 const SECRET: &str = "sk-ant-CANARY-uds-1f2e3d4c5b6a";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    dev: DevIssuer,
-    upstream: Upstream,
-    _proxy: RunningProxy,
-    proxy_ca: PathBuf,
+/// The proxy with one `vsock_uds` listener bound to agent `vm-a` (the default dev issuer
+/// verifying), and the socket a guest's connection arrives on.
+struct Host {
+    h: Harness,
     socket: PathBuf,
 }
 
-#[derive(Debug)]
-struct Env;
-impl credproxy_secrets::EnvSource for Env {
-    fn var(&self, name: &str) -> Option<String> {
-        (name == "KEY").then(|| SECRET.to_string())
+impl std::ops::Deref for Host {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
     }
 }
 
-async fn setup() -> Setup {
-    let pki = TestPki::new();
-    let upstream = Upstream::start(UpstreamOptions::tls(pki.issue(&[HOST], Validity::Valid))).await;
+async fn setup() -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ca = credproxy_tls::init_ca(&d.join("ca"), false).unwrap();
-    let dev = DevIssuer::load_or_create(&d.join("dev")).unwrap();
-    std::fs::write(d.join("jwks.json"), dev.jwks_json()).unwrap();
-    let yaml = format!(
-        "listeners:\n  - name: vm-a\n    vsock_uds: {{path: {uds}, port: 18790}}\n    unix_mode: \"0600\"\n    agent: vm-a\n\
-         ca: {{cert_file: {cert}, key_file: {key}}}\nallowed_domains: [{HOST}]\n\
-         upstream:\n  extra_ca_files: [{pki_ca}]\n  resolve: {{{HOST}: \"{up}\"}}\n\
-         identity:\n  oidc: {{issuer: \"{iss}\", audiences: [{aud}], jwks_file: {jwks}}}\n\
-         credentials:\n  - id: anthropic\n    placeholder: {PH}\n    type: api_key\n    bound_domains: [{HOST}]\n    allowed_roles: [proxy-user]\n    source: {{env: KEY}}\n\
-         audit: {{path: {audit}}}\nlimits:\n  shutdown_grace: 1s\n",
-        uds = d.join("vm-a.vsock").display(),
-        cert = ca.cert_file.display(),
-        key = ca.key_file.display(),
-        pki_ca = pki.ca_cert_path().display(),
-        up = upstream.addr(),
-        iss = credproxy_identity::DEV_ISSUER,
-        aud = credproxy_identity::DEV_AUDIENCE,
-        jwks = d.join("jwks.json").display(),
-        audit = d.join("audit.db").display(),
-    );
-    let config = Config::parse(&yaml, d).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let proxy = Proxy::bind(
-        config,
-        ProxyOptions {
-            resolver: None,
-            env: Some(Arc::new(Env)),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .spawn();
-    Setup {
+    let d = dir.path().to_path_buf();
+    let h = Harness::with(Setup {
+        listeners: Some(format!(
+            "listeners:\n  - name: vm-a\n    vsock_uds: {{path: {uds}, port: 18790}}\n    unix_mode: \"0600\"\n    agent: vm-a\n",
+            uds = d.join("vm-a.vsock").display(),
+        )),
+        credentials: format!(
+            "  - id: anthropic\n    placeholder: {PH}\n    type: api_key\n    bound_domains: [{HOST}]\n    allowed_roles: [proxy-user]\n    source: {{env: KEY}}\n"
+        ),
+        env: vec![("KEY".into(), SECRET.into())],
+        dir: Some(dir),
+        ..Setup::default()
+    })
+    .await;
+    Host {
         socket: d.join("vm-a.vsock_18790"),
-        dev,
-        upstream,
-        _proxy: proxy,
-        proxy_ca: ca.cert_file,
-        dir,
+        h,
     }
-}
-
-fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
-    let pem = std::fs::read(ca).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(credproxy_testkit::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
 }
 
 /// CONNECT (with `auth`, if any) over `s`; on 200, GET /echo with the placeholder over TLS.
@@ -137,7 +90,7 @@ async fn agent_request<S: AsyncRead + AsyncWrite + Unpin>(
         // The refusal keeps the connection open (keep-alive): return the head only.
         return (status, head);
     }
-    let mut tls = tls_over(s, HOST, client_config(ca)).await;
+    let mut tls = tls_over(s, HOST, client_config(ca, &[])).await;
     tls.write_all(
         format!(
             "GET /echo HTTP/1.1\r\nHost: {HOST}\r\nx-api-key: {PH}\r\nConnection: close\r\n\r\n"

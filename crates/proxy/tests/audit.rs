@@ -4,10 +4,8 @@
 //! sent) while requests without credentials keep working.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{Harness, Setup, AGENT, HOST, OTHER, ROLE};
 use credproxy_audit::query::{self, Filter};
+use credproxy_harness::{Harness, Setup, AGENT, HOST, OTHER, ROLE};
 
 const SECRET: &str = "sk-AUDIT-canary-0f1e2d3c4b5a69788796";
 const PH: &str = "agent-vault-a0d17000-0000-4000-8000-00000000a0d1";
@@ -26,35 +24,22 @@ fn setup(audit: Option<String>) -> Setup {
 #[tokio::test]
 async fn every_request_is_recorded_and_no_secret_reaches_the_spool() {
     let h = Harness::with(setup(None)).await;
-    let key = format!("x-api-key: {PH}");
     let ok = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &key,
-            &format!("https://{HOST}/render?from=x-api-key&k=v"),
-        ])
+        .get(format!("https://{HOST}/render?from=x-api-key&k=v"))
+        .header("x-api-key", PH)
+        .send()
         .await;
-    assert!(ok.text().ends_with("200"), "{}", ok.text());
-    let plain = h
-        .curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")])
-        .await;
-    assert!(plain.text().ends_with("200"));
+    assert_eq!(ok.status, 200, "{ok}");
+    let plain = h.get(format!("https://{HOST}/fixed/10")).send().await;
+    assert_eq!(plain.status, 200, "{plain}");
     let misuse = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &key,
-            &format!("https://{OTHER}/echo"),
-        ])
+        .get(format!("https://{OTHER}/echo"))
+        .header("x-api-key", PH)
+        .send()
         .await;
-    assert!(misuse.text().ends_with("403"));
-    let unlisted = h
-        .curl(&["-w", "%{http_connect}", "https://unlisted.example.test/"])
-        .await;
-    assert_eq!(unlisted.text(), "403");
+    assert_eq!(misuse.status, 403, "{misuse}");
+    let unlisted = h.get("https://unlisted.example.test/").send().await;
+    assert_eq!(unlisted.connect, 403, "{unlisted}");
     h.proxy.flush_audit().await;
 
     let db = h.dir.path().join("audit.db");
@@ -159,25 +144,17 @@ async fn a_spool_that_cannot_commit_refuses_credential_use_only() {
         let _ = spool.close().await;
     }
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            &format!("x-api-key: {PH}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", PH)
+        .send()
         .await;
-    assert!(c.text().ends_with("503"), "{}", c.text());
-    assert!(c.text().contains("audit_unavailable"), "{}", c.text());
+    assert_eq!(c.status, 503, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("audit_unavailable"), "{c}");
     assert_eq!(
         h.upstream.request_count(),
         0,
         "nothing may be sent when the use cannot be recorded"
     );
-    let ok = h
-        .curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")])
-        .await;
-    assert!(ok.text().ends_with("200"), "{}", ok.text());
+    let ok = h.get(format!("https://{HOST}/fixed/10")).send().await;
+    assert_eq!(ok.status, 200, "{ok}");
 }

@@ -4,40 +4,16 @@
 //! any of them, nor in anything the agent received.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use common::{Harness, Setup, HOST, OTHER, ROLE};
+use credproxy_harness::{Harness, Setup, HOST, OTHER, ROLE};
 
 const CANARY: &str = "sk-CANARY-c4n4ry-5ecret-9a8b7c6d5e4f";
 const PH: &str = "agent-vault-ca11ab1e-0000-4000-8000-0000000000ca";
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_rendering_of_the_secret_reaches_logs_metrics_or_the_agent() {
-    let logs = Buf::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "debug,credproxy_proxy=trace,credproxy_secrets=trace,credproxy_identity=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .json()
-        .init();
+    let logs = credproxy_harness::logs::capture(
+        "debug,credproxy_proxy=trace,credproxy_secrets=trace,credproxy_identity=trace",
+    );
 
     let h = Harness::with(Setup {
         admin: true,
@@ -116,7 +92,7 @@ async fn no_rendering_of_the_secret_reaches_logs_metrics_or_the_agent() {
         "{metrics}"
     );
 
-    let logs = logs.0.lock().unwrap().clone();
+    let logs = logs.bytes();
     assert!(!logs.is_empty(), "no logs were captured");
     for (what, bytes) in [
         ("logs", &logs),
@@ -149,7 +125,7 @@ async fn no_rendering_of_the_secret_reaches_logs_metrics_or_the_agent() {
         let span = &line["span"];
         assert_eq!(span["name"], "request", "{line}");
         assert_eq!(span["authority"], format!("{HOST}:443"), "{line}");
-        assert_eq!(span["agent"], common::AGENT, "{line}");
+        assert_eq!(span["agent"], credproxy_harness::AGENT, "{line}");
         let id = span["id"].as_str().unwrap_or_default();
         assert_eq!(id.len(), 32, "{line}");
         let conn = line["spans"]

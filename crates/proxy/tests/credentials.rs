@@ -3,12 +3,10 @@
 //! upstream, with curl and reqwest as clients.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Harness, Setup, HOST, OTHER, PLAIN, ROLE};
+use credproxy_harness::{Harness, Setup, HOST, OTHER, PLAIN, ROLE};
 
 pub const SECRET: &str = "sk-live-CANARY-7f3a9c1e5b2d4068aa";
 
@@ -75,13 +73,11 @@ fn last_header(h: &Harness, name: &str) -> Vec<String> {
 async fn api_key_is_injected_and_the_echo_comes_back_scrubbed() {
     let h = Harness::with(setup()).await;
     let c = h
-        .curl(&[
-            "-H",
-            &format!("x-api-key: {PH_KEY}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", PH_KEY)
+        .send()
         .await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.exit, 0, "{c}");
     assert_eq!(last_header(&h, "x-api-key"), vec![SECRET.to_string()]);
     let body = c.text();
     assert!(!body.contains(SECRET), "secret echoed to the agent: {body}");
@@ -98,13 +94,11 @@ async fn bearer_never_doubles_its_prefix() {
     let h = Harness::with(setup()).await;
     for written in [format!("Bearer {PH_BEARER}"), PH_BEARER.to_string()] {
         let c = h
-            .curl(&[
-                "-H",
-                &format!("Authorization: {written}"),
-                &format!("https://{HOST}/echo"),
-            ])
+            .get(format!("https://{HOST}/echo"))
+            .header("Authorization", written)
+            .send()
             .await;
-        assert_eq!(c.code, 0, "{}", c.stderr);
+        assert_eq!(c.exit, 0, "{c}");
         assert_eq!(
             last_header(&h, "authorization"),
             vec![format!("Bearer {}", secret("bearer"))]
@@ -118,13 +112,11 @@ async fn basic_auth_replaces_the_password_of_the_agents_own_basic_header() {
     let h = Harness::with(setup()).await;
     // git over HTTPS: user name, placeholder as password.
     let c = h
-        .curl(&[
-            "-u",
-            &format!("git:{PH_BASIC}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .curl_args(&["-u", &format!("git:{PH_BASIC}")])
+        .send()
         .await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.exit, 0, "{c}");
     assert_eq!(
         last_header(&h, "authorization"),
         vec![format!(
@@ -143,15 +135,12 @@ async fn basic_auth_replaces_the_password_of_the_agents_own_basic_header() {
 async fn same_name_header_is_replaced_not_duplicated() {
     let h = Harness::with(setup()).await;
     let c = h
-        .curl(&[
-            "-H",
-            &format!("x-api-key: {PH_KEY}"),
-            "-H",
-            "x-api-key: agents-own-value",
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", PH_KEY)
+        .header("x-api-key", "agents-own-value")
+        .send()
         .await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.exit, 0, "{c}");
     assert_eq!(last_header(&h, "x-api-key"), vec![SECRET.to_string()]);
 }
 
@@ -159,8 +148,8 @@ async fn same_name_header_is_replaced_not_duplicated() {
 async fn query_and_body_injection_are_opt_in_and_leave_everything_else_untouched() {
     let h = Harness::with(setup()).await;
     let url = format!("https://{HOST}/echo?b=2&key={PH_QUERY}&a=%2F1");
-    let c = h.curl(&[&url]).await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    let c = h.get(url).send().await;
+    assert_eq!(c.exit, 0, "{c}");
     let got = h.upstream.received().last().unwrap().path_and_query.clone();
     let enc: String = secret("query")
         .bytes()
@@ -178,15 +167,11 @@ async fn query_and_body_injection_are_opt_in_and_leave_everything_else_untouched
 
     let json = format!(r#"{{"model":"m","key":"{PH_BODY}","other":"keep \"me\""}}"#);
     let c = h
-        .curl(&[
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &json,
-            &format!("https://{HOST}/echo"),
-        ])
+        .post(format!("https://{HOST}/echo"), json.clone())
+        .header("content-type", "application/json")
+        .send()
         .await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.exit, 0, "{c}");
     let r = h.upstream.received().last().unwrap().clone();
     let expected = json.replace(PH_BODY, &secret("body"));
     assert_eq!(r.body_len, expected.len() as u64);
@@ -290,17 +275,13 @@ async fn every_misuse_is_refused_before_anything_is_sent() {
         ),
     ];
     for (reason, args, says) in cases {
-        let mut a: Vec<&str> = vec!["-w", "\n%{http_code}", "-D", "-"];
-        a.extend(args.iter().map(String::as_str));
-        let c = h.curl(&a).await;
-        let t = c.text();
-        assert!(t.ends_with("403"), "{args:?}: {t}");
-        assert!(
-            t.contains(&format!("x-credproxy-reason: {reason}")),
-            "{args:?}: {t}"
-        );
-        assert!(t.contains(says), "{args:?}: {t}");
-        assert!(!t.contains(SECRET));
+        let (url, rest) = args.split_last().unwrap();
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let c = h.get(url).curl_args(&rest).send().await;
+        assert_eq!(c.status, 403, "{args:?}: {c}");
+        assert_eq!(c.reason.as_deref(), Some(reason), "{args:?}: {c}");
+        assert!(c.text().contains(says), "{args:?}: {c}");
+        assert!(!c.received().contains(SECRET));
     }
     assert_eq!(
         h.upstream.request_count(),
@@ -319,18 +300,15 @@ async fn cleartext_to_a_bound_host_is_refused() {
     ));
     let h = Harness::with(s).await;
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            "x-api-key: agent-vault-66666666-2222-3333-4444-555555555555",
-            &format!("http://{PLAIN}/echo"),
-        ])
+        .get(format!("http://{PLAIN}/echo"))
+        .header(
+            "x-api-key",
+            "agent-vault-66666666-2222-3333-4444-555555555555",
+        )
+        .send()
         .await;
-    assert!(c.text().ends_with("403"), "{}", c.text());
-    assert!(c.text().contains("credential_cleartext"), "{}", c.text());
+    assert_eq!(c.status, 403, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("credential_cleartext"), "{c}");
     assert_eq!(h.plain.request_count(), 0);
 }
 
@@ -342,18 +320,12 @@ async fn a_secret_with_crlf_is_never_put_in_a_header() {
     })
     .await;
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            &format!("x-api-key: {PH_KEY}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", PH_KEY)
+        .send()
         .await;
-    assert!(c.text().ends_with("502"), "{}", c.text());
-    assert!(c.text().contains("secret_invalid"), "{}", c.text());
+    assert_eq!(c.status, 502, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("secret_invalid"), "{c}");
     assert_eq!(h.upstream.request_count(), 0);
 }
 
@@ -365,17 +337,11 @@ async fn a_missing_secret_fails_closed_with_502() {
     })
     .await;
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            &format!("x-api-key: {PH_KEY}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", PH_KEY)
+        .send()
         .await;
-    assert!(c.text().ends_with("502"), "{}", c.text());
+    assert_eq!(c.status, 502, "{c}");
     assert_eq!(h.upstream.request_count(), 0);
 }
 
@@ -384,32 +350,22 @@ async fn credential_needs_one_of_its_roles() {
     let h = Harness::with(setup()).await;
     let stranger = h.token_for("agent-b", &["other-role"], Duration::from_secs(600));
     let c = h
-        .curl_with_token(
-            &stranger,
-            &[
-                "-w",
-                "\n%{http_code}",
-                "-D",
-                "-",
-                "-H",
-                &format!("x-api-key: {PH_KEY}"),
-                &format!("https://{HOST}/echo"),
-            ],
-        )
+        .get(format!("https://{HOST}/echo"))
+        .token(&stranger)
+        .header("x-api-key", PH_KEY)
+        .send()
         .await;
-    let t = c.text();
-    assert!(t.ends_with("403"), "{t}");
-    assert!(t.contains("policy_denied"), "{t}");
-    assert!(t.contains("none of the roles"), "{t}");
+    assert_eq!(c.status, 403, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("policy_denied"), "{c}");
+    assert!(c.text().contains("none of the roles"), "{c}");
     assert_eq!(h.upstream.request_count(), 0);
     // Without a placeholder the same agent may use the proxy.
     let c = h
-        .curl_with_token(
-            &stranger,
-            &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
-        )
+        .get(format!("https://{HOST}/echo"))
+        .token(&stranger)
+        .send()
         .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    assert_eq!(c.status, 200, "{c}");
 }
 
 #[tokio::test]
@@ -421,23 +377,12 @@ async fn large_body_with_the_placeholder_past_the_window_is_aborted() {
     .await;
     let mut body = "a".repeat(100_000);
     body.push_str(PH_KEY);
-    let file = h.dir.path().join("late.txt");
-    std::fs::write(&file, &body).unwrap();
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            "transfer-encoding: chunked",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("https://{HOST}/sha256"),
-        ])
+        .post(format!("https://{HOST}/sha256"), body.clone())
+        .header("transfer-encoding", "chunked")
+        .send()
         .await;
-    let t = c.text();
-    assert!(!t.ends_with("200"), "{t}");
+    assert_ne!(c.status, 200, "{c}");
     // The upstream never saw a complete request carrying the placeholder.
     for r in h.upstream.received() {
         assert!(r.body_len < body.len() as u64, "{r:?}");

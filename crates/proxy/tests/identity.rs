@@ -3,11 +3,9 @@
 //! binding, and 407s that say what to do without leaking verifier internals.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Harness, Setup, AGENT, HOST, ROLE};
+use credproxy_harness::{Harness, Setup, AGENT, HOST, ROLE};
 use credproxy_testkit::oidc::{OidcProvider, OidcProviderOptions, TestClient};
 use credproxy_testkit::{connect_tunnel, tls_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,37 +43,29 @@ async fn real_provider_tokens_work_as_bearer_and_as_proxy_url_password() {
     );
     // Basic, with the token as password: what HTTPS_PROXY=http://agent:<jwt>@host:port sends.
     let c = h
-        .curl_with_token(
-            &token,
-            &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
-        )
+        .get(format!("https://{HOST}/echo"))
+        .token(&token)
+        .send()
         .await;
-    assert!(c.text().ends_with("200"), "{} {}", c.text(), c.stderr);
+    assert_eq!(c.status, 200, "{c}");
     // Bearer on the CONNECT.
     let c = h
-        .curl_with_token(
-            "",
-            &[
-                "--proxy-header",
-                &format!("Proxy-Authorization: Bearer {token}"),
-                "-w",
-                "\n%{http_code}",
-                &format!("https://{HOST}/echo"),
-            ],
-        )
+        .get(format!("https://{HOST}/echo"))
+        .token("")
+        .proxy_header("Proxy-Authorization", format!("Bearer {token}"))
+        .send()
         .await;
-    assert!(c.text().ends_with("200"), "{} {}", c.text(), c.stderr);
+    assert_eq!(c.status, 200, "{c}");
     // A token from the same provider for another audience is refused.
     let other = provider
         .token_for_resource("agent-a", Some("urn:other"))
         .await;
     let c = h
-        .curl_with_token(
-            &other,
-            &["-w", "%{http_connect}", &format!("https://{HOST}/echo")],
-        )
+        .get(format!("https://{HOST}/echo"))
+        .token(&other)
+        .send()
         .await;
-    assert_eq!(c.text(), "407", "{}", c.stderr);
+    assert_eq!(c.connect, 407, "{c}");
 }
 
 #[tokio::test]
@@ -178,42 +168,21 @@ async fn a_listener_bound_to_one_agent_refuses_another_agents_token() {
         ..Setup::default()
     })
     .await;
-    let c = h
-        .curl(&["-w", "%{http_connect}", &format!("https://{HOST}/echo")])
-        .await;
-    assert_eq!(c.text(), "403", "{}", c.stderr);
+    let c = h.get(format!("https://{HOST}/echo")).send().await;
+    assert_eq!(c.connect, 403, "{c}");
     let b = h.token_for("agent-b", &[ROLE], Duration::from_secs(600));
-    let c = h
-        .curl_with_token(
-            &b,
-            &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
-        )
-        .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    let c = h.get(format!("https://{HOST}/echo")).token(&b).send().await;
+    assert_eq!(c.status, 200, "{c}");
 }
 
 #[tokio::test]
 async fn plain_http_authenticates_every_request() {
     let h = Harness::start().await;
-    let c = h
-        .curl_with_token(
-            "",
-            &[
-                "-w",
-                "\n%{http_code}",
-                &format!("http://{}/echo", common::PLAIN),
-            ],
-        )
-        .await;
-    assert!(c.text().ends_with("407"), "{}", c.text());
-    let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{}/echo", common::PLAIN),
-        ])
-        .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    let url = format!("http://{}/echo", credproxy_harness::PLAIN);
+    let c = h.get(&url).token("").send().await;
+    assert_eq!(c.status, 407, "{c}");
+    let c = h.get(&url).send().await;
+    assert_eq!(c.status, 200, "{c}");
     assert_eq!(h.plain.request_count(), 1);
 }
 
@@ -228,12 +197,11 @@ async fn provider_down_means_503_then_recovery_without_restart() {
     })
     .await;
     let c = h
-        .curl_with_token(
-            "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IngifQ.eyJzdWIiOiJ4In0.c2ln",
-            &["-w", "%{http_connect}", &format!("https://{HOST}/echo")],
-        )
+        .get(format!("https://{HOST}/echo"))
+        .token("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IngifQ.eyJzdWIiOiJ4In0.c2ln")
+        .send()
         .await;
-    assert_eq!(c.text(), "503", "{}", c.stderr);
+    assert_eq!(c.connect, 503, "{c}");
     let provider = OidcProvider::start(OidcProviderOptions {
         clients: vec![TestClient::new("agent-a", &[ROLE])],
         port,
@@ -245,15 +213,14 @@ async fn provider_down_means_503_then_recovery_without_restart() {
     let mut last = String::new();
     for _ in 0..100 {
         let c = h
-            .curl_with_token(
-                &token,
-                &["-w", "\n%{http_code}", &format!("https://{HOST}/echo")],
-            )
+            .get(format!("https://{HOST}/echo"))
+            .token(&token)
+            .send()
             .await;
-        last = c.text();
-        if last.ends_with("200") {
+        if c.status == 200 {
             return;
         }
+        last = c.to_string();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     panic!("never recovered: {last}");

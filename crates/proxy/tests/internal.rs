@@ -10,14 +10,12 @@
 //! reload binding a credential to the internal name is refused.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{Harness, Setup, AGENT, HOST, ROLE};
 use credproxy_audit::query::{self, Filter};
+use credproxy_harness::{Harness, Setup, AGENT, HOST, ROLE};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -110,12 +108,6 @@ async fn harness(socket: &Path) -> Harness {
     .await
 }
 
-fn code(c: &common::Curl) -> (String, String) {
-    let t = c.text();
-    let (body, code) = t.rsplit_once('\n').unwrap_or(("", &t));
-    (body.to_string(), code.to_string())
-}
-
 #[tokio::test]
 async fn internal_service_gets_the_verified_agent_and_nothing_the_agent_forged() {
     let tmp = tempfile::tempdir().unwrap();
@@ -125,33 +117,28 @@ async fn internal_service_gets_the_verified_agent_and_nothing_the_agent_forged()
 
     // Over CONNECT + TLS, with forged proxy headers.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "x-credproxy-agent: agent-b",
-            "-H",
-            "X-Credproxy-Agent: agent-c",
-            "-H",
-            "x-credproxy-request-id: forged",
-            "-H",
-            "content-type: application/json",
-            "--data",
+        .post(
+            format!("https://{SVC}/delegate?x=1"),
             r#"{"toInstance":"b"}"#,
-            &format!("https://{SVC}/delegate?x=1"),
-        ])
+        )
+        .header("x-credproxy-agent", "agent-b")
+        .header("X-Credproxy-Agent", "agent-c")
+        .header("x-credproxy-request-id", "forged")
+        .header("content-type", "application/json")
+        .send()
         .await;
     assert_eq!(
-        code(&c),
-        (format!("service saw {AGENT}"), "200".into()),
-        "{}",
-        c.stderr
+        (c.text(), c.status),
+        (format!("service saw {AGENT}"), 200),
+        "{c}"
     );
     // Plain HTTP (absolute form) too.
-    let c = h
-        .curl(&["-w", "\n%{http_code}", &format!("http://{SVC}/inbox")])
-        .await;
-    assert_eq!(code(&c), (format!("service saw {AGENT}"), "200".into()));
+    let c = h.get(format!("http://{SVC}/inbox")).send().await;
+    assert_eq!(
+        (c.text(), c.status),
+        (format!("service saw {AGENT}"), 200),
+        "{c}"
+    );
 
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -190,43 +177,26 @@ async fn what_must_not_reach_an_internal_service_does_not() {
     let url = format!("https://{SVC}/context/update");
 
     // No identity: 407 at the CONNECT.
-    let c = h
-        .curl_with_token("", &["-w", "\n%{http_connect}", &url])
-        .await;
-    assert!(c.text().ends_with("407"), "{}", c.text());
+    let c = h.get(&url).token("").send().await;
+    assert_eq!(c.connect, 407, "{c}");
 
     // A placeholder toward the service: refused as misuse, never injected.
-    let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("x-api-key: {PH}"),
-            &url,
-        ])
-        .await;
-    let (body, status) = code(&c);
-    assert_eq!(status, "403", "{body}");
-    assert!(body.contains("not bound") || body.contains(SVC), "{body}");
+    let c = h.get(&url).header("x-api-key", PH).send().await;
+    assert_eq!(c.status, 403, "{c}");
+    let body = c.text();
+    assert!(body.contains("not bound") || body.contains(SVC), "{c}");
 
     // WebSocket upgrades are not relayed to internal services.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "--http1.1",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            &format!("https://{SVC}/ws"),
-        ])
+        .get(format!("https://{SVC}/ws"))
+        .curl_args(&["--http1.1"])
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", 13)
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
         .await;
-    assert_eq!(code(&c).1, "400", "{}", c.text());
+    assert_eq!(c.status, 400, "{c}");
     assert!(seen.lock().unwrap().is_empty(), "{:#?}", seen.lock());
 
     // The misuse is counted and recorded like any other.
@@ -241,23 +211,17 @@ async fn what_must_not_reach_an_internal_service_does_not() {
 
     // The service gone: a clear 502.
     std::fs::remove_file(&socket).unwrap();
-    let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-i",
-            &format!("https://{SVC}/inbox"),
-        ])
-        .await;
-    let (body, status) = code(&c);
-    assert_eq!(status, "502", "{body}");
-    assert!(
-        body.contains("x-credproxy-reason: internal_service_unavailable"),
-        "{body}"
+    let c = h.get(format!("https://{SVC}/inbox")).send().await;
+    assert_eq!(c.status, 502, "{c}");
+    assert_eq!(
+        c.reason.as_deref(),
+        Some("internal_service_unavailable"),
+        "{c}"
     );
     assert!(
-        body.contains(&format!("the internal service {SVC} is not answering")),
-        "{body}"
+        c.text()
+            .contains(&format!("the internal service {SVC} is not answering")),
+        "{c}"
     );
 }
 
@@ -310,18 +274,8 @@ async fn an_internal_services_answer_is_scrubbed() {
     let _seen = service(&socket).await;
     let h = harness(&socket).await;
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "--data",
-            &format!("kept: {SECRET}"),
-            &format!("https://{SVC}/stored"),
-        ])
+        .post(format!("https://{SVC}/stored"), format!("kept: {SECRET}"))
+        .send()
         .await;
-    assert_eq!(
-        code(&c),
-        (format!("kept: {PH}"), "200".into()),
-        "{}",
-        c.stderr
-    );
+    assert_eq!((c.text(), c.status), (format!("kept: {PH}"), 200), "{c}");
 }

@@ -3,12 +3,10 @@
 //! the next request in an already-open tunnel, and a broken policy is refused.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Harness, Setup, AGENT, HOST, ROLE};
+use credproxy_harness::{Harness, Setup, AGENT, HOST, ROLE};
 use credproxy_testkit::{connect_tunnel, tls_over, Upstream, UpstreamOptions, Validity};
 use http_body_util::BodyExt;
 
@@ -54,89 +52,61 @@ async fn github_credential_only_for_get_on_repos_by_agent_a() {
         ..Setup::default()
     })
     .await;
-    let auth = format!("Authorization: Bearer {PH_GH}");
+    let auth = format!("Bearer {PH_GH}");
     // Allowed: it reaches the upstream (which has no such repository: 404 is its answer).
     let ok = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &auth,
-            &format!("https://{GITHUB}/repos/o/r"),
-        ])
+        .get(format!("https://{GITHUB}/repos/o/r"))
+        .header("Authorization", &auth)
+        .send()
         .await;
-    assert!(ok.text().ends_with("404"), "{}", ok.text());
+    assert_eq!(ok.status, 404, "{ok}");
     assert_eq!(
         github.received()[0].header("authorization").as_deref(),
         Some(&*format!("Bearer {GH_SECRET}"))
     );
 
     let post = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            "POST",
-            "-H",
-            &auth,
-            &format!("https://{GITHUB}/repos/o/r"),
-        ])
+        .request("POST", format!("https://{GITHUB}/repos/o/r"))
+        .header("Authorization", &auth)
+        .send()
         .await;
-    assert!(post.text().ends_with("403"), "{}", post.text());
+    assert_eq!(post.status, 403, "{post}");
     assert!(
         post.text().contains("may only be used for GET, not POST"),
-        "{}",
-        post.text()
+        "{post}"
     );
 
     let user = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &auth,
-            &format!("https://{GITHUB}/user"),
-        ])
+        .get(format!("https://{GITHUB}/user"))
+        .header("Authorization", &auth)
+        .send()
         .await;
-    assert!(user.text().ends_with("403"), "{}", user.text());
+    assert_eq!(user.status, 403, "{user}");
     let escape = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "--path-as-is",
-            "-H",
-            &auth,
-            &format!("https://{GITHUB}/repos/../user"),
-        ])
+        .get(format!("https://{GITHUB}/repos/../user"))
+        .curl_args(&["--path-as-is"])
+        .header("Authorization", &auth)
+        .send()
         .await;
-    assert!(escape.text().ends_with("403"), "{}", escape.text());
+    assert_eq!(escape.status, 403, "{escape}");
 
     let b = h.token_for("agent-b", &[ROLE], Duration::from_secs(600));
     let other = h
-        .curl_with_token(
-            &b,
-            &[
-                "-w",
-                "\n%{http_code}",
-                "-H",
-                &auth,
-                &format!("https://{GITHUB}/repos/o/r"),
-            ],
-        )
+        .get(format!("https://{GITHUB}/repos/o/r"))
+        .token(&b)
+        .header("Authorization", &auth)
+        .send()
         .await;
-    assert!(other.text().ends_with("403"), "{}", other.text());
+    assert_eq!(other.status, 403, "{other}");
     assert!(
         other
             .text()
             .contains("agent agent-b may not use credential github"),
-        "{}",
-        other.text()
+        "{other}"
     );
     // Requests without the credential follow the default rules.
-    let plain = h
-        .curl(&["-w", "\n%{http_code}", &format!("https://{GITHUB}/user")])
-        .await;
-    assert!(plain.text().ends_with("404"), "{}", plain.text());
+    let plain = h.get(format!("https://{GITHUB}/user")).send().await;
+    assert_eq!(plain.status, 404, "{plain}");
     assert_eq!(github.request_count(), 2);
     let _ = AGENT;
 }
@@ -156,33 +126,25 @@ async fn a_runaway_policy_fails_closed_while_other_requests_are_served() {
     })
     .await;
     let runaway_url = format!("https://{HOST}/runaway");
-    let slow_args = ["-w", "\n%{http_code}", "-D", "-", runaway_url.as_str()];
-    let slow = h.curl(&slow_args);
+    let slow = h.get(&runaway_url).send();
     let fast = async {
         let mut codes = Vec::new();
         for _ in 0..5 {
-            let c = h
-                .curl(&[
-                    "-w",
-                    "%{http_code}",
-                    "-o",
-                    "/dev/null",
-                    &format!("https://{HOST}/fixed/10"),
-                ])
-                .await;
-            codes.push(c.text());
+            let c = h.get(format!("https://{HOST}/fixed/10")).send().await;
+            codes.push(c.status);
         }
         codes
     };
     let (slow, codes) = tokio::join!(slow, fast);
-    assert!(slow.text().ends_with("503"), "{}", slow.text());
+    assert_eq!(slow.status, 503, "{slow}");
     // The limit surfaces as policy_timeout (time) or policy_error (regorus' own limits).
     assert!(
-        slow.text().contains("x-credproxy-reason: policy_"),
-        "{}",
-        slow.text()
+        slow.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("policy_")),
+        "{slow}"
     );
-    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
     assert_eq!(
         h.upstream
             .received()
@@ -252,16 +214,8 @@ async fn policy_reloads_apply_inside_open_tunnels_and_broken_policies_are_refuse
         async move {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let c = h
-                    .curl(&[
-                        "-w",
-                        "%{http_code}",
-                        "-o",
-                        "/dev/null",
-                        &format!("https://{HOST}/fixed/3"),
-                    ])
-                    .await;
-                seen.push(c.text());
+                let c = h.get(format!("https://{HOST}/fixed/3")).send().await;
+                seen.push(c.status);
             }
             seen
         }
@@ -282,7 +236,7 @@ async fn policy_reloads_apply_inside_open_tunnels_and_broken_policies_are_refuse
     };
     let (seen, ()) = tokio::join!(load, flips);
     assert!(!seen.is_empty());
-    assert!(seen.iter().all(|c| c == "200" || c == "403"), "{seen:?}");
+    assert!(seen.iter().all(|c| *c == 200 || *c == 403), "{seen:?}");
     assert_eq!(h.proxy.reload_handle().active().0, 7);
 }
 

@@ -2,14 +2,12 @@
 //! real TLS upstream, over loopback with OS-assigned ports.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, Setup, HOST, OTHER, PLAIN};
+use credproxy_harness::{Harness, Setup, HOST, OTHER, PLAIN};
 use credproxy_proxy::Resolve;
 use credproxy_testkit::{
     connect_tunnel, fixed_sha256, pattern_byte, tls_over, TestPki, Upstream, UpstreamOptions,
@@ -86,11 +84,9 @@ async fn unlisted_names_and_ip_literals_get_403_with_a_reason() {
         .unwrap();
     assert_eq!(status, 403);
     // curl sees the 403 on its CONNECT.
-    let c = h
-        .curl(&["-w", "%{http_connect}", "https://unlisted.example.test/"])
-        .await;
-    assert_ne!(c.code, 0);
-    assert_eq!(c.text(), "403");
+    let c = h.get("https://unlisted.example.test/").send().await;
+    assert_ne!(c.exit, 0, "{c}");
+    assert_eq!(c.connect, 403, "{c}");
     assert_eq!(h.upstream.connections(), 0);
 }
 
@@ -99,43 +95,32 @@ async fn host_or_sni_different_from_connect_target_is_421() {
     let h = Harness::start().await;
     // Host header names another (allowed) host than the tunnel's.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("Host: {OTHER}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("Host", OTHER)
+        .send()
         .await;
-    assert!(c.text().ends_with("421"), "{}", c.text());
+    assert_eq!(c.status, 421, "{c}");
     assert!(c.text().contains("authority_mismatch") || c.text().contains("does not match"));
 
     // SNI differs: curl CONNECTs to OTHER but sends SNI and Host for HOST. The leaf is minted
     // for the CONNECT name, so curl must skip verification (-k) to get as far as a request.
+    let connect_to = format!("{HOST}:443:{OTHER}:443");
     let c = h
-        .curl(&[
-            "-k",
-            "-w",
-            "\n%{http_code}",
-            "--connect-to",
-            &format!("{HOST}:443:{OTHER}:443"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .curl_args(&["-k", "--connect-to", &connect_to])
+        .send()
         .await;
-    let t = c.text();
-    assert!(t.ends_with("421"), "{t} {}", c.stderr);
-    assert!(t.contains("TLS SNI"), "{t}");
+    assert_eq!(c.status, 421, "{c}");
+    assert!(c.text().contains("TLS SNI"), "{c}");
     assert_eq!(h.upstream.request_count(), 0);
 
     // Without -k the client refuses the leaf: it is valid for the CONNECT name only.
     let c = h
-        .curl(&[
-            "--connect-to",
-            &format!("{HOST}:443:{OTHER}:443"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .curl_args(&["--connect-to", &connect_to])
+        .send()
         .await;
-    assert_eq!(c.code, 60, "certificate problem expected: {}", c.stderr);
+    assert_eq!(c.exit, 60, "certificate problem expected: {c}");
 }
 
 #[tokio::test]
@@ -178,12 +163,9 @@ async fn upstream_certificate_failures_are_502_and_nothing_is_sent() {
         ("wronghost.example.test", &wrong_host),
         ("untrusted.example.test", &untrusted),
     ] {
-        let c = h
-            .curl(&["-w", "\n%{http_code}", &format!("https://{name}/echo")])
-            .await;
-        let t = c.text();
-        assert!(t.ends_with("502"), "{name}: {t}");
-        assert!(t.contains("could not be verified"), "{name}: {t}");
+        let c = h.get(format!("https://{name}/echo")).send().await;
+        assert_eq!(c.status, 502, "{name}: {c}");
+        assert!(c.text().contains("could not be verified"), "{name}: {c}");
         assert_eq!(up.request_count(), 0, "{name} must receive no request");
         assert_eq!(up.tls_handshakes(), 0, "{name}: no completed handshake");
     }
@@ -193,37 +175,26 @@ async fn upstream_certificate_failures_are_502_and_nothing_is_sent() {
 async fn hop_by_hop_and_proxy_authorization_never_reach_the_upstream() {
     let h = Harness::start().await;
     let c = h
-        .curl(&[
-            "--proxy-header",
-            &format!("Proxy-Authorization: {}", h.bearer),
-            "-H",
-            "Proxy-Authorization: Bearer inner-token",
-            "-H",
-            "Connection: x-drop-me",
-            "-H",
-            "X-Drop-Me: 1",
-            "-H",
-            "Keep-Alive: timeout=5",
-            "-H",
-            "X-Kept: yes",
-            "--http1.1",
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .proxy_header("Proxy-Authorization", &h.bearer)
+        .header("Proxy-Authorization", "Bearer inner-token")
+        .header("Connection", "x-drop-me")
+        .header("X-Drop-Me", 1)
+        .header("Keep-Alive", "timeout=5")
+        .header("X-Kept", "yes")
+        .curl_args(&["--http1.1"])
+        .send()
         .await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.exit, 0, "{c}");
     // Plain HTTP carries Proxy-Authorization on the request itself.
     let p = h
-        .curl(&[
-            "-H",
-            &format!("Proxy-Authorization: {}", h.bearer),
-            "-H",
-            "Connection: x-drop-me",
-            "-H",
-            "X-Drop-Me: 1",
-            &format!("http://{PLAIN}/echo"),
-        ])
+        .get(format!("http://{PLAIN}/echo"))
+        .header("Proxy-Authorization", &h.bearer)
+        .header("Connection", "x-drop-me")
+        .header("X-Drop-Me", 1)
+        .send()
         .await;
-    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.exit, 0, "{p}");
     let mut all = h.upstream.received();
     all.extend(h.plain.received());
     assert_eq!(all.len(), 2);
@@ -263,28 +234,20 @@ async fn hop_by_hop_and_proxy_authorization_never_reach_the_upstream() {
 #[tokio::test]
 async fn plain_http_goes_through_the_same_allowlist() {
     let h = Harness::start().await;
-    let c = h
-        .curl(&["-w", "\n%{http_code}", &format!("http://{PLAIN}/echo")])
-        .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
-    assert!(c.text().starts_with("GET /echo HTTP/1.1"));
-    let c = h
-        .curl(&["-w", "\n%{http_code}", "http://unlisted.example.test/echo"])
-        .await;
-    assert!(c.text().ends_with("403"), "{}", c.text());
-    let c = h.curl(&["-w", "\n%{http_code}", "http://127.0.0.1/"]).await;
-    assert!(c.text().ends_with("403"), "{}", c.text());
+    let c = h.get(format!("http://{PLAIN}/echo")).send().await;
+    assert_eq!(c.status, 200, "{c}");
+    assert!(c.text().starts_with("GET /echo HTTP/1.1"), "{c}");
+    let c = h.get("http://unlisted.example.test/echo").send().await;
+    assert_eq!(c.status, 403, "{c}");
+    let c = h.get("http://127.0.0.1/").send().await;
+    assert_eq!(c.status, 403, "{c}");
     // Absolute-form with a Host header for another host: refused.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("Host: {HOST}"),
-            &format!("http://{PLAIN}/echo"),
-        ])
+        .get(format!("http://{PLAIN}/echo"))
+        .header("Host", HOST)
+        .send()
         .await;
-    assert!(c.text().ends_with("421"), "{}", c.text());
+    assert_eq!(c.status, 421, "{c}");
     assert_eq!(h.plain.request_count(), 1);
 }
 
@@ -419,18 +382,13 @@ async fn websocket_echo_through_the_tunnel_and_no_tunnel_without_101() {
 
     // h2c and other upgrades are refused outright.
     let c = h
-        .curl(&[
-            "--http1.1",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "Upgrade: h2c",
-            "-H",
-            "Connection: Upgrade",
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .curl_args(&["--http1.1"])
+        .header("Upgrade", "h2c")
+        .header("Connection", "Upgrade")
+        .send()
         .await;
-    assert!(c.text().ends_with("400"), "{}", c.text());
+    assert_eq!(c.status, 400, "{c}");
 }
 
 #[tokio::test]
@@ -492,16 +450,12 @@ async fn oversized_headers_get_431() {
 
     // Inside the tunnel too.
     let c = h
-        .curl(&[
-            "--http1.1",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("X-Big: {big}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .curl_args(&["--http1.1"])
+        .header("X-Big", &big)
+        .send()
         .await;
-    assert!(c.text().ends_with("431"), "{}", c.text());
+    assert_eq!(c.status, 431, "{c}");
     assert_eq!(h.plain.request_count() + h.upstream.request_count(), 0);
 }
 
@@ -544,30 +498,14 @@ async fn names_resolving_to_private_addresses_are_refused_unless_allowed() {
         ..Setup::default()
     };
     let h = Harness::with(setup(false)).await;
-    let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            &format!("https://{name}:{port2}/echo"),
-        ])
-        .await;
-    assert!(c.text().ends_with("403"), "{}", c.text());
-    assert!(
-        c.text().contains("private or local address"),
-        "{}",
-        c.text()
-    );
+    let c = h.get(format!("https://{name}:{port2}/echo")).send().await;
+    assert_eq!(c.status, 403, "{c}");
+    assert!(c.text().contains("private or local address"), "{c}");
     assert_eq!(up.connections(), 0);
 
     let h = Harness::with(setup(true)).await;
-    let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            &format!("https://{name}:{port2}/echo"),
-        ])
-        .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    let c = h.get(format!("https://{name}:{port2}/echo")).send().await;
+    assert_eq!(c.status, 200, "{c}");
     assert_eq!(up.request_count(), 1);
 }
 
@@ -589,7 +527,7 @@ async fn keep_alive_tunnel_carries_many_requests_and_metrics_count_them() {
     // The upstream leg is pooled: ten requests, one upstream connection and handshake.
     assert_eq!(h.upstream.connections(), 1);
     assert_eq!(h.upstream.tls_handshakes(), 1);
-    let _ = h.curl(&["https://unlisted.example.test/"]).await;
+    let _ = h.get("https://unlisted.example.test/").send().await;
 
     let admin = h.proxy.admin_addr().unwrap();
     let body = reqwest::get(format!("http://{admin}/metrics"))

@@ -3,12 +3,11 @@
 //! event streams in any layout — through the real proxy to a real TLS upstream.
 #![allow(clippy::unwrap_used)]
 
-mod common;
 mod resp;
 
 use std::time::Duration;
 
-use common::{Harness, Setup, HOST};
+use credproxy_harness::{Harness, Setup, HOST};
 use resp::{assert_clean, decode_lossy, fetch, raw_h1, setup, PH, SECRET};
 
 /// Threat A1 (reflection), HTTP/1.1 status line: `HTTP/1.1 401 Invalid API key <secret>`.

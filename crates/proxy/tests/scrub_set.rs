@@ -3,13 +3,12 @@
 //! while after a rotation — with a real OpenBao dev server for the rotation.
 #![allow(clippy::unwrap_used)]
 
-mod common;
 mod resp;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, MapEnv, Setup, HOST, OTHER};
+use credproxy_harness::{Harness, MapEnv, Setup, HOST, OTHER};
 use credproxy_proxy::{Proxy, ProxyOptions, RunningProxy};
 use credproxy_testkit::OpenBao;
 use resp::{assert_clean, credential, fetch_at, setup, Fetched, PH, SECRET};

@@ -4,11 +4,9 @@
 //! real key in the header the SDK uses; the SDK must see only the placeholder in the echo.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{Harness, Setup, ROLE};
+use credproxy_harness::{Harness, Setup, ROLE};
 use credproxy_testkit::{TestPki, Upstream, UpstreamOptions, Validity};
 
 const ANTHROPIC: &str = "api.anthropic.com";

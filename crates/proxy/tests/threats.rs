@@ -5,14 +5,12 @@
 //! through the real proxy, with raw sockets and raw HTTP/2 frames as the attacker.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Harness, Setup, AGENT, HOST, OTHER, PLAIN, ROLE};
+use credproxy_harness::{Harness, Setup, AGENT, HOST, OTHER, PLAIN, ROLE};
 use credproxy_testkit::{connect_tunnel, tls_over, TestPki, Upstream, UpstreamOptions, Validity};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -178,25 +176,21 @@ async fn range_requests_cannot_reassemble_a_stored_secret() {
     .await;
     // The upstream stores the injected secret.
     let c = h
-        .curl(&[
-            "-H",
-            &format!("x-api-key: {PH}"),
-            &format!("https://{name}/save"),
-        ])
+        .get(format!("https://{name}/save"))
+        .header("x-api-key", PH)
+        .send()
         .await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.exit, 0, "{c}");
     // Two range requests, no placeholder: each half alone is too short to be recognised.
     let half = SECRET.len() / 2;
     let mut pieces = Vec::new();
     for range in [format!("0-{}", half - 1), format!("{half}-")] {
         let c = h
-            .curl(&[
-                "-H",
-                &format!("Range: bytes={range}"),
-                &format!("https://{name}/load"),
-            ])
+            .get(format!("https://{name}/load"))
+            .header("Range", format!("bytes={range}"))
+            .send()
             .await;
-        assert_eq!(c.code, 0, "{}", c.stderr);
+        assert_eq!(c.exit, 0, "{c}");
         pieces.push(c.text());
     }
     let joined = pieces.concat();
@@ -208,9 +202,11 @@ async fn range_requests_cannot_reassemble_a_stored_secret() {
     assert_eq!(pieces[0], PH, "{pieces:?}");
     // Nor on another host serving the same stored content.
     let c = h
-        .curl(&["-H", "Range: bytes=0-3", &format!("https://{other}/load")])
+        .get(format!("https://{other}/load"))
+        .header("Range", "bytes=0-3")
+        .send()
         .await;
-    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.exit, 0, "{c}");
     assert!(
         st.seen_range.lock().unwrap().is_empty(),
         "{:?}",
@@ -344,10 +340,8 @@ async fn smuggling_corpus_is_refused_and_nothing_reaches_the_upstream() {
     // aborted request.
     assert!(all.iter().all(|r| r.body_len == 0), "{all:?}");
     // The proxy still serves.
-    let c = h
-        .curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/echo")])
-        .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    let c = h.get(format!("https://{HOST}/echo")).send().await;
+    assert_eq!(c.status, 200, "{c}");
 }
 
 /// A body whose chunk framing breaks after forwarding began: the upstream request is
@@ -368,10 +362,8 @@ async fn a_framing_error_mid_body_aborts_the_upstream_request_and_its_connection
         ..Setup::default()
     })
     .await;
-    let ok = h
-        .curl(&["-w", "\n%{http_code}", &format!("https://{name}/fixed/3")])
-        .await;
-    assert!(ok.text().ends_with("200"), "{}", ok.text());
+    let ok = h.get(format!("https://{name}/fixed/3")).send().await;
+    assert_eq!(ok.status, 200, "{ok}");
     assert_eq!(up.connections(), 1);
     let (tcp, _, _) = connect_tunnel(h.addr(), &format!("{name}:443"), &h.auth_pairs())
         .await
@@ -391,10 +383,8 @@ async fn a_framing_error_mid_body_aborts_the_upstream_request_and_its_connection
     assert!(t.starts_with("HTTP/1.1 400"), "{t}");
     assert!(t.contains("request_framing"), "{t}");
     // The next request opens a new upstream connection.
-    let again = h
-        .curl(&["-w", "\n%{http_code}", &format!("https://{name}/fixed/3")])
-        .await;
-    assert!(again.text().ends_with("200"), "{}", again.text());
+    let again = h.get(format!("https://{name}/fixed/3")).send().await;
+    assert_eq!(again.status, 200, "{again}");
     assert_eq!(
         up.connections(),
         2,
@@ -587,10 +577,8 @@ async fn http2_floods_close_the_connection_and_others_are_served() {
         let frames = h2raw::parse(&got);
         assert!(!frames.is_empty(), "{label}: the proxy sent nothing");
         // Another connection is served meanwhile and after.
-        let c = h
-            .curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")])
-            .await;
-        assert!(c.text().ends_with("200"), "{label}: {}", c.text());
+        let c = h.get(format!("https://{HOST}/fixed/10")).send().await;
+        assert_eq!(c.status, 200, "{label}: {c}");
     }
     // Zero-window stall: the agent's window is 0, so the response can never be sent.
     let stall = h2_session(
@@ -615,10 +603,8 @@ async fn http2_floods_close_the_connection_and_others_are_served() {
         !frames.iter().any(|(t, _, s)| *t == h2raw::DATA && *s == 1),
         "no data can be sent with a zero window: {frames:?}"
     );
-    let c = h
-        .curl(&["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/10")])
-        .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    let c = h.get(format!("https://{HOST}/fixed/10")).send().await;
+    assert_eq!(c.status, 200, "{c}");
 }
 
 /// h2 → h1 downgrade: header fields that would change an HTTP/1 request's meaning if copied
@@ -721,26 +707,26 @@ async fn the_agents_own_token_is_never_forwarded_in_any_header() {
         } else {
             format!("https://{OTHER}/echo")
         };
-        let mut a: Vec<&str> = vec!["-w", "\n%{http_code}", "-D", "-"];
-        a.extend(args.iter().map(String::as_str));
-        a.push(&url);
-        let c = h.curl(&a).await;
-        let t = c.text();
-        assert!(t.ends_with("403"), "{label}: {t}");
-        assert!(t.contains("agent_token_in_request"), "{label}: {t}");
-        assert!(!t.contains(&h.token), "{label}: the token was echoed back");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let c = h.get(&url).curl_args(&args).send().await;
+        assert_eq!(c.status, 403, "{label}: {c}");
+        assert_eq!(
+            c.reason.as_deref(),
+            Some("agent_token_in_request"),
+            "{label}: {c}"
+        );
+        assert!(
+            !c.received().contains(&h.token),
+            "{label}: the token was echoed back"
+        );
     }
     // Plain HTTP (the token travels in Proxy-Authorization on the request itself) too.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {}", h.token),
-            &format!("http://{PLAIN}/echo"),
-        ])
+        .get(format!("http://{PLAIN}/echo"))
+        .header("Authorization", format!("Bearer {}", h.token))
+        .send()
         .await;
-    assert!(c.text().ends_with("403"), "{}", c.text());
+    assert_eq!(c.status, 403, "{c}");
     assert_eq!(h.upstream.request_count() + h.plain.request_count(), 0);
     let m = metrics(&h).await;
     assert!(
@@ -758,23 +744,13 @@ async fn a_foreign_credential_value_is_refused_or_replaced() {
     .await;
     // The agent's own key in the header a credential bound here is injected into.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            "x-api-key: sk-ant-api03-the-agents-own-key",
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", "sk-ant-api03-the-agents-own-key")
+        .send()
         .await;
-    let t = c.text();
-    assert!(t.ends_with("403"), "{t}");
-    assert!(
-        t.contains("x-credproxy-reason: credential_foreign_value"),
-        "{t}"
-    );
-    assert!(t.contains("send its placeholder"), "{t}");
+    assert_eq!(c.status, 403, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("credential_foreign_value"), "{c}");
+    assert!(c.text().contains("send its placeholder"), "{c}");
     assert_eq!(h.upstream.request_count(), 0);
     let m = metrics(&h).await;
     assert!(
@@ -783,32 +759,24 @@ async fn a_foreign_credential_value_is_refused_or_replaced() {
     );
     // The same header to a host the credential is not bound to is the agent's business.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "x-api-key: own",
-            &format!("https://{OTHER}/echo"),
-        ])
+        .get(format!("https://{OTHER}/echo"))
+        .header("x-api-key", "own")
+        .send()
         .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    assert_eq!(c.status, 200, "{c}");
     // `foreign_value: replace`: the credential's secret replaces the agent's value.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "x-replace-key: the-agents-own",
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-replace-key", "the-agents-own")
+        .send()
         .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    assert_eq!(c.status, 200, "{c}");
     let last = h.upstream.received().last().unwrap().clone();
     assert_eq!(
         last.header("x-replace-key").as_deref(),
         Some(REPLACE_SECRET)
     );
-    assert!(!c.text().contains(REPLACE_SECRET), "{}", c.text());
+    assert!(!c.received().contains(REPLACE_SECRET), "{c}");
     // Recorded: the refusal as a misuse alarm, the replacement as a use of the credential.
     h.proxy.flush_audit().await;
     let db = h.dir.path().join("audit.db");
@@ -835,35 +803,21 @@ async fn another_agents_placeholder_is_a_misuse_alarm_and_underscored_ones_are_n
     .await;
     let stranger = h.token_for("agent-b", &["other-role"], Duration::from_secs(600));
     let c = h
-        .curl_with_token(
-            &stranger,
-            &[
-                "-w",
-                "\n%{http_code}",
-                "-D",
-                "-",
-                "-H",
-                &format!("x-api-key: {PH}"),
-                &format!("https://{HOST}/echo"),
-            ],
-        )
+        .get(format!("https://{HOST}/echo"))
+        .token(&stranger)
+        .header("x-api-key", PH)
+        .send()
         .await;
-    assert!(c.text().ends_with("403"), "{}", c.text());
-    assert!(c.text().contains("policy_denied"), "{}", c.text());
+    assert_eq!(c.status, 403, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("policy_denied"), "{c}");
     let underscored = PH.replace('-', "_");
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            &format!("x-api-key: {underscored}"),
-            &format!("https://{HOST}/echo"),
-        ])
+        .get(format!("https://{HOST}/echo"))
+        .header("x-api-key", underscored)
+        .send()
         .await;
-    assert!(c.text().ends_with("403"), "{}", c.text());
-    assert!(c.text().contains("placeholder_near_miss"), "{}", c.text());
+    assert_eq!(c.status, 403, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("placeholder_near_miss"), "{c}");
     assert_eq!(h.upstream.request_count(), 0);
     let m = metrics(&h).await;
     assert!(
@@ -955,8 +909,6 @@ async fn an_injected_body_over_the_cap_is_413() {
     })
     .await;
     let big = "a".repeat(100_000);
-    let file = h.dir.path().join("big.txt");
-    std::fs::write(&file, &big).unwrap();
     // Announced: refused from the head, before any byte of the body is read.
     let mut tls = tunnel(&h, "http/1.1").await;
     tls.write_all(
@@ -969,35 +921,19 @@ async fn an_injected_body_over_the_cap_is_413() {
     assert!(t.starts_with("HTTP/1.1 413"), "{t}");
     assert!(t.contains("body_too_large"), "{t}");
     // Streamed without a length (HTTP/2 from curl): cut when it passes the cap.
-    let data = format!("@{}", file.display());
-    let url = format!("https://{HOST}/sha256");
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "-D",
-            "-",
-            "-H",
-            "content-length:",
-            "--data-binary",
-            &data,
-            &url,
-        ])
+        .post(format!("https://{HOST}/sha256"), big.clone())
+        .header_line("content-length:")
+        .send()
         .await;
-    let t = c.text();
-    assert!(t.ends_with("413"), "{t} {}", c.stderr);
-    assert!(t.contains("body_too_large"), "{t}");
+    assert_eq!(c.status, 413, "{c}");
+    assert_eq!(c.reason.as_deref(), Some("body_too_large"), "{c}");
     // A body under the cap still goes through; hosts without a body credential are uncapped.
     let c = h
-        .curl(&[
-            "-w",
-            "\n%{http_code}",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("https://{OTHER}/sha256"),
-        ])
+        .post(format!("https://{OTHER}/sha256"), big.clone())
+        .send()
         .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    assert_eq!(c.status, 200, "{c}");
     for r in h.upstream.received() {
         assert!(
             r.path() != "/sha256"
@@ -1274,12 +1210,11 @@ async fn withdrawing_a_signing_key_ends_tunnels_opened_with_it() {
     provider.restart_with_new_key().await;
     let new = provider.token("agent-a").await;
     let c = h
-        .curl_with_token(
-            &new,
-            &["-w", "\n%{http_code}", &format!("https://{HOST}/fixed/1")],
-        )
+        .get(format!("https://{HOST}/fixed/1"))
+        .token(&new)
+        .send()
         .await;
-    assert!(c.text().ends_with("200"), "{}", c.text());
+    assert_eq!(c.status, 200, "{c}");
     // The tunnel opened with the old token is refused and closed.
     let resp = within(send.send_request(get())).await.unwrap();
     assert_eq!(resp.status(), 407);

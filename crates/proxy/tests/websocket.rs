@@ -3,12 +3,11 @@
 //! upgraded connection ends with the agent's token or with the policy that allowed it.
 #![allow(clippy::unwrap_used)]
 
-mod common;
 mod resp;
 
 use std::time::Duration;
 
-use common::{Harness, Setup, HOST};
+use credproxy_harness::{Harness, Setup, HOST};
 use futures_util::{SinkExt, StreamExt};
 use resp::{assert_clean, raw_h1, setup, PH, SECRET};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -199,7 +198,7 @@ async fn the_connection_closes_when_the_token_expires() {
     })
     .await;
     let ttl = Duration::from_secs(300);
-    let short = h.token_for(common::AGENT, &[common::ROLE], ttl);
+    let short = h.token_for(credproxy_harness::AGENT, &[credproxy_harness::ROLE], ttl);
     let mut ws = open(&h, &format!("Bearer {short}"), "/ws", &[]).await;
     ws.send(Message::text("before expiry")).await.unwrap();
     // The echo comes back while the token is valid: the connection is open and relaying.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{Harness, Setup, HOST, ROLE};
+use credproxy_harness::{Harness, Setup, HOST, ROLE};
 
 pub const SECRET: &str = "sk-live-RESPCANARY-5e6f7a8b9c0d1e2f3a";
 pub const PH: &str = "agent-vault-aaaaaaaa-2222-3333-4444-555555555555";

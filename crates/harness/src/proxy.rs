@@ -1,6 +1,5 @@
-//! Shared harness: a test PKI, TLS and plain upstreams, and the proxy in-process on
+//! The proxy harness: a test PKI, TLS and plain upstreams, and the proxy in-process on
 //! OS-assigned ports, configured through the same YAML path as production.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +12,8 @@ use credproxy_config::Config;
 use credproxy_identity::DevIssuer;
 use credproxy_proxy::{Proxy, ProxyOptions, Resolve, RunningProxy};
 use credproxy_testkit::{TestPki, Upstream, UpstreamOptions, Validity};
+
+use crate::client::{Client, Curl, Request};
 
 pub const HOST: &str = "api.example.test";
 pub const OTHER: &str = "other.example.test";
@@ -82,6 +83,13 @@ pub struct Setup {
     pub audit: Option<String>,
     /// The TLS upstream offers only `http/1.1` (reason phrases, transfer codings).
     pub upstream_h1_only: bool,
+    /// Replace the `listeners:` section (YAML, the key included), for listeners the default
+    /// one TCP listener is not: `vsock_uds`, `unix`, `agent_token`. Paths in it may point
+    /// into `dir`.
+    pub listeners: Option<String>,
+    /// The directory the proxy's files (CA, dev issuer, audit spool) go in; by default a new
+    /// one. Give one to write files the configuration refers to before the proxy starts.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
@@ -97,7 +105,10 @@ impl Harness {
         }
         let upstream = Upstream::start(options).await;
         let plain = Upstream::start(UpstreamOptions::plain()).await;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = match setup.dir {
+            Some(d) => d,
+            None => tempfile::tempdir().unwrap(),
+        };
         let ca = credproxy_tls::init_ca(&dir.path().join("ca"), false).unwrap();
 
         let dev = DevIssuer::load_or_create(&dir.path().join("dev")).unwrap();
@@ -110,9 +121,19 @@ impl Harness {
                 .unwrap()
         };
         let mut y = String::new();
-        y.push_str("listeners:\n  - name: agents\n    tcp: 127.0.0.1:0\n");
-        if let Some(a) = &setup.listener_agent {
-            y.push_str(&format!("    agent: {a}\n"));
+        match &setup.listeners {
+            Some(l) => {
+                y.push_str(l);
+                if !l.ends_with('\n') {
+                    y.push('\n');
+                }
+            }
+            None => {
+                y.push_str("listeners:\n  - name: agents\n    tcp: 127.0.0.1:0\n");
+                if let Some(a) = &setup.listener_agent {
+                    y.push_str(&format!("    agent: {a}\n"));
+                }
+            }
         }
         if setup.admin {
             y.push_str("admin:\n  tcp: 127.0.0.1:0\n");
@@ -241,91 +262,88 @@ impl Harness {
         }
     }
 
+    /// GET `path` on the admin listener (`Setup::admin`): status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admin = self.proxy.admin_addr().expect("Setup::admin is set");
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))
+            .await
+            .expect("the admin listener answered in time")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text[9..12].parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one metric series (`name{labels}` exactly as exposed), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// A token for another agent or other roles.
     pub fn token_for(&self, agent: &str, roles: &[&str], ttl: Duration) -> String {
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         self.dev.issue(agent, &roles, ttl).unwrap()
     }
 
+    /// The default agent's client: curl, rustls and reqwest through the proxy's TCP
+    /// listener, trusting its CA, with the default token (none in anonymous mode).
+    pub fn client(&self) -> Client {
+        Client::new(self.proxy_url(), &self.proxy_ca).with_token(&self.token)
+    }
+
+    /// GET `url` through the proxy as the default agent (`Request::send` for the answer).
+    pub fn get(&self, url: impl Into<String>) -> Request {
+        self.client().get(url)
+    }
+
+    /// A `method` request for `url` as the default agent.
+    pub fn request(&self, method: &str, url: impl Into<String>) -> Request {
+        self.client().request(method, url)
+    }
+
+    /// POST `body` to `url` as the default agent.
+    pub fn post(&self, url: impl Into<String>, body: impl Into<Vec<u8>>) -> Request {
+        self.client().post(url, body)
+    }
+
     /// Run curl through the proxy as the default agent, trusting the proxy CA.
     pub async fn curl(&self, args: &[&str]) -> Curl {
-        let token = self.token.clone();
-        self.curl_with_token(&token, args).await
+        self.client().curl(args).await
     }
 
     /// Run curl through the proxy with `token` as the proxy password (empty: no credentials).
     pub async fn curl_with_token(&self, token: &str, args: &[&str]) -> Curl {
-        let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-sS", "--max-time", "60", "--proxy"])
-            .arg(self.proxy_url());
-        if !token.is_empty() {
-            cmd.arg("--proxy-user").arg(format!("agent:{token}"));
-        }
-        let out = cmd
-            .arg("--cacert")
-            .arg(&self.proxy_ca)
-            .args(args)
-            .env_remove("HTTPS_PROXY")
-            .env_remove("https_proxy")
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("NO_PROXY")
-            .env_remove("no_proxy")
-            .output()
-            .await
-            .expect("curl runs");
-        Curl {
-            code: out.status.code().unwrap_or(-1),
-            stdout: out.stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.client().with_token(token).curl(args).await
     }
 
     /// A client config trusting the proxy CA.
     pub fn proxy_client_config(&self, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
-        let pem = std::fs::read(&self.proxy_ca).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut cfg =
-            rustls::ClientConfig::builder_with_provider(credproxy_testkit::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        Arc::new(cfg)
+        crate::client::client_config(&self.proxy_ca, alpn)
     }
 
+    /// reqwest through the proxy as the default agent.
     pub fn reqwest(&self) -> reqwest::Client {
-        let pem = std::fs::read(&self.proxy_ca).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .proxy(if self.anonymous {
-                reqwest::Proxy::all(self.proxy_url()).unwrap()
-            } else {
-                reqwest::Proxy::all(self.proxy_url())
-                    .unwrap()
-                    .basic_auth("agent", &self.token)
-            })
-            .build()
-            .unwrap()
+        self.client().reqwest()
     }
 }
-
-pub struct Curl {
-    pub code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
-}
-
-impl Curl {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
-
-use rustls_pki_types::pem::PemObject;
