@@ -374,13 +374,15 @@ impl Inner {
 }
 
 /// Load the keys until it works, then refresh them periodically. Holds only a weak
-/// reference between attempts, and is aborted when the verifier is dropped.
+/// reference between attempts, and is aborted when the verifier is dropped. The pauses are
+/// on the verifier's clock (a timer, or an advance of a test's clock).
 async fn run_loader(weak: Weak<Inner>) {
     let mut delay = FIRST_RETRY_DELAY;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let result = inner.load().await;
         let issuer = inner.settings.issuer.clone();
+        let clock = inner.clock.clone();
         drop(inner);
         let pause = match result {
             Ok(()) => {
@@ -399,7 +401,7 @@ async fn run_loader(weak: Weak<Inner>) {
                 pause
             }
         };
-        tokio::time::sleep(pause).await;
+        crate::refresh::sleep_on(&clock, pause).await;
     }
 }
 

@@ -189,10 +189,14 @@ async fn plain_http_authenticates_every_request() {
 #[tokio::test]
 async fn provider_down_means_503_then_recovery_without_restart() {
     let port = credproxy_testkit::oidc::free_port();
+    // The verifier's loader retries on the proxy's clock: the test moves it past the retry
+    // delay instead of waiting for it.
+    let clock = credproxy_core::Clock::adjustable();
     let h = Harness::with(Setup {
         identity: Some(format!(
             "identity:\n  oidc:\n    issuer: http://127.0.0.1:{port}\n    audiences: [credproxy]\n"
         )),
+        clock: clock.clone(),
         ..Setup::default()
     })
     .await;
@@ -202,26 +206,35 @@ async fn provider_down_means_503_then_recovery_without_restart() {
         .send()
         .await;
     assert_eq!(c.connect, 503, "{c}");
+    assert!(
+        !h.proxy.wait_ready(Duration::ZERO).await,
+        "ready without the provider's keys"
+    );
     let provider = OidcProvider::start(OidcProviderOptions {
         clients: vec![TestClient::new("agent-a", &[ROLE])],
         port,
         ..OidcProviderOptions::default()
     })
     .await;
-    let token = provider.token("agent-a").await;
-    // The verifier retries discovery in the background; poll the real endpoint until ready.
-    let mut last = String::new();
-    for _ in 0..100 {
-        let c = h
-            .get(format!("https://{HOST}/echo"))
-            .token(&token)
-            .send()
-            .await;
-        if c.status == 200 {
-            return;
+    // Past the longest retry delay (30 s): the loader tries again and finds the keys. An
+    // advance that lands while an attempt is in flight is not waited for by that attempt, so
+    // advance again until the keys are there (bounded).
+    let step = Duration::from_secs(31);
+    let mut ready = false;
+    for _ in 0..20 {
+        provider.advance(step).await;
+        clock.advance(step);
+        if h.proxy.wait_ready(Duration::from_secs(3)).await {
+            ready = true;
+            break;
         }
-        last = c.to_string();
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    panic!("never recovered: {last}");
+    assert!(ready, "the verifier never loaded the provider's keys");
+    let token = provider.token("agent-a").await;
+    let c = h
+        .get(format!("https://{HOST}/echo"))
+        .token(&token)
+        .send()
+        .await;
+    assert_eq!(c.status, 200, "{c}");
 }
