@@ -25,6 +25,11 @@
 /// Why a request's framing was refused; a short phrase for the agent and the logs.
 pub type Violation = &'static str;
 
+/// A request head (poisoned or not) longer than the limit given to [`RequestFraming::new`].
+/// Unlike the other violations it is answered 431, and the head is never handed to the
+/// HTTP parser: see [`Feed::Stop`].
+pub const HEAD_TOO_LARGE: Violation = "request head too large";
+
 /// What the caller does with the bytes just fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
@@ -34,6 +39,9 @@ pub enum Feed {
     /// When the violation is in a request head (`in_head`), `deliver` runs to the end of
     /// that head, so the HTTP parser can read it and the proxy answer it with a 400; in a
     /// body, `deliver` ends before the offending bytes and the body is cut there.
+    /// For [`HEAD_TOO_LARGE`], `deliver` runs to the byte that passed the limit, and the last
+    /// `max_head + 1` bytes up to there are the refused head: the caller, which holds a head
+    /// back until it is complete, drops them instead of passing them on.
     Stop {
         deliver: usize,
         violation: Violation,
@@ -62,9 +70,6 @@ enum State {
     Trailers,
     /// After CONNECT or Upgrade: the stream is no longer HTTP.
     Passthrough,
-    /// A head longer than the limit: the HTTP parser refuses it on its own (431); nothing
-    /// more is checked.
-    Overflow,
     /// A violation was reported; every later byte is refused.
     Stopped(Violation),
 }
@@ -90,8 +95,8 @@ pub struct RequestFraming {
 const MAX_CHUNK_LINE: usize = 4096;
 
 impl RequestFraming {
-    /// `max_head`: the longest request head (and trailer section) checked; longer ones are
-    /// left to the HTTP parser's own size limit.
+    /// `max_head`: the longest request head (and trailer section) accepted; a longer head
+    /// stops with [`HEAD_TOO_LARGE`], a longer trailer section with its own violation.
     pub fn new(max_head: usize) -> RequestFraming {
         RequestFraming {
             state: State::Head { poisoned: None },
@@ -99,6 +104,16 @@ impl RequestFraming {
             prev: None,
             max_head,
             next: Next::Head,
+        }
+    }
+
+    /// How many bytes of a request head still being read have been fed: the bytes a caller
+    /// holds back from the HTTP parser until the head is complete. Zero between heads, in a
+    /// body and after a violation.
+    pub fn head_buffered(&self) -> usize {
+        match self.state {
+            State::Head { .. } => self.buf.len(),
+            _ => 0,
         }
     }
 
@@ -122,7 +137,7 @@ impl RequestFraming {
                         in_head: false,
                     }
                 }
-                State::Passthrough | State::Overflow => return Feed::Pass,
+                State::Passthrough => return Feed::Pass,
                 State::Body { remaining } => {
                     let take = remaining.min((bytes.len() - i) as u64);
                     i += take as usize;
@@ -169,7 +184,7 @@ impl RequestFraming {
                             return self.stop(i, v);
                         }
                         if self.buf.len() > self.max_head {
-                            return self.stop(i, v);
+                            return self.stop(i, HEAD_TOO_LARGE);
                         }
                         continue;
                     }
@@ -183,9 +198,7 @@ impl RequestFraming {
                         continue;
                     }
                     if self.buf.len() > self.max_head {
-                        self.buf.clear();
-                        self.state = State::Overflow;
-                        return Feed::Pass;
+                        return self.stop(i, HEAD_TOO_LARGE);
                     }
                     if self.buf.ends_with(b"\r\n\r\n") {
                         let head = std::mem::take(&mut self.buf);
@@ -624,10 +637,36 @@ mod tests {
     }
 
     #[test]
-    fn heads_over_the_limit_are_left_to_the_parser() {
+    fn heads_over_the_limit_stop_at_the_byte_past_it() {
+        // Clean or poisoned (a bare LF), whole or in pieces, after a first request or not:
+        // the stop comes at the byte that makes the head 101 bytes long.
+        let first = "GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        for head in ["GET /a HTTP/1.1\r\nX: ", "GET /a HTTP/1.1\nX: "] {
+            for before in ["", "\r\n", first] {
+                let big = format!("{before}{head}{}\r\n\r\n", "a".repeat(200));
+                let expect = Feed::Stop {
+                    deliver: before.len() + 101,
+                    violation: HEAD_TOO_LARGE,
+                    in_head: true,
+                };
+                let mut f = RequestFraming::new(100);
+                assert_eq!(f.feed(big.as_bytes()), expect, "{big:?}");
+                let mut f = RequestFraming::new(100);
+                let (a, b) = big.as_bytes().split_at(before.len() + 50);
+                assert_eq!(f.feed(a), Feed::Pass);
+                assert_eq!(f.head_buffered(), 50);
+                let Feed::Stop { deliver, .. } = f.feed(b) else {
+                    panic!("no stop")
+                };
+                assert_eq!(a.len() + deliver, before.len() + 101);
+            }
+        }
+        // A head of exactly the limit passes, and nothing is held after it.
         let mut f = RequestFraming::new(100);
-        let big = format!("GET /a HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(200));
-        assert_eq!(f.feed(big.as_bytes()), Feed::Pass);
+        let head = format!("GET /a HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100 - 24));
+        assert_eq!(head.len(), 100);
+        assert_eq!(f.feed(head.as_bytes()), Feed::Pass);
+        assert_eq!(f.head_buffered(), 0);
     }
 
     proptest::proptest! {

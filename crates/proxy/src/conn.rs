@@ -126,7 +126,9 @@ pub(crate) async fn serve_connection(
         async move { Ok::<_, std::convert::Infallible>(outer(shared, ctx, watcher, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(shared.limits.max_header_bytes)
+        .max_buf_size(crate::framing::parser_buf_size(
+            shared.limits.max_header_bytes,
+        ))
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -204,10 +206,7 @@ async fn answer(
             .map(|p| p.as_str())
             .unwrap_or("/"),
     );
-    if let Some(violation) = ctx.framing.get() {
-        let reject = Reject::Framing {
-            what: violation.to_string(),
-        };
+    if let Some(reject) = ctx.framing.reject() {
         return finish(
             &shared,
             Err(reject),

@@ -2,18 +2,36 @@
 //! hyper's parser: at the first framing violation (A18) the stream ends for the parser, and
 //! the violation is recorded for the request path to answer (400, connection closed).
 //!
+//! A request head is held back until it is complete, so the parser only ever sees whole
+//! heads of at most `limits.max_header_bytes`. A head that grows past the limit is dropped
+//! and the parser is handed a stand-in head instead ([`STAND_IN`]): the request path sees
+//! the recorded violation first and answers 431 through the one answer path (reason label,
+//! body, metrics and audit like every refusal), where hyper would otherwise answer a bare 431
+//! of its own.
+//!
 //! After a bad request head the parser gets no more bytes but no end of stream either (hyper
-//! would drop the connection, and the 400, on an early end of stream); later bytes are read
-//! and discarded until the 400 with `Connection: close` ends the connection. After bad body
-//! framing the parser sees the end of the stream, which fails the body.
+//! would drop the connection, and the answer, on an early end of stream); later bytes are
+//! read and discarded until the answer with `Connection: close` ends the connection. After
+//! bad body framing the parser sees the end of the stream, which fails the body.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use credproxy_core::h1::{Feed, RequestFraming, Violation};
+use credproxy_core::h1::{Feed, RequestFraming, Violation, HEAD_TOO_LARGE};
+use credproxy_core::Reject;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What the parser is handed in place of a head over the limit: the smallest request hyper
+/// accepts. It is never forwarded: the request path answers the recorded violation first.
+pub(crate) const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+
+/// The size of hyper's read buffer for a connection whose heads are at most `max_head`
+/// bytes: larger than any head [`Framed`] passes on, so hyper never refuses one itself.
+pub(crate) fn parser_buf_size(max_head: usize) -> usize {
+    max_head + 8192
+}
 
 /// The first framing violation on a connection, shared with its request handlers.
 #[derive(Debug, Default)]
@@ -23,6 +41,20 @@ impl FramingFlag {
     pub fn get(&self) -> Option<Violation> {
         self.0.get().copied()
     }
+
+    /// The refusal for the recorded violation, if any: 431 for a head over the limit, 400
+    /// for the rest.
+    pub fn reject(&self) -> Option<Reject> {
+        self.get().map(|v| {
+            if v == HEAD_TOO_LARGE {
+                Reject::HeadersTooLarge
+            } else {
+                Reject::Framing {
+                    what: v.to_string(),
+                }
+            }
+        })
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -30,7 +62,12 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: S,
         framing: RequestFraming,
+        max_head: usize,
         flag: Arc<FramingFlag>,
+        // Bytes read from the agent and not yet handed to the parser: the first `release`
+        // may go now, the rest are the start of a head still being read.
+        held: Vec<u8>,
+        release: usize,
         ended: bool,
         // After a bad head: discard, never end.
         discard: bool,
@@ -38,12 +75,15 @@ pin_project_lite::pin_project! {
 }
 
 impl<S> Framed<S> {
+    /// `max_head`: `limits.max_header_bytes`, the longest request head passed on.
     pub fn new(inner: S, max_head: usize, flag: Arc<FramingFlag>) -> Framed<S> {
         Framed {
             inner,
-            // Above hyper's own limit, so oversized heads still get hyper's 431.
-            framing: RequestFraming::new(max_head + 1024),
+            framing: RequestFraming::new(max_head),
+            max_head,
             flag,
+            held: Vec::new(),
+            release: 0,
             ended: false,
             discard: false,
         }
@@ -57,47 +97,75 @@ impl<S: AsyncRead> AsyncRead for Framed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        if *this.discard {
-            let mut scratch = [0u8; 4096];
-            loop {
-                let mut sink = ReadBuf::new(&mut scratch);
-                match this.inner.as_mut().poll_read(cx, &mut sink) {
-                    Poll::Ready(Ok(())) if sink.filled().is_empty() => return Poll::Ready(Ok(())),
-                    Poll::Ready(Ok(())) => continue,
-                    other => return other,
+        loop {
+            if *this.release > 0 {
+                let n = (*this.release).min(buf.remaining());
+                buf.put_slice(&this.held[..n]);
+                this.held.drain(..n);
+                *this.release -= n;
+                return Poll::Ready(Ok(()));
+            }
+            if *this.discard {
+                let mut scratch = [0u8; 4096];
+                loop {
+                    let mut sink = ReadBuf::new(&mut scratch);
+                    match this.inner.as_mut().poll_read(cx, &mut sink) {
+                        Poll::Ready(Ok(())) if sink.filled().is_empty() => {
+                            return Poll::Ready(Ok(()))
+                        }
+                        Poll::Ready(Ok(())) => continue,
+                        other => return other,
+                    }
                 }
             }
-        }
-        if *this.ended {
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        match this.inner.poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                if let Feed::Stop {
+            if *this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            // Read straight into the parser's buffer; bytes that must wait are moved out.
+            let before = buf.filled().len();
+            ready!(this.inner.as_mut().poll_read(cx, buf))?;
+            let read = buf.filled().len() - before;
+            if read == 0 {
+                // The agent's end: whatever is held (an incomplete head) goes, then the end.
+                *this.ended = true;
+                *this.release = this.held.len();
+                continue;
+            }
+            match this.framing.feed(&buf.filled()[before..]) {
+                Feed::Pass => {
+                    let pending = this.framing.head_buffered();
+                    if this.held.is_empty() && pending == 0 {
+                        // The common case: nothing held, nothing to hold.
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.held.extend_from_slice(&buf.filled()[before..]);
+                    buf.set_filled(before);
+                    *this.release = this.held.len() - pending;
+                }
+                Feed::Stop {
                     deliver,
                     violation,
                     in_head,
-                } = this.framing.feed(new)
-                {
+                } => {
                     let _ = this.flag.0.set(violation);
                     tracing::warn!(violation, "request framing refused; closing the connection");
-                    buf.set_filled(before + deliver);
+                    this.held
+                        .extend_from_slice(&buf.filled()[before..before + deliver]);
+                    buf.set_filled(before);
+                    if violation == HEAD_TOO_LARGE {
+                        // Drop the refused head; the parser reads the stand-in.
+                        let keep = this.held.len().saturating_sub(*this.max_head + 1);
+                        this.held.truncate(keep);
+                        this.held.extend_from_slice(STAND_IN);
+                    }
+                    *this.release = this.held.len();
                     if in_head {
                         *this.discard = true;
-                        if deliver == 0 {
-                            // Nothing to hand over: wait (discarding) for the 400 to end it.
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
-                        }
                     } else {
                         *this.ended = true;
                     }
                 }
-                Poll::Ready(Ok(()))
             }
-            other => other,
         }
     }
 }

@@ -166,7 +166,9 @@ async fn serve_inner<I>(
     };
     builder
         .http1()
-        .max_buf_size(shared.limits.max_header_bytes)
+        .max_buf_size(crate::framing::parser_buf_size(
+            shared.limits.max_header_bytes,
+        ))
         .timer(TokioTimer::new());
     builder
         .http2()
@@ -239,8 +241,8 @@ async fn answer(
     );
     draft.identity(tctx.identity.as_deref());
     let result = async {
-        if let Some(violation) = tctx.framing.get() {
-            return Err(Reject::Framing { what: violation.to_string() });
+        if let Some(reject) = tctx.framing.reject() {
+            return Err(reject);
         }
         if req.method() == Method::CONNECT {
             return Err(Reject::NestedConnect);

@@ -428,6 +428,22 @@ async fn slowloris_connection_is_closed_at_the_header_timeout() {
     assert_eq!(h.upstream.request_count(), 0);
 }
 
+/// Read until the agent's side is closed (bounded).
+async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match within(s.read(&mut buf)).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&all).into_owned(),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A request head over `limits.max_header_bytes` is answered by the proxy's own answer path
+/// (reason label, body with the request id, `Connection: close`, the audit record), never by hyper's bare
+/// 431, and never reaches an upstream: on the proxy listener, after a good request on the
+/// same connection, with a poisoned head, and inside a tunnel.
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let h = Harness::with(Setup {
@@ -436,17 +452,56 @@ async fn oversized_headers_get_431() {
     })
     .await;
     let big = "a".repeat(20_000);
+    let auth = &h.bearer;
+    let answered = |t: &str| {
+        assert!(t.starts_with("HTTP/1.1 431"), "{t}");
+        assert!(t.contains("x-credproxy-reason: headers_too_large"), "{t}");
+        assert!(t.to_ascii_lowercase().contains("connection: close"), "{t}");
+        assert!(
+            t.contains("credproxy: request headers are too large (request id "),
+            "{t}"
+        );
+        // Nothing of the refused head is echoed.
+        assert!(!t.contains("aaaaaaaaaa"), "{t}");
+    };
+
+    // Alone, and after a good request answered on the same connection.
+    let good = format!(
+        "GET http://{PLAIN}/echo HTTP/1.1\r\nHost: {PLAIN}\r\nProxy-Authorization: {auth}\r\n\r\n"
+    );
+    let bad = format!("GET http://{PLAIN}/echo HTTP/1.1\r\nHost: {PLAIN}\r\nProxy-Authorization: {auth}\r\nX-Big: {big}\r\n\r\n");
+    // A head that is both poisoned (a bare LF) and too large.
+    let poisoned =
+        format!("GET http://{PLAIN}/echo HTTP/1.1\nHost: {PLAIN}\r\nProxy-Authorization: {auth}\r\nX-Big: {big}\r\n\r\n");
+    for (stream, good_first) in [(&bad, false), (&bad, true), (&poisoned, false)] {
+        let mut s = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+        if good_first {
+            s.write_all(good.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = within(s.read(&mut buf)).await.unwrap();
+            let t = String::from_utf8_lossy(&buf[..n]);
+            assert!(t.starts_with("HTTP/1.1 200"), "{t}");
+        }
+        s.write_all(stream.as_bytes()).await.unwrap();
+        answered(&read_to_close(&mut s).await);
+    }
+    assert_eq!(h.plain.request_count(), 1, "only the good request went out");
+
+    // A head of exactly the limit is served.
+    let fill = 16384
+        - format!("GET http://{PLAIN}/echo HTTP/1.1\r\nHost: {PLAIN}\r\nProxy-Authorization: {auth}\r\nX-Fill: \r\n\r\n").len();
+    let exact = format!(
+        "GET http://{PLAIN}/echo HTTP/1.1\r\nHost: {PLAIN}\r\nProxy-Authorization: {auth}\r\nX-Fill: {}\r\n\r\n",
+        "b".repeat(fill)
+    );
+    assert_eq!(exact.len(), 16384);
     let mut s = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
-    s.write_all(
-        format!("GET http://{PLAIN}/echo HTTP/1.1\r\nHost: {PLAIN}\r\nX-Big: {big}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
+    s.write_all(exact.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = within(s.read(&mut buf)).await.unwrap();
     let t = String::from_utf8_lossy(&buf[..n]);
-    assert!(t.starts_with("HTTP/1.1 431"), "{t}");
+    assert!(t.starts_with("HTTP/1.1 200"), "{t}");
+    assert_eq!(h.plain.request_count(), 2);
 
     // Inside the tunnel too.
     let c = h
@@ -456,7 +511,27 @@ async fn oversized_headers_get_431() {
         .send()
         .await;
     assert_eq!(c.status, 431, "{c}");
-    assert_eq!(h.plain.request_count() + h.upstream.request_count(), 0);
+    assert_eq!(c.reason.as_deref(), Some("headers_too_large"), "{c}");
+    assert_eq!(h.upstream.request_count(), 0);
+
+    // Each refusal is recorded like any other.
+    h.proxy.flush_audit().await;
+    let records = credproxy_audit::query::list(
+        &h.dir.path().join("audit.db"),
+        &credproxy_audit::query::Filter::default(),
+    )
+    .unwrap();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r.outcome.as_ref().is_some_and(|o| o.status == Some(431)))
+        .collect();
+    assert_eq!(refused.len(), 4, "{records:#?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.outcome.as_ref().unwrap().reason == "headers_too_large"),
+        "{refused:#?}"
+    );
 }
 
 #[derive(Debug)]

@@ -61,9 +61,7 @@ impl Cut {
         if flags.timed_out.load(Acquire) {
             return Some(Reject::BodyTimeout);
         }
-        framing.get().map(|v| Reject::Framing {
-            what: v.to_string(),
-        })
+        framing.reject()
     }
 }
 
