@@ -7,12 +7,12 @@
 //!
 //! Asserted: the token is obtained at start and a request is injected with the credential its
 //! roles allow (and not with one they do not); the token is refreshed before it expires
-//! (short lifetimes from the provider, waits on the refresh metric, never on a fixed time)
-//! and a tunnel opened with an older token continues on the fresh one; with the provider down
-//! at start requests get 503 `listener_token_unavailable` and `/readyz` says why, then both
-//! recover once it is up; another agent's token presented on this listener is refused; the
-//! client secret never reaches logs, errors, `/readyz`, metrics or audit; the dev issuer works
-//! through the same verifier.
+//! (the provider's clock and the proxy's moved forward together, waits on the refresh
+//! metric, never on a fixed time) and a tunnel opened with an older token continues on the
+//! fresh one; with the provider down at start requests get 503 `listener_token_unavailable`
+//! and `/readyz` says why, then both recover once it is up; another agent's token presented
+//! on this listener is refused; the client secret never reaches logs, errors, `/readyz`,
+//! metrics or audit; the dev issuer works through the same verifier.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -90,6 +90,16 @@ impl std::ops::Deref for D1 {
 /// `provider_port`: the provider's port (it may not be running yet). `extra_listeners`: YAML
 /// list items appended under `listeners:`.
 async fn start(provider_port: u16, extra_listeners: &str) -> D1 {
+    start_on(
+        provider_port,
+        extra_listeners,
+        credproxy_core::Clock::system(),
+    )
+    .await
+}
+
+/// [`start`] with the proxy on `clock` (its verifier and its listener tokens' refresher).
+async fn start_on(provider_port: u16, extra_listeners: &str, clock: credproxy_core::Clock) -> D1 {
     logs();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -121,6 +131,7 @@ async fn start(provider_port: u16, extra_listeners: &str) -> D1 {
         credentials: credentials(true),
         env: env(),
         dir: Some(dir),
+        clock,
         ..Setup::default()
     })
     .await;
@@ -231,6 +242,76 @@ impl D1 {
     }
 }
 
+/// One whole HTTP/1.1 response read off `s` (its head, and its body by `content-length` or
+/// chunked up to the last chunk), so that the next read starts at the next response. A
+/// single `read` may return only part of it: the proxy writes the head and the body's chunks
+/// as they come from the upstream.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(end) = response_end(&got) {
+            assert_eq!(
+                end,
+                got.len(),
+                "bytes past the response: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            return String::from_utf8_lossy(&got).into_owned();
+        }
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("the response came in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Where the HTTP/1.1 response at the start of `b` ends, once all of it is there. No
+/// trailers (the echo sends none unless asked).
+fn response_end(b: &[u8]) -> Option<usize> {
+    let find = |from: usize, what: &[u8]| {
+        b.get(from..)?
+            .windows(what.len())
+            .position(|w| w == what)
+            .map(|i| from + i)
+    };
+    let body = find(0, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&b[..body]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+            .map(str::to_owned)
+    };
+    if let Some(len) = header("content-length") {
+        let end = body + len.parse::<usize>().unwrap();
+        return (b.len() >= end).then_some(end);
+    }
+    assert_eq!(
+        header("transfer-encoding").as_deref(),
+        Some("chunked"),
+        "{head}"
+    );
+    let mut at = body;
+    loop {
+        let line = find(at, b"\r\n")?;
+        let size = std::str::from_utf8(&b[at..line]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        at = line + 2 + size + 2;
+        if b.len() < at {
+            return None;
+        }
+        if size == 0 {
+            return Some(at);
+        }
+    }
+}
+
 const OK_SERIES: &str = r#"credproxy_agent_token_refreshes_total{listener="vm-a",result="ok"}"#;
 
 fn clients() -> Vec<TestClient> {
@@ -299,9 +380,12 @@ async fn the_listener_token_authenticates_the_vm_and_its_roles_pick_the_credenti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_refreshed_before_it_expires_and_an_open_tunnel_moves_on_to_it() {
-    // A 4 s lifetime: refreshed at ~3.2 s; the verifier has no leeway.
-    let provider = provider(4, 0).await;
-    let h = start(provider.port(), "").await;
+    // A 300 s lifetime, refreshed at 240 s; the verifier has no leeway. The proxy's clock and
+    // the provider's are moved forward together instead of waiting for either.
+    const TTL: u64 = 300;
+    let provider = provider(TTL, 0).await;
+    let clock = credproxy_core::Clock::adjustable();
+    let h = start_on(provider.port(), "", clock.clone()).await;
     assert!(h.proxy.wait_ready(WAIT).await, "not ready");
 
     // A tunnel opened with the first token.
@@ -311,20 +395,19 @@ async fn the_token_is_refreshed_before_it_expires_and_an_open_tunnel_moves_on_to
     assert_eq!(status, 200);
     let mut tls = tls_over(tcp, HOST, h.proxy_client_config(&["http/1.1"])).await;
     let req = format!("GET /echo HTTP/1.1\r\nHost: {HOST}\r\nx-api-key: {PH}\r\n\r\n");
-    let mut buf = vec![0u8; 64 * 1024];
     tls.write_all(req.as_bytes()).await.unwrap();
-    let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let resp = read_response(&mut tls).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
-    // Two refreshes after the token that request used, it has expired (obtained at t,
-    // expired at t + 4 s; the second refresh after it comes at ~t + 6.4 s). Counted from now,
-    // not from the start: on a loaded machine the start-up may already have taken a refresh
-    // or two.
-    let before = h.metric(OK_SERIES).await;
-    h.wait_metric(OK_SERIES, before + 2.0).await;
+    // Past the refresh point twice: 510 s after the token that request used (obtained at t,
+    // expired at t + 300 s), the listener holds a third one, obtained at t + 510 s.
+    let step = Duration::from_secs(TTL * 85 / 100);
+    for _ in 0..2 {
+        let before = h.metric(OK_SERIES).await;
+        provider.advance(step).await;
+        clock.advance(step);
+        h.wait_metric(OK_SERIES, before + 1.0).await;
+    }
     assert_eq!(
         h.metric(r#"credproxy_agent_token_refreshes_total{listener="vm-a",result="error"}"#)
             .await,
@@ -339,11 +422,7 @@ async fn the_token_is_refreshed_before_it_expires_and_an_open_tunnel_moves_on_to
     // The same tunnel goes on with the listener's current token (no 407 the agent could
     // not act on) ...
     tls.write_all(req.as_bytes()).await.unwrap();
-    let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let resp = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let resp = read_response(&mut tls).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     // ... and a new connection too.
     let c = h.curl(&[format!("x-api-key: {PH}")], None).await;

@@ -41,8 +41,9 @@ pub use dev::{DevIssuer, DEV_AUDIENCE, DEV_ISSUER, DEV_KEY_FILE};
 pub use error::{AuthError, IdentityError};
 pub use extract::{token_from_proxy_authorization, PROXY_AUTHENTICATE};
 pub use refresh::{
-    read_client_secret, refresh_after, sleep_on, ClientCredentialsGrant, DevGrant, RefreshTask,
-    RefreshingToken, TokenGrant, TokenStatus, TokenUnavailable,
+    read_client_secret, refresh_after, sleep_on, sleep_until_on, sleep_until_wall_on,
+    ClientCredentialsGrant, DevGrant, RefreshTask, RefreshingToken, TokenGrant, TokenStatus,
+    TokenUnavailable,
 };
 pub use token::{client_credentials, ClientCredentials, FetchErrorBox, TokenError, TokenResponse};
 pub use verifier::Verifier;

@@ -353,7 +353,7 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
         // lifetime, so the local expiry is conservative.
         let asked = me.now();
         let asked_wall = me.clock.now();
-        let wait = match grant.fetch().await {
+        let next = match grant.fetch().await {
             Ok(resp) => {
                 let lifetime = resp.expires_in;
                 let token = Zeroizing::new(resp.access_token);
@@ -369,7 +369,9 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
                 let lifetime = lifetime.unwrap_or(UNKNOWN_LIFETIME);
                 info!(token = %me.label, expires_in_s = lifetime.as_secs(), "agent token obtained");
                 backoff = FIRST_BACKOFF;
-                (asked + refresh_after(lifetime)).saturating_duration_since(me.now())
+                // A point on the clock, not a wait: a wait measured now and started later
+                // would shift by any advance in between (the advance would be lost).
+                asked + refresh_after(lifetime)
             }
             Err(e) => {
                 let msg = error_chain(&e);
@@ -383,32 +385,57 @@ async fn refresh_loop(me: Arc<RefreshingToken>, grant: TokenGrant) {
                     "agent token request failed; a current token stays in use until it expires"
                 );
                 me.store(|s| s.last_error = Some(msg));
-                let wait = backoff;
+                let retry = me.now() + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                wait
+                retry
             }
         };
         me.attempts.send_modify(|n| *n += 1);
-        sleep_on(&me.clock, wait).await;
+        sleep_until_on(&me.clock, next).await;
     }
 }
 
-/// Waits `wait` on `clock`: a plain tokio timer on the system clock; on an adjustable one
-/// (tests), also woken by each [`Clock::advance`] to look at the clock again, so an advance
-/// past the end ends the wait at once. The one such wait in the workspace (`core`, where the
-/// clock lives, has no timer): the refresher here and the proxy's WebSocket expiry use it.
+/// Waits `wait` on `clock`, counted from now: [`sleep_until_on`] the point `wait` ahead.
 pub async fn sleep_on(clock: &Clock, wait: Duration) {
-    if !clock.is_adjustable() {
-        tokio::time::sleep(wait).await;
-        return;
-    }
-    let now = || Instant::now() + clock.offset();
-    let deadline = now() + wait;
+    sleep_until_on(clock, Instant::now() + clock.offset() + wait).await;
+}
+
+/// Waits until `deadline` on `clock` (tokio's clock plus the clock's offset, as
+/// [`Clock::offset`] says): a plain tokio timer on the system clock; on an adjustable one
+/// (tests), also woken by each [`Clock::advance`] to look at the clock again, so an advance
+/// past the deadline ends the wait at once, whenever it happened. The one such wait in the
+/// workspace (`core`, where the clock lives, has no timer): the refresher here and the
+/// proxy's WebSocket expiry use it.
+///
+/// Callers pass the deadline rather than a wait measured earlier: a wait read off the clock
+/// before an advance and started after it would end one advance too late.
+pub async fn sleep_until_on(clock: &Clock, deadline: Instant) {
+    wait_on(clock, || {
+        deadline.saturating_duration_since(Instant::now() + clock.offset())
+    })
+    .await;
+}
+
+/// Waits until `deadline` on `clock`'s wall time ([`Clock::now`]), as [`sleep_until_on`].
+pub async fn sleep_until_wall_on(clock: &Clock, deadline: SystemTime) {
+    wait_on(clock, || {
+        deadline.duration_since(clock.now()).unwrap_or_default()
+    })
+    .await;
+}
+
+/// Waits until `left` (the time to go, read from `clock`) is zero: a tokio timer, and on an
+/// adjustable clock also each advance, after which `left` is read again.
+async fn wait_on(clock: &Clock, left: impl Fn() -> Duration) {
     loop {
         // Taken before the time is read, so an advance in between is not missed.
         let advanced = clock.advanced();
-        let left = deadline.saturating_duration_since(now());
+        let left = left();
         if left.is_zero() {
+            return;
+        }
+        if !clock.is_adjustable() {
+            tokio::time::sleep(left).await;
             return;
         }
         tokio::select! {
@@ -487,6 +514,65 @@ mod tests {
         rx.wait_for(|n| *n >= 2).await.unwrap();
         assert_eq!(tok.fetches(), (2, 0));
         assert!(!format!("{tok:?}").contains(first.as_str()));
+    }
+
+    /// A waker that advances `clock` by `by` when woken: run synchronously by whoever wakes
+    /// it, so it moves the clock at an exact point of the waking task.
+    struct AdvanceOnWake {
+        clock: Clock,
+        by: Duration,
+    }
+
+    impl std::task::Wake for AdvanceOnWake {
+        fn wake(self: Arc<Self>) {
+            self.clock.advance(self.by);
+        }
+    }
+
+    /// The race behind the listener-token test's failure on the moved clock: the refresher
+    /// used to measure its wait right after a fetch and start it a moment later, so an advance
+    /// in between (a test moving the clock as soon as it sees the fetch counted) was added to
+    /// the wait instead of ending it. Here the advance happens at exactly that point: the
+    /// watch that counts attempts wakes its receivers synchronously, between the two.
+    #[tokio::test]
+    async fn an_advance_right_after_a_fetch_still_reaches_the_refresh() {
+        use std::future::Future;
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = Arc::new(DevIssuer::load_or_create(dir.path()).unwrap());
+        let clock = Clock::adjustable();
+        const TTL: Duration = Duration::from_secs(3600);
+        let (tok, _task) = RefreshingToken::spawn_with_clock(
+            "test",
+            TokenGrant::Dev(DevGrant {
+                issuer,
+                agent: "vm-a".into(),
+                roles: vec!["r".into()],
+                ttl: TTL,
+            }),
+            clock.clone(),
+        );
+        // Registered before the refresher first runs (a current-thread runtime: it runs when
+        // this test awaits): the first attempt's count wakes this, which moves the clock past
+        // the refresh point (80% of the hour) before the refresher starts waiting.
+        let mut hook = tok.subscribe();
+        let waker = std::task::Waker::from(Arc::new(AdvanceOnWake {
+            clock: clock.clone(),
+            by: TTL.mul_f64(0.9),
+        }));
+        let mut changed = Box::pin(hook.changed());
+        assert!(changed
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+            .is_pending());
+
+        let mut rx = tok.subscribe();
+        // Real time is not moved: without the advance the refresh is 48 minutes away.
+        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|n| *n >= 2))
+            .await
+            .expect("the advance past the refresh point was lost")
+            .unwrap();
+        assert_eq!(tok.fetches(), (2, 0));
+        drop(changed);
     }
 
     #[tokio::test(start_paused = true)]

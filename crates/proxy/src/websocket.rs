@@ -278,6 +278,5 @@ async fn relay(
 
 /// Until `clock` reads `deadline` (a token's `exp`), through the shared timer-or-advance wait.
 async fn sleep_until(clock: &credproxy_core::Clock, deadline: SystemTime) {
-    let wait = deadline.duration_since(clock.now()).unwrap_or_default();
-    credproxy_identity::sleep_on(clock, wait).await;
+    credproxy_identity::sleep_until_wall_on(clock, deadline).await;
 }
