@@ -195,3 +195,106 @@ impl<S: AsyncWrite> AsyncWrite for Framed<S> {
         self.project().inner.poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// The agent's side: each piece is returned by its own read, then the end of stream.
+    struct Pieces(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(p) = self.0.pop_front() {
+                let n = p.len().min(buf.remaining());
+                buf.put_slice(&p[..n]);
+                if n < p.len() {
+                    self.0.push_front(p[n..].to_vec());
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What the parser reads, read by read, until the end of the stream.
+    async fn parser_reads(pieces: &[&[u8]], max_head: usize) -> (Vec<Vec<u8>>, Arc<FramingFlag>) {
+        let flag = Arc::new(FramingFlag::default());
+        let mut f = Framed::new(
+            Pieces(pieces.iter().map(|p| p.to_vec()).collect()),
+            max_head,
+            flag.clone(),
+        );
+        let mut reads = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = f.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return (reads, flag);
+            }
+            reads.push(buf[..n].to_vec());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_reaches_the_parser_only_once_complete_and_nothing_is_lost() {
+        let head = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n";
+        let (a, b) = head.split_at(10);
+        let (b, c) = b.split_at(20);
+        let next = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        // The head in three reads, its body with the start of a second head, the rest.
+        let body_and_start = [b"hello".as_slice(), &next[..7]].concat();
+        let (reads, flag) = parser_reads(&[a, b, c, &body_and_start, &next[7..]], 1024).await;
+        assert_eq!(flag.get(), None);
+        // First whole head, then the body (the second head's start held back), then it.
+        assert_eq!(reads[0], head.to_vec(), "{reads:?}");
+        assert_eq!(reads[1], b"hello".to_vec(), "{reads:?}");
+        assert_eq!(reads[2], next.to_vec(), "{reads:?}");
+        assert_eq!(reads.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_becomes_the_stand_in_and_is_never_passed_on() {
+        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let big = format!("GET /b HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
+        let (p1, p2) = big.as_bytes().split_at(150);
+        let flag = Arc::new(FramingFlag::default());
+        let mut f = Framed::new(
+            Pieces(
+                [
+                    first.to_vec(),
+                    p1.to_vec(),
+                    p2.to_vec(),
+                    b"GET /c HTTP/1.1\r\n\r\n".to_vec(),
+                ]
+                .into(),
+            ),
+            200,
+            flag.clone(),
+        );
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = f.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], first);
+        let n = f.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], STAND_IN);
+        assert_eq!(flag.get(), Some(HEAD_TOO_LARGE));
+        assert_eq!(flag.reject(), Some(Reject::HeadersTooLarge));
+        // Nothing the agent sends after it reaches the parser (the request after the big
+        // head is discarded; here the agent's stream then ends).
+        assert_eq!(f.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_end_of_stream_mid_head_hands_over_what_was_held() {
+        let (reads, flag) = parser_reads(&[b"GET /a HTT", b"P/1.1\r\nHo"], 1024).await;
+        assert_eq!(flag.get(), None);
+        assert_eq!(reads.concat(), b"GET /a HTTP/1.1\r\nHo".to_vec());
+    }
+}
