@@ -107,6 +107,11 @@ impl RequestFraming {
         }
     }
 
+    /// The longest request head accepted (as given to [`RequestFraming::new`]).
+    pub fn max_head(&self) -> usize {
+        self.max_head
+    }
+
     /// How many bytes of a request head still being read have been fed: the bytes a caller
     /// holds back from the HTTP parser until the head is complete. Zero between heads, in a
     /// body and after a violation.

@@ -62,7 +62,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: S,
         framing: RequestFraming,
-        max_head: usize,
         flag: Arc<FramingFlag>,
         // Bytes read from the agent and not yet handed to the parser: the first `release`
         // may go now, the rest are the start of a head still being read.
@@ -80,7 +79,6 @@ impl<S> Framed<S> {
         Framed {
             inner,
             framing: RequestFraming::new(max_head),
-            max_head,
             flag,
             held: Vec::new(),
             release: 0,
@@ -154,7 +152,7 @@ impl<S: AsyncRead> AsyncRead for Framed<S> {
                     buf.set_filled(before);
                     if violation == HEAD_TOO_LARGE {
                         // Drop the refused head; the parser reads the stand-in.
-                        let keep = this.held.len().saturating_sub(*this.max_head + 1);
+                        let keep = this.held.len().saturating_sub(this.framing.max_head() + 1);
                         this.held.truncate(keep);
                         this.held.extend_from_slice(STAND_IN);
                     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use credproxy_core::{Authority, Reject};
+use credproxy_identity::sleep_until_wall_on;
 use credproxy_scrub::{events::MAX_EVENT, MessageScrubber, ScrubPatterns};
 use futures_util::{SinkExt, StreamExt};
 use http::{Response, StatusCode};
@@ -170,7 +171,7 @@ async fn relay(
     // The token's expiry on the proxy's clock (tests move it instead of waiting).
     let clock = shared.clock.clone();
     let expires = check.expires;
-    let expiry = sleep_until(&clock, expires.unwrap_or(SystemTime::UNIX_EPOCH));
+    let expiry = sleep_until_wall_on(&clock, expires.unwrap_or(SystemTime::UNIX_EPOCH));
     tokio::pin!(expiry);
     let mut proxy_running = true;
     let mut generations = shared.generations.subscribe();
@@ -252,7 +253,7 @@ async fn relay(
             }
             () = &mut expiry, if expires.is_some() => {
                 if let Some(fresh) = renew(&shared, &mut check).await {
-                    expiry.set(sleep_until(&clock, fresh));
+                    expiry.set(sleep_until_wall_on(&clock, fresh));
                     continue;
                 }
                 info!(%authority, "closing a WebSocket: the agent's token expired");
@@ -274,9 +275,4 @@ async fn relay(
             }
         }
     }
-}
-
-/// Until `clock` reads `deadline` (a token's `exp`), through the shared timer-or-advance wait.
-async fn sleep_until(clock: &credproxy_core::Clock, deadline: SystemTime) {
-    credproxy_identity::sleep_until_wall_on(clock, deadline).await;
 }
